@@ -1,0 +1,152 @@
+//! The event bus between services (publishers) and edges (subscribers).
+//!
+//! With `REDIS_URL`, events go through Redis pub/sub, one channel per workspace, so every edge
+//! node receives them; without it, through an in-process broadcast channel (the embedded default,
+//! where every component runs in one process). Events are protobuf-encoded [`Event`] envelopes.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use crawbl_proto::events::v1::Event;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use prost::Message as _;
+use redis::aio::ConnectionManager;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+
+/// Events an in-process subscriber may fall behind by before it starts losing them.
+const IN_PROCESS_CAPACITY: usize = 4096;
+/// Events read from Redis and not yet taken by the subscriber.
+const SUBSCRIBER_BUFFER: usize = 4096;
+const CHANNEL_PREFIX: &str = "crawbl:events:";
+
+/// The Redis channel that carries a workspace's events.
+pub fn workspace_channel(workspace_id: &str) -> String {
+    format!("{CHANNEL_PREFIX}{workspace_id}")
+}
+
+#[derive(Clone)]
+pub enum EventBus {
+    InProcess(broadcast::Sender<Event>),
+    Redis {
+        client: redis::Client,
+        publisher: ConnectionManager,
+    },
+}
+
+impl EventBus {
+    pub fn in_process() -> Self {
+        Self::InProcess(broadcast::channel(IN_PROCESS_CAPACITY).0)
+    }
+
+    /// Connects to Redis at `url`; fails when it cannot be reached.
+    pub async fn redis(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)
+            .with_context(|| format!("invalid REDIS_URL {:?}", crate::db::redact(url)))?;
+        let publisher = ConnectionManager::new(client.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to Redis at {:?}; is it running?",
+                    crate::db::redact(url)
+                )
+            })?;
+        Ok(Self::Redis { client, publisher })
+    }
+
+    /// Redis when `url` is given, in-process otherwise.
+    pub async fn from_url(url: Option<&str>) -> anyhow::Result<Self> {
+        match url {
+            Some(url) => Self::redis(url).await,
+            None => Ok(Self::in_process()),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InProcess(_) => "in-process",
+            Self::Redis { .. } => "redis",
+        }
+    }
+
+    /// Publishes `event` on its workspace's channel. Events of one publisher arrive in the
+    /// order they were published.
+    pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+        match self {
+            Self::InProcess(sender) => {
+                // No subscriber yet is not an error: nobody is listening.
+                let _ = sender.send(event.clone());
+                Ok(())
+            }
+            Self::Redis { publisher, .. } => {
+                let mut connection = publisher.clone();
+                let _receivers: i64 = redis::cmd("PUBLISH")
+                    .arg(workspace_channel(&event.workspace_id))
+                    .arg(event.encode_to_vec())
+                    .query_async(&mut connection)
+                    .await
+                    .context("publishing an event to Redis")?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Every event published from now on, for as long as the stream is held. A Redis
+    /// subscription reconnects by itself after Redis restarts.
+    pub fn subscribe(&self) -> BoxStream<'static, Event> {
+        match self {
+            Self::InProcess(sender) => BroadcastStream::new(sender.subscribe())
+                .filter_map(|item| async move {
+                    match item {
+                        Ok(event) => Some(event),
+                        Err(error) => {
+                            tracing::warn!(%error, "in-process event subscriber fell behind");
+                            None
+                        }
+                    }
+                })
+                .boxed(),
+            Self::Redis { client, .. } => {
+                let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+                tokio::spawn(relay_from_redis(client.clone(), sender));
+                ReceiverStream::new(receiver).boxed()
+            }
+        }
+    }
+}
+
+async fn relay_from_redis(client: redis::Client, sender: mpsc::Sender<Event>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.psubscribe(format!("{CHANNEL_PREFIX}*")).await {
+                Ok(()) => {
+                    tracing::info!("subscribed to workspace events on Redis");
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(message) = messages.next().await {
+                        match Event::decode(message.get_payload_bytes()) {
+                            Ok(event) => {
+                                if sender.send(event).await.is_err() {
+                                    return; // The subscriber is gone.
+                                }
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, channel = message.get_channel_name(), "dropping an undecodable event");
+                            }
+                        }
+                    }
+                    tracing::warn!("lost the Redis event subscription; reconnecting");
+                }
+                Err(error) => tracing::warn!(%error, "cannot subscribe to Redis events; retrying"),
+            },
+            Err(error) => tracing::warn!(%error, "cannot reach Redis for events; retrying"),
+        }
+        if sender.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,159 @@
+//! Database pools for services: Postgres in production, an SQLite file by default.
+//! Services use sqlx's `Any` driver so one set of queries serves both backends; each backend has
+//! its own migrations folder because their DDL differs.
+
+use std::str::FromStr;
+
+use anyhow::Context;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, ConnectOptions};
+
+/// A service's migrations for each backend. Each service records what it applied in its own
+/// table, so services may share one Postgres database without seeing each other's migrations.
+pub struct Migrations {
+    pub service: &'static str,
+    pub postgres: Migrator,
+    pub sqlite: Migrator,
+}
+
+/// Which backend a database URL points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub fn of_url(url: &str) -> anyhow::Result<Self> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else {
+            anyhow::bail!(
+                "unsupported database URL {:?}: use postgres://… or sqlite://…",
+                redact(url)
+            )
+        }
+    }
+}
+
+/// Connects to `url`, creating the SQLite file (and its folder) when needed, and applies the
+/// service's pending migrations.
+pub async fn connect(url: &str, migrations: Migrations) -> anyhow::Result<AnyPool> {
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of_url(url)?;
+    if backend == Backend::Sqlite {
+        create_sqlite_folder(url)?;
+    }
+    let options = AnyConnectOptions::from_str(url)
+        .with_context(|| format!("invalid database URL {:?}", redact(url)))?
+        .log_statements(tracing::log::LevelFilter::Debug);
+    let pool = AnyPoolOptions::new()
+        .max_connections(match backend {
+            Backend::Postgres => 10,
+            Backend::Sqlite => 4,
+        })
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .after_connect(move |connection, _| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL lets readers run while a writer commits; wait instead of failing on a lock.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *connection)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *connection)
+                        .await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *connection)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the database at {:?}; is it running?",
+                redact(url)
+            )
+        })?;
+
+    let mut migrator = match backend {
+        Backend::Postgres => migrations.postgres,
+        Backend::Sqlite => migrations.sqlite,
+    };
+    migrator.dangerous_set_table_name(format!("_sqlx_migrations_{}", migrations.service));
+    migrator
+        .run(&pool)
+        .await
+        .with_context(|| format!("applying {} migrations", migrations.service))?;
+    Ok(pool)
+}
+
+fn create_sqlite_folder(url: &str) -> anyhow::Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(folder) = std::path::Path::new(path).parent()
+        && !folder.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create the data folder {}", folder.display()))?;
+    }
+    Ok(())
+}
+
+/// The URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _password)) => {
+                    format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("postgres://crawbl:secret@db:5432/crawbl"),
+            "postgres://crawbl:***@db:5432/crawbl"
+        );
+        assert_eq!(
+            redact("postgres://crawbl@db/crawbl"),
+            "postgres://crawbl@db/crawbl"
+        );
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn backend_is_chosen_by_scheme() {
+        assert_eq!(
+            Backend::of_url("postgresql://h/d").ok(),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::of_url("sqlite://a.db?mode=rwc").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert!(Backend::of_url("mysql://h/d").is_err());
+    }
+}

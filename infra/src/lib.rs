@@ -1,0 +1,10 @@
+//! Infrastructure every Crawbl component shares: configuration from the environment, logging,
+//! shutdown, gRPC serving with health and reflection, database pools, and the event bus.
+//! Nothing here knows about users, conversations or agents.
+
+pub mod bus;
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,21 @@
+//! Structured logging: JSON lines when `LOG_FORMAT=json`, human-readable otherwise.
+//! The filter comes from `RUST_LOG` (default `info`).
+
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Installs the global subscriber once; later calls (tests, the launcher) are no-ops.
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = crate::config::optional("LOG_FORMAT").is_some_and(|format| format == "json");
+    let result = if json {
+        fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(true)
+            .try_init()
+    } else {
+        fmt().with_env_filter(filter).try_init()
+    };
+    // Already installed by an earlier call in this process: keep that one.
+    drop(result);
+}
