@@ -6,7 +6,9 @@ use anyhow::{Context, anyhow};
 
 /// The variable's value, or `None` when it is unset or empty.
 pub fn optional(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|value| !value.trim().is_empty())
+    std::env::var(name)
+        .ok()
+        .filter(|value| !value.trim().is_empty())
 }
 
 /// The variable parsed as `T`, or `default` when it is unset.

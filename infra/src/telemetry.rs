@@ -1,5 +1,6 @@
 //! Structured logging: JSON lines when `LOG_FORMAT=json`, human-readable otherwise.
-//! The filter comes from `RUST_LOG` (default `info`).
+//! The filter comes from `RUST_LOG` (default `info`). Logs go to stderr, so a process's stdout
+//! stays free for what it reports to its parent (runtime-stub prints its address there).
 
 use tracing_subscriber::{EnvFilter, fmt};
 
@@ -10,11 +11,15 @@ pub fn init_logging() {
     let result = if json {
         fmt()
             .json()
+            .with_writer(std::io::stderr)
             .with_env_filter(filter)
             .with_current_span(true)
             .try_init()
     } else {
-        fmt().with_env_filter(filter).try_init()
+        fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .try_init()
     };
     // Already installed by an earlier call in this process: keep that one.
     drop(result);

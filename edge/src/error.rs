@@ -1,0 +1,102 @@
+//! The one error type of every REST handler, rendered as the spec's error body:
+//! `{"error": {"code", "message", "requestId"}}`. 5xx bodies never carry internal text.
+
+use std::borrow::Cow;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tonic::Code;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: String,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: Cow::Borrowed(code),
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
+    }
+
+    /// Also what a non-member gets for a workspace, so ids do not leak.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+}
+
+/// A service's answer, mapped to HTTP: the status picks the HTTP code, the stable code travels
+/// in the `crawbl-error-code` metadata.
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let stable =
+            crawbl_infra::grpc::stable_code(&status).map(|code| Cow::Owned(code.to_owned()));
+        let (http, default_code) = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "INVALID_INPUT"),
+            Code::FailedPrecondition => (StatusCode::UNPROCESSABLE_ENTITY, "UNPROCESSABLE"),
+            Code::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Code::AlreadyExists | Code::Aborted => (StatusCode::CONFLICT, "CONFLICT"),
+            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "UNAUTHENTICATED"),
+            // Never 403: a resource the caller may not see does not exist for them.
+            Code::PermissionDenied => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+            Code::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => {
+                (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE")
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
+        };
+        let mut error = Self {
+            status: http,
+            code: stable.unwrap_or(Cow::Borrowed(default_code)),
+            message: status.message().to_owned(),
+            retry_after_secs: None,
+        };
+        if http.is_server_error() {
+            tracing::error!(code = ?status.code(), message = status.message(), "service call failed");
+            if http == StatusCode::SERVICE_UNAVAILABLE {
+                error.retry_after_secs = Some(1);
+                error.message = "a backend service is unavailable; retry shortly".to_owned();
+            } else {
+                error.message = "internal error".to_owned();
+            }
+        }
+        error
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        if self.status.is_server_error() {
+            tracing::warn!(%request_id, status = %self.status, code = %self.code, "request failed");
+        } else {
+            tracing::debug!(%request_id, status = %self.status, code = %self.code, "request refused");
+        }
+        let body = json!({
+            "error": { "code": self.code, "message": self.message, "requestId": request_id }
+        });
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

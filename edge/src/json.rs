@@ -1,0 +1,326 @@
+//! The JSON shapes of the public API (SPEC §4, §5), built from the services' protobuf types.
+//! REST bodies and Socket.IO payloads use the same shapes.
+
+use crawbl_proto::auth::v1 as auth;
+use crawbl_proto::conversation::v1 as conv;
+use crawbl_proto::events::v1 as events;
+use crawbl_proto::runtimeproxy::v1::RuntimeState;
+use serde::Serialize;
+
+/// `{"data": …}`
+#[derive(Serialize)]
+pub struct Data<T> {
+    pub data: T,
+}
+
+/// `{"data": [...], "nextCursor": …}`; the cursor is `null` on the last page.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn timestamp(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub display_name: String,
+}
+
+impl From<auth::User> for User {
+    fn from(user: auth::User) -> Self {
+        Self {
+            id: user.id,
+            email: user.email,
+            display_name: user.display_name,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+}
+
+impl From<auth::Workspace> for Workspace {
+    fn from(workspace: auth::Workspace) -> Self {
+        Self {
+            id: workspace.id,
+            name: workspace.name,
+            role: workspace.role,
+            runtime: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Runtime {
+    /// `provisioning | ready | failed | stopped`
+    pub state: &'static str,
+}
+
+impl From<RuntimeState> for Runtime {
+    fn from(state: RuntimeState) -> Self {
+        Self {
+            state: match state {
+                RuntimeState::Provisioning => "provisioning",
+                RuntimeState::Ready => "ready",
+                RuntimeState::Failed => "failed",
+                RuntimeState::Stopped | RuntimeState::Unspecified => "stopped",
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: i64,
+    pub user: Option<User>,
+    pub workspaces: Vec<Workspace>,
+}
+
+impl From<auth::Session> for Session {
+    fn from(session: auth::Session) -> Self {
+        Self {
+            access_token: session.access_token,
+            refresh_token: session.refresh_token,
+            expires_in: session.expires_in,
+            user: session.user.map(User::from),
+            workspaces: session
+                .workspaces
+                .into_iter()
+                .map(Workspace::from)
+                .collect(),
+        }
+    }
+}
+
+fn agent_status(status: i32) -> &'static str {
+    match conv::AgentStatus::try_from(status).unwrap_or_default() {
+        conv::AgentStatus::Busy => "busy",
+        conv::AgentStatus::Offline => "offline",
+        conv::AgentStatus::Online | conv::AgentStatus::Unspecified => "online",
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    pub id: String,
+    pub workspace_id: String,
+    pub slug: String,
+    pub name: String,
+    pub description: String,
+    pub status: &'static str,
+}
+
+impl From<conv::Agent> for Agent {
+    fn from(agent: conv::Agent) -> Self {
+        Self {
+            id: agent.id,
+            workspace_id: agent.workspace_id,
+            slug: agent.slug,
+            name: agent.name,
+            description: agent.description,
+            status: agent_status(agent.status),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Content {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: String,
+    pub workspace_id: String,
+    pub conversation_id: String,
+    pub role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_id: Option<String>,
+    pub content: Content,
+    pub status: &'static str,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<conv::Message> for Message {
+    fn from(message: conv::Message) -> Self {
+        let role = match message.role() {
+            conv::MessageRole::Agent => "agent",
+            conv::MessageRole::System => "system",
+            conv::MessageRole::User | conv::MessageRole::Unspecified => "user",
+        };
+        let status = match message.status() {
+            conv::MessageStatus::Streaming => "streaming",
+            conv::MessageStatus::Delivered => "delivered",
+            conv::MessageStatus::Incomplete => "incomplete",
+            conv::MessageStatus::Failed => "failed",
+            conv::MessageStatus::Sent | conv::MessageStatus::Unspecified => "sent",
+        };
+        let content = message.content.unwrap_or_default();
+        Self {
+            id: message.id,
+            workspace_id: message.workspace_id,
+            conversation_id: message.conversation_id,
+            role,
+            author_id: message.author_id,
+            agent_id: message.agent_id,
+            local_id: message.local_id,
+            content: Content {
+                kind: content.r#type,
+                text: content.text,
+            },
+            status,
+            created_at: timestamp(message.created_at_ms),
+            updated_at: timestamp(message.updated_at_ms),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Conversation {
+    pub id: String,
+    pub workspace_id: String,
+    pub title: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_message: Option<Message>,
+}
+
+impl From<conv::Conversation> for Conversation {
+    fn from(conversation: conv::Conversation) -> Self {
+        Self {
+            id: conversation.id,
+            workspace_id: conversation.workspace_id,
+            title: conversation.title,
+            agent_id: conversation.agent_id,
+            created_at: timestamp(conversation.created_at_ms),
+            updated_at: timestamp(conversation.updated_at_ms),
+            last_message: conversation.last_message.map(Message::from),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTyping {
+    pub conversation_id: String,
+    pub agent_id: String,
+    pub is_typing: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatusChanged {
+    pub agent_id: String,
+    pub status: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageDelta {
+    pub message_id: String,
+    pub conversation_id: String,
+    pub agent_id: String,
+    pub delta: String,
+    pub index: u32,
+}
+
+/// A bus event as a Socket.IO event: its name, its payload, and whether it is durable.
+pub struct SocketEvent {
+    pub name: &'static str,
+    pub payload: serde_json::Value,
+    pub durable: bool,
+}
+
+impl SocketEvent {
+    pub fn from_kind(kind: events::event::Kind) -> serde_json::Result<Self> {
+        use events::event::Kind;
+        let (name, payload, durable) = match kind {
+            Kind::MessageNew(message) => (
+                "message.new",
+                serde_json::to_value(Message::from(message))?,
+                true,
+            ),
+            Kind::MessageUpdated(message) => (
+                "message.updated",
+                serde_json::to_value(Message::from(message))?,
+                true,
+            ),
+            Kind::AgentTyping(typing) => (
+                "agent.typing",
+                serde_json::to_value(AgentTyping {
+                    conversation_id: typing.conversation_id,
+                    agent_id: typing.agent_id,
+                    is_typing: typing.is_typing,
+                })?,
+                false,
+            ),
+            Kind::AgentStatus(status) => (
+                "agent.status",
+                serde_json::to_value(AgentStatusChanged {
+                    agent_id: status.agent_id,
+                    status: agent_status(status.status),
+                })?,
+                false,
+            ),
+            Kind::MessageDelta(delta) => (
+                "message.delta",
+                serde_json::to_value(MessageDelta {
+                    message_id: delta.message_id,
+                    conversation_id: delta.conversation_id,
+                    agent_id: delta.agent_id,
+                    delta: delta.delta,
+                    index: delta.index,
+                })?,
+                false,
+            ),
+        };
+        Ok(Self {
+            name,
+            payload,
+            durable,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+    }
+}

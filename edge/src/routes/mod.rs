@@ -1,0 +1,62 @@
+//! The REST API under `/v1` (SPEC §4).
+
+mod auth;
+mod conversations;
+mod extract;
+mod messages;
+mod workspaces;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Largest request body accepted (SPEC §8).
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/auth/sign-up", post(auth::sign_up))
+        .route("/auth/sign-in", post(auth::sign_in))
+        .route("/workspaces", get(workspaces::list))
+        .route("/workspaces/{workspace_id}", get(workspaces::get))
+        .route("/workspaces/{workspace_id}/agents", get(workspaces::agents))
+        .route(
+            "/workspaces/{workspace_id}/conversations",
+            get(conversations::list).post(conversations::create),
+        )
+        .route(
+            "/workspaces/{workspace_id}/conversations/{conversation_id}",
+            get(conversations::get),
+        )
+        .route(
+            "/workspaces/{workspace_id}/conversations/{conversation_id}/messages",
+            get(messages::list).post(messages::send),
+        );
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("ROUTE_NOT_FOUND", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "method not allowed on this route",
+    )
+}

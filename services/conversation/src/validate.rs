@@ -1,0 +1,182 @@
+//! Turning requests into checked values once, at the boundary.
+
+use crate::ConversationError;
+use crawbl_proto::conversation::v1::SendMessageRequest;
+
+/// Longest message text accepted, in bytes (SPEC §8).
+pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+pub const MAX_LOCAL_ID_CHARS: usize = 128;
+pub const MAX_TITLE_CHARS: usize = 200;
+pub const MAX_PAGE_SIZE: u32 = 100;
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+/// A user message that passed validation.
+#[derive(Debug, Clone)]
+pub struct NewUserMessage {
+    pub workspace_id: String,
+    pub conversation_id: String,
+    pub author_id: String,
+    pub local_id: String,
+    pub text: String,
+}
+
+impl TryFrom<SendMessageRequest> for NewUserMessage {
+    type Error = ConversationError;
+
+    fn try_from(request: SendMessageRequest) -> Result<Self, Self::Error> {
+        let local_id = request.local_id.trim().to_owned();
+        if local_id.is_empty() || local_id.chars().count() > MAX_LOCAL_ID_CHARS {
+            return Err(ConversationError::invalid(
+                "INVALID_LOCAL_ID",
+                format!("localId must be 1 to {MAX_LOCAL_ID_CHARS} characters"),
+            ));
+        }
+        let Some(content) = request.content else {
+            return Err(ConversationError::invalid(
+                "INVALID_CONTENT",
+                "content is required",
+            ));
+        };
+        if content.r#type != "text" {
+            return Err(ConversationError::unprocessable(
+                "UNSUPPORTED_CONTENT_TYPE",
+                format!(
+                    "content type {:?} is not supported; use \"text\"",
+                    truncate(&content.r#type, 32)
+                ),
+            ));
+        }
+        if content.text.trim().is_empty() {
+            return Err(ConversationError::invalid(
+                "EMPTY_MESSAGE",
+                "message text must not be empty",
+            ));
+        }
+        if content.text.len() > MAX_TEXT_BYTES {
+            return Err(ConversationError::invalid(
+                "MESSAGE_TOO_LONG",
+                format!("message text must be at most {MAX_TEXT_BYTES} bytes"),
+            ));
+        }
+        Ok(Self {
+            workspace_id: request.workspace_id,
+            conversation_id: request.conversation_id,
+            author_id: request.author_id,
+            local_id,
+            text: content.text,
+        })
+    }
+}
+
+/// A conversation title: trimmed, at most [`MAX_TITLE_CHARS`]; empty means "New conversation".
+pub fn title(raw: Option<String>) -> Result<String, ConversationError> {
+    let title = raw.as_deref().map(str::trim).unwrap_or_default();
+    if title.chars().count() > MAX_TITLE_CHARS {
+        return Err(ConversationError::invalid(
+            "INVALID_TITLE",
+            format!("title must be at most {MAX_TITLE_CHARS} characters"),
+        ));
+    }
+    Ok(if title.is_empty() {
+        "New conversation".to_owned()
+    } else {
+        title.to_owned()
+    })
+}
+
+/// A page size in 1..=100; 0 (unset) means the default.
+pub fn page_size(limit: u32) -> Result<u32, ConversationError> {
+    match limit {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        1..=MAX_PAGE_SIZE => Ok(limit),
+        _ => Err(ConversationError::invalid(
+            "INVALID_LIMIT",
+            format!("limit must be between 1 and {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crawbl_proto::conversation::v1::MessageContent;
+
+    fn request(kind: &str, text: &str, local_id: &str) -> SendMessageRequest {
+        SendMessageRequest {
+            workspace_id: "w".into(),
+            conversation_id: "c".into(),
+            author_id: "u".into(),
+            local_id: local_id.into(),
+            content: Some(MessageContent {
+                r#type: kind.into(),
+                text: text.into(),
+            }),
+        }
+    }
+
+    fn code_of(result: Result<NewUserMessage, ConversationError>) -> &'static str {
+        match result {
+            Err(ConversationError::InvalidInput { code, .. })
+            | Err(ConversationError::Unprocessable { code, .. }) => code,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plain_text_message_is_accepted() {
+        let message = NewUserMessage::try_from(request("text", "hi", " l1 ")).expect("valid");
+        assert_eq!(message.local_id, "l1");
+        assert_eq!(message.text, "hi");
+    }
+
+    #[test]
+    fn blank_text_is_rejected_as_empty() {
+        assert_eq!(
+            code_of(NewUserMessage::try_from(request("text", " \n ", "l"))),
+            "EMPTY_MESSAGE"
+        );
+    }
+
+    #[test]
+    fn text_over_32_kib_is_rejected_and_exactly_32_kib_is_not() {
+        let limit = "a".repeat(MAX_TEXT_BYTES);
+        assert!(NewUserMessage::try_from(request("text", &limit, "l")).is_ok());
+        let over = "a".repeat(MAX_TEXT_BYTES + 1);
+        assert_eq!(
+            code_of(NewUserMessage::try_from(request("text", &over, "l"))),
+            "MESSAGE_TOO_LONG"
+        );
+    }
+
+    #[test]
+    fn unknown_content_types_are_unprocessable() {
+        assert_eq!(
+            code_of(NewUserMessage::try_from(request("image", "x", "l"))),
+            "UNSUPPORTED_CONTENT_TYPE"
+        );
+    }
+
+    #[test]
+    fn missing_or_oversized_local_ids_are_rejected() {
+        assert_eq!(
+            code_of(NewUserMessage::try_from(request("text", "x", ""))),
+            "INVALID_LOCAL_ID"
+        );
+        let long = "x".repeat(MAX_LOCAL_ID_CHARS + 1);
+        assert_eq!(
+            code_of(NewUserMessage::try_from(request("text", "x", &long))),
+            "INVALID_LOCAL_ID"
+        );
+    }
+
+    #[test]
+    fn page_sizes_outside_1_to_100_are_rejected() {
+        assert_eq!(page_size(0).ok(), Some(DEFAULT_PAGE_SIZE));
+        assert_eq!(page_size(100).ok(), Some(100));
+        assert!(page_size(101).is_err());
+    }
+}

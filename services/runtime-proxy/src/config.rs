@@ -1,0 +1,152 @@
+//! Settings of runtime-proxy, read from the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use crawbl_infra::config::{optional, parse_or, required};
+
+/// The binary the process driver spawns by default, looked up next to the running executable.
+pub const DEFAULT_RUNTIME_BINARY: &str = "crawbl-runtime-stub";
+
+/// Where a workspace's runtime comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Driver {
+    /// One child process per workspace. The program must behave like runtime-stub: listen where
+    /// `RUNTIME_STUB_LISTEN` says, print `CRAWBL_RUNTIME_LISTENING <ip:port>` on stdout, and
+    /// serve `grpc.health.v1` and `crawbl.runtime.v1.AgentRuntime`.
+    Process { program: PathBuf, args: Vec<String> },
+    /// Every workspace uses the runtime at this fixed address (`http://host:port`), as in compose.
+    Static { address: String },
+}
+
+impl Driver {
+    /// The process driver running `crawbl-runtime-stub` from the directory of the current
+    /// executable (where cargo and installers put sibling binaries).
+    pub fn sibling_runtime_stub() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the current executable")?;
+        let dir = exe
+            .parent()
+            .with_context(|| format!("{} has no parent directory", exe.display()))?;
+        let program = dir.join(format!(
+            "{DEFAULT_RUNTIME_BINARY}{}",
+            std::env::consts::EXE_SUFFIX
+        ));
+        Ok(Self::Process {
+            program,
+            args: Vec::new(),
+        })
+    }
+
+    /// The driver described by `RUNTIME_DRIVER`, `RUNTIME_STATIC_ADDRESS` and `RUNTIME_COMMAND`.
+    fn from_env() -> anyhow::Result<Self> {
+        let kind = optional("RUNTIME_DRIVER").unwrap_or_else(|| "process".to_owned());
+        match kind.trim() {
+            "process" => match optional("RUNTIME_COMMAND") {
+                Some(command) => parse_command(&command).context("RUNTIME_COMMAND is not valid"),
+                None => Self::sibling_runtime_stub(),
+            },
+            "static" => Ok(Self::Static {
+                address: required("RUNTIME_STATIC_ADDRESS")?,
+            }),
+            other => bail!("RUNTIME_DRIVER={other:?} is not valid: expected process or static"),
+        }
+    }
+}
+
+/// A whitespace-separated command line (no quoting): the program, then its arguments.
+fn parse_command(command: &str) -> anyhow::Result<Driver> {
+    let mut words = command.split_whitespace();
+    let program = words.next().context("the command is empty")?;
+    Ok(Driver::Process {
+        program: PathBuf::from(program),
+        args: words.map(str::to_owned).collect(),
+    })
+}
+
+/// Everything runtime-proxy needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `RUNTIME_PROXY_LISTEN`, default `127.0.0.1:50053`.
+    pub listen: SocketAddr,
+    /// `RUNTIME_DRIVER` (`process`, the default, or `static`) and its settings.
+    pub driver: Driver,
+    /// `RUNTIME_READY_TIMEOUT_MS`, default 15000: how long provisioning may take before
+    /// `RUNTIME_NOT_READY`.
+    pub ready_timeout: Duration,
+    /// `RUNTIME_TURN_TIMEOUT_MS`, default 120000: the deadline of one forwarded turn.
+    pub turn_timeout: Duration,
+}
+
+impl Config {
+    pub const DEFAULT_LISTEN: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50053);
+    pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_millis(15_000);
+    pub const DEFAULT_TURN_TIMEOUT: Duration = Duration::from_millis(120_000);
+
+    /// The defaults, with `driver`.
+    pub fn with_driver(driver: Driver) -> Self {
+        Self {
+            listen: Self::DEFAULT_LISTEN,
+            driver,
+            ready_timeout: Self::DEFAULT_READY_TIMEOUT,
+            turn_timeout: Self::DEFAULT_TURN_TIMEOUT,
+        }
+    }
+
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(Self {
+            listen: parse_or("RUNTIME_PROXY_LISTEN", Self::DEFAULT_LISTEN)?,
+            driver: Driver::from_env()?,
+            ready_timeout: millis("RUNTIME_READY_TIMEOUT_MS", Self::DEFAULT_READY_TIMEOUT)?,
+            turn_timeout: millis("RUNTIME_TURN_TIMEOUT_MS", Self::DEFAULT_TURN_TIMEOUT)?,
+        })
+    }
+}
+
+fn millis(name: &str, default: Duration) -> anyhow::Result<Duration> {
+    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    let value = parse_or(name, default)?;
+    if value == 0 {
+        bail!("{name} must be greater than 0");
+    }
+    Ok(Duration::from_millis(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_is_split_on_whitespace_into_program_and_arguments() {
+        let driver = parse_command("  /usr/bin/crawbl  runtime-stub\t--quiet ").expect("valid");
+        assert_eq!(
+            driver,
+            Driver::Process {
+                program: PathBuf::from("/usr/bin/crawbl"),
+                args: vec!["runtime-stub".to_owned(), "--quiet".to_owned()],
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_command_is_refused() {
+        assert!(parse_command(" \t").is_err());
+    }
+
+    #[test]
+    fn the_default_runtime_is_the_sibling_runtime_stub_binary() {
+        let Ok(Driver::Process { program, args }) = Driver::sibling_runtime_stub() else {
+            panic!("expected the process driver");
+        };
+        assert!(args.is_empty());
+        let exe = std::env::current_exe().expect("current exe");
+        assert_eq!(program.parent(), exe.parent());
+        assert!(
+            program
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with(DEFAULT_RUNTIME_BINARY))
+        );
+    }
+}

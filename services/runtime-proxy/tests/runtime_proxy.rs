@@ -1,0 +1,681 @@
+//! runtime-proxy against real gRPC servers on 127.0.0.1:0: in-process runtime-stub servers, real
+//! child processes for the process driver, and real gRPC clients. No mocks.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crawbl_infra::grpc::stable_code;
+use crawbl_proto::runtime::v1::{TurnEvent, TurnRequest, turn_event::Event};
+use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
+use crawbl_proto::runtimeproxy::v1::{EnsureRuntimeRequest, GetRuntimeRequest, RuntimeState};
+use crawbl_runtime_proxy::{Config, Driver};
+use crawbl_runtime_stub::{ScriptedRuntime, scripted_reply};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// A runtime-stub server running in this process.
+struct Stub {
+    address: String,
+    port: u16,
+    runtime: ScriptedRuntime,
+    _server: DropGuard,
+}
+
+async fn start_stub(token_delay: Duration) -> Stub {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stub");
+    let port = listener.local_addr().expect("stub addr").port();
+    let runtime = ScriptedRuntime::new(token_delay);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crawbl_infra::grpc::serve(
+        listener,
+        runtime.clone().into_service(),
+        shutdown.clone(),
+    ));
+    Stub {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        runtime,
+        _server: shutdown.drop_guard(),
+    }
+}
+
+/// runtime-proxy running in this process, with a client to it.
+struct Proxy {
+    address: String,
+    client: RuntimeProxyClient<Channel>,
+    shutdown: CancellationToken,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Proxy {
+    /// Cancels the shutdown token and waits for `run` to return.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.server)
+            .await
+            .expect("run returns after shutdown")
+            .expect("run task")
+            .expect("run ok");
+    }
+}
+
+async fn start_proxy(driver: Driver, ready_timeout: Duration, turn_timeout: Duration) -> Proxy {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let address = format!("http://{}", listener.local_addr().expect("proxy addr"));
+    let config = Config {
+        ready_timeout,
+        turn_timeout,
+        ..Config::with_driver(driver)
+    };
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(crawbl_runtime_proxy::run(
+        config,
+        listener,
+        shutdown.clone(),
+    ));
+    let client = RuntimeProxyClient::new(crawbl_infra::grpc::channel(&address).expect("channel"));
+    Proxy {
+        address,
+        client,
+        shutdown,
+        server,
+    }
+}
+
+async fn static_proxy(stub: &Stub, turn_timeout: Duration) -> Proxy {
+    let driver = Driver::Static {
+        address: stub.address.clone(),
+    };
+    start_proxy(driver, Duration::from_secs(5), turn_timeout).await
+}
+
+fn turn(workspace_id: &str, slug: &str, text: &str) -> TurnRequest {
+    TurnRequest {
+        workspace_id: workspace_id.into(),
+        conversation_id: "conv-1".into(),
+        agent_id: "agent-1".into(),
+        agent_slug: slug.into(),
+        message_id: "msg-1".into(),
+        text: text.into(),
+    }
+}
+
+async fn ensure(
+    client: &mut RuntimeProxyClient<Channel>,
+    workspace_id: &str,
+) -> Result<RuntimeState, Status> {
+    let info = client
+        .ensure_runtime(EnsureRuntimeRequest {
+            workspace_id: workspace_id.into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(info.workspace_id, workspace_id);
+    Ok(info.state())
+}
+
+async fn state(client: &mut RuntimeProxyClient<Channel>, workspace_id: &str) -> RuntimeState {
+    client
+        .get_runtime(GetRuntimeRequest {
+            workspace_id: workspace_id.into(),
+        })
+        .await
+        .expect("get runtime")
+        .into_inner()
+        .state()
+}
+
+async fn next_event(stream: &mut Streaming<TurnEvent>) -> Option<Event> {
+    tokio::time::timeout(WAIT, stream.message())
+        .await
+        .expect("next event in time")
+        .expect("the stream itself ends OK")
+        .map(|event| event.event.expect("event set"))
+}
+
+async fn collect(mut stream: Streaming<TurnEvent>) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(event) = next_event(&mut stream).await {
+        events.push(event);
+    }
+    events
+}
+
+fn concatenated_deltas(events: &[Event]) -> String {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Delta(delta) => Some(delta.text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < WAIT, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn assert_not_ready(status: &Status) {
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(stable_code(status), Some("RUNTIME_NOT_READY"), "{status:?}");
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "crawbl-runtime-proxy-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fake runtime process for the process driver. It records every start (the workspace id it
+/// was given) in `<dir>/starts` and its pid in `<dir>/pid-<workspace>`, then, depending on the
+/// mode: `ready` announces the in-process stub's port (after a pause, to widen the window in which
+/// concurrent callers could race) and stays alive; `silent` never announces anything; `exit` exits
+/// at once with status 3.
+const FAKE_RUNTIME: &str = r#"
+dir="$1"; port="$2"; mode="$3"
+echo "$RUNTIME_WORKSPACE_ID" >> "$dir/starts"
+echo $$ > "$dir/pid-$RUNTIME_WORKSPACE_ID"
+case "$mode" in
+  silent) exec sleep 600 ;;
+  exit) exit 3 ;;
+esac
+[ "$RUNTIME_STUB_LISTEN" = "127.0.0.1:0" ] || exit 4
+sleep 0.3
+echo "some banner line"
+echo "CRAWBL_RUNTIME_LISTENING 127.0.0.1:$port"
+exec sleep 600
+"#;
+
+fn fake_runtime(dir: &Path, port: u16, mode: &str) -> Driver {
+    let script = dir.join("fake-runtime.sh");
+    std::fs::write(&script, FAKE_RUNTIME).expect("write script");
+    Driver::Process {
+        program: PathBuf::from("/bin/sh"),
+        args: vec![
+            script.display().to_string(),
+            dir.display().to_string(),
+            port.to_string(),
+            mode.to_owned(),
+        ],
+    }
+}
+
+fn starts(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("starts"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pid(dir: &Path, workspace_id: &str) -> u32 {
+    std::fs::read_to_string(dir.join(format!("pid-{workspace_id}")))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid")
+}
+
+/// Gone, or a zombie nobody has reaped yet (it no longer runs either way).
+fn process_is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Static driver and turns
+
+#[tokio::test]
+async fn a_forwarded_turn_streams_the_scripted_reply_and_ends_with_done() {
+    let stub = start_stub(Duration::from_millis(1)).await;
+    let mut proxy = static_proxy(&stub, Duration::from_secs(30)).await;
+
+    let stream = proxy
+        .client
+        .forward_turn(turn("ws-a", "helper", "how are you  today?"))
+        .await
+        .expect("forward turn")
+        .into_inner();
+    let events = collect(stream).await;
+
+    assert_eq!(
+        concatenated_deltas(&events),
+        scripted_reply("helper", "how are you  today?")
+    );
+    assert!(matches!(events.last(), Some(Event::Done(_))), "{events:?}");
+    assert!(events.iter().any(|event| matches!(event, Event::Usage(_))));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn get_runtime_reports_stopped_before_and_ready_after_ensure_without_starting_anything() {
+    let stub = start_stub(Duration::from_millis(1)).await;
+    let mut proxy = static_proxy(&stub, Duration::from_secs(30)).await;
+
+    assert_eq!(
+        state(&mut proxy.client, "ws-b").await,
+        RuntimeState::Stopped
+    );
+    assert_eq!(
+        state(&mut proxy.client, "ws-b").await,
+        RuntimeState::Stopped
+    );
+    assert_eq!(
+        ensure(&mut proxy.client, "ws-b").await.expect("ensure"),
+        RuntimeState::Ready
+    );
+    assert_eq!(state(&mut proxy.client, "ws-b").await, RuntimeState::Ready);
+    assert_eq!(
+        state(&mut proxy.client, "ws-other").await,
+        RuntimeState::Stopped
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_static_runtime_that_does_not_answer_is_not_ready_within_the_bound() {
+    let closed_port = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let driver = Driver::Static {
+        address: format!("http://127.0.0.1:{closed_port}"),
+    };
+    let mut proxy = start_proxy(driver, Duration::from_millis(300), Duration::from_secs(30)).await;
+
+    let started = Instant::now();
+    let status = ensure(&mut proxy.client, "ws-c")
+        .await
+        .expect_err("not ready");
+    assert_not_ready(&status);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the ready timeout"
+    );
+    assert_eq!(state(&mut proxy.client, "ws-c").await, RuntimeState::Failed);
+
+    let status = proxy
+        .client
+        .forward_turn(turn("ws-c", "helper", "hi"))
+        .await
+        .expect_err("a turn cannot start either");
+    assert_not_ready(&status);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_cancels_the_turn_on_the_runtime() {
+    // 200 tokens at 50 ms: ten seconds of streaming if cancellation did not reach the runtime.
+    let stub = start_stub(Duration::from_millis(50)).await;
+    let mut proxy = static_proxy(&stub, Duration::from_secs(60)).await;
+
+    let mut stream = proxy
+        .client
+        .forward_turn(turn("ws-d", "helper", &"word ".repeat(200)))
+        .await
+        .expect("forward turn")
+        .into_inner();
+    assert!(matches!(
+        next_event(&mut stream).await,
+        Some(Event::Delta(_))
+    ));
+    assert_eq!(stub.runtime.active_turns(), 1);
+
+    drop(stream);
+    let started = Instant::now();
+    eventually("the runtime's turn has stopped", || {
+        stub.runtime.active_turns() == 0
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_turn_past_its_deadline_ends_with_an_error_event_and_stops_on_the_runtime() {
+    let stub = start_stub(Duration::from_millis(100)).await;
+    let mut proxy = static_proxy(&stub, Duration::from_millis(400)).await;
+
+    let stream = proxy
+        .client
+        .forward_turn(turn("ws-e", "helper", &"word ".repeat(100)))
+        .await
+        .expect("forward turn")
+        .into_inner();
+    let events = collect(stream).await;
+
+    assert!(events.iter().any(|event| matches!(event, Event::Delta(_))));
+    assert!(
+        matches!(events.last(), Some(Event::Error(error)) if error.message.contains("deadline")),
+        "{:?}",
+        events.last()
+    );
+    assert!(!events.iter().any(|event| matches!(event, Event::Done(_))));
+    eventually("the runtime's turn has stopped", || {
+        stub.runtime.active_turns() == 0
+    })
+    .await;
+    proxy.stop().await;
+}
+
+/// A TCP relay between the proxy and a runtime, to cut the connection as if the runtime died.
+struct Relay {
+    address: String,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let address = format!("http://{}", listener.local_addr().expect("relay addr"));
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let connections = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target_port)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections.lock().expect("relay tasks").push(relay);
+            }
+        });
+        Self {
+            address,
+            tasks,
+            accept,
+        }
+    }
+
+    fn cut(&self) {
+        self.accept.abort();
+        for task in self.tasks.lock().expect("relay tasks").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_runtime_dying_mid_turn_ends_the_stream_with_an_error_event() {
+    let stub = start_stub(Duration::from_millis(20)).await;
+    let relay = Relay::start(stub.port).await;
+    let driver = Driver::Static {
+        address: relay.address.clone(),
+    };
+    let mut proxy = start_proxy(driver, Duration::from_secs(5), Duration::from_secs(60)).await;
+
+    let mut stream = proxy
+        .client
+        .forward_turn(turn("ws-f", "helper", &"word ".repeat(200)))
+        .await
+        .expect("forward turn")
+        .into_inner();
+    assert!(matches!(
+        next_event(&mut stream).await,
+        Some(Event::Delta(_))
+    ));
+
+    relay.cut();
+    let rest = collect(stream).await;
+    assert!(
+        matches!(rest.last(), Some(Event::Error(error)) if error.message.contains("failed")),
+        "{:?}",
+        rest.last()
+    );
+    assert!(!rest.iter().any(|event| matches!(event, Event::Done(_))));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer_on_the_proxy_port() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let stub = start_stub(Duration::from_millis(1)).await;
+    let proxy = static_proxy(&stub, Duration::from_secs(30)).await;
+    let channel = crawbl_infra::grpc::channel(&proxy.address).expect("channel");
+
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "crawbl.runtimeproxy.v1.RuntimeProxy"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health check")
+            .into_inner();
+        assert_eq!(
+            response.status(),
+            ServingStatus::Serving,
+            "service {service:?}"
+        );
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("reflection stream")
+        .expect("a response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!(
+            "expected a service list, got {:?}",
+            response.message_response
+        );
+    };
+    let names: Vec<&str> = list
+        .service
+        .iter()
+        .map(|service| service.name.as_str())
+        .collect();
+    assert!(
+        names.contains(&"crawbl.runtimeproxy.v1.RuntimeProxy"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    proxy.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process driver
+
+#[tokio::test]
+async fn twenty_concurrent_ensures_for_one_workspace_start_one_process() {
+    let dir = TempDir::new();
+    let stub = start_stub(Duration::from_millis(1)).await;
+    let proxy = start_proxy(
+        fake_runtime(&dir.0, stub.port, "ready"),
+        Duration::from_secs(10),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let calls = (0..20).map(|_| {
+        let mut client = proxy.client.clone();
+        tokio::spawn(async move { ensure(&mut client, "ws-many").await })
+    });
+    for call in futures::future::join_all(calls).await {
+        assert_eq!(call.expect("task").expect("ensure"), RuntimeState::Ready);
+    }
+    assert_eq!(starts(&dir.0), vec!["ws-many"], "provisioned exactly once");
+
+    // Once ready, further calls reuse it; another workspace gets its own runtime.
+    let mut client = proxy.client.clone();
+    assert_eq!(
+        ensure(&mut client, "ws-many").await.expect("ensure"),
+        RuntimeState::Ready
+    );
+    assert_eq!(
+        ensure(&mut client, "ws-two").await.expect("ensure"),
+        RuntimeState::Ready
+    );
+    assert_eq!(starts(&dir.0), vec!["ws-many", "ws-two"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_runtime_that_never_announces_itself_is_not_ready_is_killed_and_can_be_retried() {
+    let dir = TempDir::new();
+    let mut proxy = start_proxy(
+        fake_runtime(&dir.0, 1, "silent"),
+        Duration::from_millis(400),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let started = Instant::now();
+    let status = ensure(&mut proxy.client, "ws-silent")
+        .await
+        .expect_err("not ready");
+    assert_not_ready(&status);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the ready timeout"
+    );
+    assert_eq!(
+        state(&mut proxy.client, "ws-silent").await,
+        RuntimeState::Failed
+    );
+    let first = pid(&dir.0, "ws-silent");
+    eventually("the silent runtime is killed", || process_is_gone(first)).await;
+
+    let status = ensure(&mut proxy.client, "ws-silent")
+        .await
+        .expect_err("still not ready");
+    assert_not_ready(&status);
+    assert_eq!(
+        starts(&dir.0).len(),
+        2,
+        "a failed provisioning allows a new attempt"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_runtime_that_exits_at_start_fails_without_waiting_for_the_bound() {
+    let dir = TempDir::new();
+    let mut proxy = start_proxy(
+        fake_runtime(&dir.0, 1, "exit"),
+        Duration::from_secs(30),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    let started = Instant::now();
+    let status = ensure(&mut proxy.client, "ws-exit")
+        .await
+        .expect_err("not ready");
+    assert_not_ready(&status);
+    assert!(status.message().contains("exited"), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_runtime_whose_process_died_reads_as_failed_and_is_provisioned_again() {
+    let dir = TempDir::new();
+    let stub = start_stub(Duration::from_millis(1)).await;
+    let mut proxy = start_proxy(
+        fake_runtime(&dir.0, stub.port, "ready"),
+        Duration::from_secs(10),
+        Duration::from_secs(30),
+    )
+    .await;
+    ensure(&mut proxy.client, "ws-dies").await.expect("ensure");
+    let first = pid(&dir.0, "ws-dies");
+
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let started = Instant::now();
+    while state(&mut proxy.client, "ws-dies").await != RuntimeState::Failed {
+        assert!(
+            started.elapsed() < WAIT,
+            "the dead runtime is reported failed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    assert_eq!(
+        ensure(&mut proxy.client, "ws-dies").await.expect("ensure"),
+        RuntimeState::Ready
+    );
+    assert_eq!(starts(&dir.0).len(), 2);
+    assert_ne!(pid(&dir.0, "ws-dies"), first);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_kills_every_runtime_process() {
+    let dir = TempDir::new();
+    let stub = start_stub(Duration::from_millis(1)).await;
+    let mut proxy = start_proxy(
+        fake_runtime(&dir.0, stub.port, "ready"),
+        Duration::from_secs(10),
+        Duration::from_secs(30),
+    )
+    .await;
+    ensure(&mut proxy.client, "ws-1").await.expect("ensure");
+    ensure(&mut proxy.client, "ws-2").await.expect("ensure");
+    let pids = [pid(&dir.0, "ws-1"), pid(&dir.0, "ws-2")];
+    assert!(pids.iter().all(|pid| !process_is_gone(*pid)));
+
+    proxy.stop().await;
+    for pid in pids {
+        assert!(
+            process_is_gone(pid),
+            "runtime {pid} still runs after shutdown"
+        );
+    }
+}

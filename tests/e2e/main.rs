@@ -1,0 +1,6 @@
+//! End-to-end tests: the real `crawbl` binary's components as separate processes (or the
+//! all-in-one embedded stack), real Postgres, real Redis, real Socket.IO clients.
+
+mod support;
+
+mod walking_skeleton;

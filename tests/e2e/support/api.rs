@@ -1,0 +1,104 @@
+//! Typed helpers for the REST API.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// A signed-up user of one edge.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub token: String,
+    pub user_id: String,
+    pub workspace_id: String,
+}
+
+pub struct Api {
+    pub base: String,
+    client: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Signs up a new user with a unique email; panics unless it answers 201.
+    pub async fn sign_up(&self) -> User {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let (status, body) = self
+            .post(
+                "/v1/auth/sign-up",
+                None,
+                json!({"email": email, "password": "correct horse battery", "displayName": "Test User"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "sign-up failed: {body}");
+        let data = &body["data"];
+        User {
+            token: data["accessToken"]
+                .as_str()
+                .expect("accessToken")
+                .to_owned(),
+            user_id: data["user"]["id"].as_str().expect("user.id").to_owned(),
+            workspace_id: data["workspaces"][0]["id"]
+                .as_str()
+                .expect("workspaces[0].id")
+                .to_owned(),
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.client.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("x-token", token);
+        }
+        read(request.send().await.expect("GET")).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.post_raw(path, token, body.to_string()).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: String,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        read(request.send().await.expect("POST")).await
+    }
+
+    /// Creates a conversation in the user's workspace and returns its id.
+    pub async fn create_conversation(&self, user: &User) -> String {
+        let (status, body) = self
+            .post(
+                &format!("/v1/workspaces/{}/conversations", user.workspace_id),
+                Some(&user.token),
+                json!({"title": "Test"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create conversation: {body}");
+        body["data"]["id"].as_str().expect("id").to_owned()
+    }
+}
+
+async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, body)
+}

@@ -1,0 +1,233 @@
+//! Starting stacks of real processes and talking to them.
+
+pub mod api;
+pub mod sio;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use sqlx::Connection;
+use tokio::process::{Child, Command};
+
+/// The all-in-one binary, whose subcommands run each component alone.
+const CRAWBL: &str = env!("CARGO_BIN_EXE_crawbl");
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A loopback port free right now (the OS picks it; the caller binds it soon after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("no free loopback port")
+}
+
+/// A fresh Postgres database for one test; returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    let admin_url = postgres_admin_url();
+    let name = format!("crawbl_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::postgres::PgConnection::connect(&admin_url)
+        .await
+        .unwrap_or_else(|error| panic!("cannot reach Postgres at {admin_url}: {error}"));
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("CREATE DATABASE");
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("admin URL has a database");
+    format!("{base}/{name}")
+}
+
+/// A temporary folder for one test's data and logs, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("crawbl-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A running stack; every process is killed when it is dropped.
+pub struct Stack {
+    /// Base URLs (`http://127.0.0.1:port`) of the edge nodes.
+    pub edges: Vec<String>,
+    processes: Vec<Child>,
+    dir: TempDir,
+}
+
+impl Stack {
+    /// Every component as its own process (`crawbl <component>`, as compose runs them) on a
+    /// fresh Postgres database and the shared Redis, with `edge_count` edge nodes.
+    pub async fn separate_processes(edge_count: usize) -> Self {
+        let database_url = fresh_postgres_database().await;
+        let dir = TempDir::new();
+        let [auth, conversation, runtime_proxy] = [free_port(), free_port(), free_port()];
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let common = vec![
+            ("DATABASE_URL", database_url.clone()),
+            ("REDIS_URL", redis_url()),
+            ("AUTH_URL", url(auth)),
+            ("CONVERSATION_URL", url(conversation)),
+            ("RUNTIME_PROXY_URL", url(runtime_proxy)),
+            ("AUTH_LISTEN", format!("127.0.0.1:{auth}")),
+            ("CONVERSATION_LISTEN", format!("127.0.0.1:{conversation}")),
+            ("RUNTIME_PROXY_LISTEN", format!("127.0.0.1:{runtime_proxy}")),
+            ("RUNTIME_COMMAND", format!("{CRAWBL} runtime-stub")),
+            ("RUNTIME_STUB_TOKEN_DELAY_MS", "5".to_owned()),
+        ];
+        let mut stack = Self {
+            edges: Vec::new(),
+            processes: Vec::new(),
+            dir,
+        };
+        for component in ["auth", "runtime-proxy", "conversation"] {
+            stack.spawn(component, &[component], &common);
+        }
+        for index in 0..edge_count {
+            let port = free_port();
+            let mut env = common.clone();
+            env.push(("EDGE_LISTEN", format!("127.0.0.1:{port}")));
+            stack.spawn(&format!("edge-{index}"), &["edge"], &env);
+            stack.edges.push(url(port));
+        }
+        for port in [auth, conversation, runtime_proxy] {
+            wait_for_grpc_health(&url(port)).await;
+        }
+        stack.wait_for_edges().await;
+        stack
+    }
+
+    /// The all-in-one embedded default: `crawbl` with no subcommand, SQLite in a temp folder,
+    /// the in-process bus, runtimes spawned by re-executing the binary.
+    pub async fn embedded() -> Self {
+        let dir = TempDir::new();
+        let port = free_port();
+        let env = vec![
+            (
+                "CRAWBL_DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
+            ("EDGE_LISTEN", format!("127.0.0.1:{port}")),
+            ("AUTH_LISTEN", "127.0.0.1:0".to_owned()),
+            ("CONVERSATION_LISTEN", "127.0.0.1:0".to_owned()),
+            ("RUNTIME_PROXY_LISTEN", "127.0.0.1:0".to_owned()),
+            ("RUNTIME_STUB_TOKEN_DELAY_MS", "5".to_owned()),
+        ];
+        let mut stack = Self {
+            edges: vec![format!("http://127.0.0.1:{port}")],
+            processes: Vec::new(),
+            dir,
+        };
+        stack.spawn("crawbl", &[], &env);
+        stack.wait_for_edges().await;
+        stack
+    }
+
+    pub fn edge(&self, index: usize) -> &str {
+        &self.edges[index]
+    }
+
+    fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, String)]) {
+        let log_path = self.dir.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).expect("create log file");
+        let mut command = Command::new(CRAWBL);
+        command
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
+        self.processes.push(child);
+    }
+
+    async fn wait_for_edges(&mut self) {
+        let client = reqwest::Client::new();
+        for edge in self.edges.clone() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(response) = client.get(format!("{edge}/healthz")).send().await
+                    && response.status().is_success()
+                {
+                    break;
+                }
+                self.assert_all_running();
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "edge {edge} not healthy within 30s; logs in {}",
+                    self.dir.path().display()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    fn assert_all_running(&mut self) {
+        for child in &mut self.processes {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "a stack process exited early ({status}); logs in {}",
+                    self.dir.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// Waits until the gRPC server at `url` reports SERVING on `grpc.health.v1`.
+pub async fn wait_for_grpc_health(url: &str) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .expect("valid url")
+            .connect()
+            .await
+            && let Ok(response) = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+            && response.into_inner().status == 1
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} not serving within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,194 @@
+//! A small Socket.IO v5 client over Engine.IO v4 websockets, speaking the protocol as
+//! `socket.io-client` does: open packet, namespace connect with an auth payload, ping/pong,
+//! events with any number of arguments, `connect_error`.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+pub const NAMESPACE: &str = "/v1";
+
+/// An event the server sent: its name and arguments.
+#[derive(Debug, Clone)]
+pub struct ServerEvent {
+    pub name: String,
+    pub args: Vec<Value>,
+}
+
+impl ServerEvent {
+    pub fn payload(&self) -> &Value {
+        &self.args[0]
+    }
+}
+
+pub struct SioClient {
+    events: mpsc::UnboundedReceiver<ServerEvent>,
+    /// Packets to send; dropping it closes the websocket.
+    _outgoing: mpsc::UnboundedSender<String>,
+}
+
+#[derive(Debug)]
+pub enum ConnectOutcome {
+    Connected(SioClient),
+    /// The server's `connect_error` message.
+    Refused(String),
+}
+
+/// Connects to `base_url` (`http://host:port`) on namespace `/v1`.
+pub async fn connect(
+    base_url: &str,
+    headers: &[(&str, &str)],
+    auth: Option<Value>,
+) -> anyhow::Result<ConnectOutcome> {
+    let url = format!(
+        "{}/socket.io/?EIO=4&transport=websocket",
+        base_url.replacen("http", "ws", 1)
+    );
+    let mut request = url.into_client_request()?;
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes())?,
+            value.parse()?,
+        );
+    }
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+
+    let open = next_text(&mut socket).await?;
+    anyhow::ensure!(
+        open.starts_with('0'),
+        "expected an open packet, got {open:?}"
+    );
+
+    let auth = auth.map(|auth| auth.to_string()).unwrap_or_default();
+    socket
+        .send(Frame::text(format!("40{NAMESPACE},{auth}")))
+        .await?;
+    loop {
+        let packet = next_text(&mut socket).await?;
+        if packet == "2" {
+            socket.send(Frame::text("3")).await?;
+        } else if packet.starts_with(&format!("40{NAMESPACE},")) {
+            break;
+        } else if let Some(body) = packet.strip_prefix(&format!("44{NAMESPACE},")) {
+            let error: Value = serde_json::from_str(body)?;
+            let message = error["message"].as_str().unwrap_or(body).to_owned();
+            return Ok(ConnectOutcome::Refused(message));
+        } else {
+            anyhow::bail!("unexpected packet during connect: {packet:?}");
+        }
+    }
+
+    let (events_tx, events) = mpsc::unbounded_channel();
+    let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                frame = socket.next() => {
+                    let Some(Ok(frame)) = frame else { return };
+                    let Frame::Text(text) = frame else { continue };
+                    if text.as_str() == "2" {
+                        if socket.send(Frame::text("3")).await.is_err() { return; }
+                    } else if let Some(event) = parse_event(text.as_str())
+                        && events_tx.send(event).is_err()
+                    {
+                        return;
+                    }
+                }
+                packet = outgoing_rx.recv() => {
+                    let Some(packet) = packet else { let _ = socket.close(None).await; return };
+                    if socket.send(Frame::text(packet)).await.is_err() { return; }
+                }
+            }
+        }
+    });
+    Ok(ConnectOutcome::Connected(SioClient {
+        events,
+        _outgoing: outgoing,
+    }))
+}
+
+fn parse_event(packet: &str) -> Option<ServerEvent> {
+    let body = packet.strip_prefix(&format!("42{NAMESPACE},"))?;
+    let Value::Array(mut items) = serde_json::from_str(body).ok()? else {
+        return None;
+    };
+    if items.is_empty() {
+        return None;
+    }
+    let Value::String(name) = items.remove(0) else {
+        return None;
+    };
+    Some(ServerEvent { name, args: items })
+}
+
+async fn next_text<S>(socket: &mut S) -> anyhow::Result<String>
+where
+    S: futures::Stream<Item = Result<Frame, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("no packet within 10s"))?
+            .ok_or_else(|| anyhow::anyhow!("websocket closed"))??;
+        if let Frame::Text(text) = frame {
+            return Ok(text.as_str().to_owned());
+        }
+    }
+}
+
+impl ConnectOutcome {
+    pub fn expect_connected(self) -> SioClient {
+        match self {
+            Self::Connected(client) => client,
+            Self::Refused(message) => panic!("handshake refused: {message}"),
+        }
+    }
+
+    pub fn expect_refused(self) -> String {
+        match self {
+            Self::Connected(_) => panic!("handshake accepted, expected connect_error"),
+            Self::Refused(message) => message,
+        }
+    }
+}
+
+impl std::fmt::Debug for SioClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SioClient")
+    }
+}
+
+impl SioClient {
+    /// The next event, or `None` if none arrives within `wait`.
+    pub async fn next_event(&mut self, wait: Duration) -> Option<ServerEvent> {
+        tokio::time::timeout(wait, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Every event until (and including) the first for which `last` holds; panics after `wait`.
+    pub async fn events_until(
+        &mut self,
+        wait: Duration,
+        mut last: impl FnMut(&ServerEvent) -> bool,
+    ) -> Vec<ServerEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut events = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(event) = self.next_event(remaining).await else {
+                panic!("timed out after {wait:?}; events so far: {events:#?}");
+            };
+            let done = last(&event);
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+}
