@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use crawbl_infra::bus::EventBus;
 use crawbl_infra::config;
+use crawbl_infra::net::bind;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -67,20 +68,18 @@ async fn run_all() -> anyhow::Result<()> {
             args: vec!["runtime-stub".to_owned()],
         };
     }
-    let runtime_proxy_listener =
-        bind(&runtime_proxy.listen.to_string(), "RUNTIME_PROXY_LISTEN").await?;
+    let runtime_proxy_listener = bind(runtime_proxy.listen, "RUNTIME_PROXY_LISTEN").await?;
 
     let mut conversation = crawbl_conversation::Config::from_env()?;
     conversation.database_url = database_url("conversation");
     conversation.runtime_proxy_url = url_of(&runtime_proxy_listener)?;
-    let conversation_listener =
-        bind(&conversation.listen.to_string(), "CONVERSATION_LISTEN").await?;
+    let conversation_listener = bind(conversation.listen, "CONVERSATION_LISTEN").await?;
 
     let mut edge = crawbl_edge::Config::from_env()?;
     edge.auth_url = url_of(&auth_listener)?;
     edge.conversation_url = url_of(&conversation_listener)?;
     edge.runtime_proxy_url = url_of(&runtime_proxy_listener)?;
-    let edge_listener = bind(&edge.listen.to_string(), "EDGE_LISTEN").await?;
+    let edge_listener = bind(edge.listen, "EDGE_LISTEN").await?;
     let edge_address = edge_listener.local_addr()?;
 
     let mut components = JoinSet::new();
@@ -140,12 +139,6 @@ async fn named(
     component: impl Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     component.await.with_context(|| format!("{name} failed"))
-}
-
-async fn bind(address: &str, variable: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| {
-        format!("cannot listen on {address}: is another process using it? Set {variable} to another address")
-    })
 }
 
 fn url_of(listener: &TcpListener) -> anyhow::Result<String> {

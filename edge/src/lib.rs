@@ -78,17 +78,7 @@ pub async fn run(
 pub async fn main_from_env() -> anyhow::Result<()> {
     crawbl_infra::telemetry::init_logging();
     let config = Config::from_env()?;
-    let bus = match &config.redis_url {
-        Some(url) => EventBus::redis(url).await?,
-        None => {
-            tracing::warn!(
-                "REDIS_URL is not set: this edge receives no events from services in other processes"
-            );
-            EventBus::in_process()
-        }
-    };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bus = EventBus::for_standalone(config.redis_url.as_deref(), "edge").await?;
+    let listener = crawbl_infra::net::bind(config.listen, "EDGE_LISTEN").await?;
     run(config, listener, bus, crawbl_infra::shutdown::on_signal()).await
 }

@@ -63,6 +63,19 @@ impl EventBus {
         }
     }
 
+    /// The bus of a component run alone: Redis when `url` is given; otherwise in-process,
+    /// saying once that events then do not cross process boundaries.
+    pub async fn for_standalone(url: Option<&str>, component: &str) -> anyhow::Result<Self> {
+        if url.is_none() {
+            tracing::warn!(
+                component,
+                "REDIS_URL is not set: live events stay inside this process (no other component \
+                 sends or receives them); everything else works"
+            );
+        }
+        Self::from_url(url).await
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::InProcess(_) => "in-process",

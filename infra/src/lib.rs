@@ -6,5 +6,6 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod net;
 pub mod shutdown;
 pub mod telemetry;

@@ -2,6 +2,8 @@
 //! The filter comes from `RUST_LOG` (default `info`). Logs go to stderr, so a process's stdout
 //! stays free for what it reports to its parent (runtime-stub prints its address there).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Installs the global subscriber once; later calls (tests, the launcher) are no-ops.
@@ -18,6 +20,7 @@ pub fn init_logging() {
     } else {
         fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_env_filter(filter)
             .try_init()
     };

@@ -39,9 +39,7 @@ pub async fn run(
 pub async fn main_from_env() -> anyhow::Result<()> {
     crawbl_infra::telemetry::init_logging();
     let config = Config::from_env().context("reading runtime-stub configuration")?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding RUNTIME_STUB_LISTEN {}", config.listen))?;
+    let listener = crawbl_infra::net::bind(config.listen, "RUNTIME_STUB_LISTEN").await?;
     let address = listener.local_addr().context("reading the bound address")?;
     announce(address)?;
     tracing::info!(%address, token_delay_ms = config.token_delay.as_millis(), "runtime-stub listening");

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use crawbl_infra::config::{optional, parse_or};
 use crawbl_infra::db::Migrations;
 use tokio::net::TcpListener;
@@ -106,8 +105,6 @@ pub async fn run(
 pub async fn main_from_env() -> anyhow::Result<()> {
     crawbl_infra::telemetry::init_logging();
     let config = Config::from_env()?;
-    let listener = TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on AUTH_LISTEN={}", config.listen))?;
+    let listener = crawbl_infra::net::bind(&config.listen, "AUTH_LISTEN").await?;
     run(config, listener, crawbl_infra::shutdown::on_signal()).await
 }

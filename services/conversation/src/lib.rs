@@ -10,7 +10,6 @@ mod validate;
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use crawbl_infra::bus::EventBus;
 use crawbl_infra::config;
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
@@ -83,17 +82,7 @@ pub async fn run(
 pub async fn main_from_env() -> anyhow::Result<()> {
     crawbl_infra::telemetry::init_logging();
     let config = Config::from_env()?;
-    let bus = match &config.redis_url {
-        Some(url) => EventBus::redis(url).await?,
-        None => {
-            tracing::warn!(
-                "REDIS_URL is not set: live events are off (no edge can receive them); everything else works"
-            );
-            EventBus::in_process()
-        }
-    };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let bus = EventBus::for_standalone(config.redis_url.as_deref(), "conversation").await?;
+    let listener = crawbl_infra::net::bind(config.listen, "CONVERSATION_LISTEN").await?;
     run(config, listener, bus, crawbl_infra::shutdown::on_signal()).await
 }

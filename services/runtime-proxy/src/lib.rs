@@ -40,8 +40,6 @@ pub async fn run(
 pub async fn main_from_env() -> anyhow::Result<()> {
     crawbl_infra::telemetry::init_logging();
     let config = Config::from_env().context("reading runtime-proxy configuration")?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding RUNTIME_PROXY_LISTEN {}", config.listen))?;
+    let listener = crawbl_infra::net::bind(config.listen, "RUNTIME_PROXY_LISTEN").await?;
     run(config, listener, crawbl_infra::shutdown::on_signal()).await
 }
