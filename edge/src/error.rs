@@ -48,7 +48,9 @@ impl From<tonic::Status> for ApiError {
         let stable =
             crawbl_infra::grpc::stable_code(&status).map(|code| Cow::Owned(code.to_owned()));
         let (http, default_code) = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "INVALID_INPUT"),
+            Code::InvalidArgument => (StatusCode::BAD_REQUEST, "INVALID_INPUT"),
+            // Asked for what is no longer kept (events pruned from the log).
+            Code::OutOfRange => (StatusCode::GONE, "GONE"),
             Code::FailedPrecondition => (StatusCode::UNPROCESSABLE_ENTITY, "UNPROCESSABLE"),
             Code::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             Code::AlreadyExists | Code::Aborted => (StatusCode::CONFLICT, "CONFLICT"),
@@ -71,7 +73,10 @@ impl From<tonic::Status> for ApiError {
             tracing::error!(code = ?status.code(), message = status.message(), "service call failed");
             if http == StatusCode::SERVICE_UNAVAILABLE {
                 error.retry_after_secs = Some(1);
-                error.message = "a backend service is unavailable; retry shortly".to_owned();
+                // A stable code means a service chose the words for the client; keep them.
+                if crawbl_infra::grpc::stable_code(&status).is_none() {
+                    error.message = "a backend service is unavailable; retry shortly".to_owned();
+                }
             } else {
                 error.message = "internal error".to_owned();
             }

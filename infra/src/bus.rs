@@ -4,7 +4,9 @@
 //! node receives them; without it, through an in-process broadcast channel (the embedded default,
 //! where every component runs in one process). Events are protobuf-encoded [`Event`] envelopes.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use crawbl_proto::events::v1::Event;
@@ -20,6 +22,12 @@ const IN_PROCESS_CAPACITY: usize = 4096;
 /// Events read from Redis and not yet taken by the subscriber.
 const SUBSCRIBER_BUFFER: usize = 4096;
 const CHANNEL_PREFIX: &str = "crawbl:events:";
+/// A publish that takes longer fails, so a Redis outage cannot stall the publisher; durable
+/// events stay in the log and are published again later.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed publish, publishes fail at once for this long instead of each waiting for
+/// Redis: an outage must not slow every turn down (durable events are retried from the log).
+const BACKOFF_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The Redis channel that carries a workspace's events.
 pub fn workspace_channel(workspace_id: &str) -> String {
@@ -32,6 +40,8 @@ pub enum EventBus {
     Redis {
         client: redis::Client,
         publisher: ConnectionManager,
+        /// Unix ms until which publishes fail fast (0: Redis is believed up).
+        failing_until_ms: Arc<AtomicU64>,
     },
 }
 
@@ -52,7 +62,11 @@ impl EventBus {
                     crate::db::redact(url)
                 )
             })?;
-        Ok(Self::Redis { client, publisher })
+        Ok(Self::Redis {
+            client,
+            publisher,
+            failing_until_ms: Arc::default(),
+        })
     }
 
     /// Redis when `url` is given, in-process otherwise.
@@ -92,15 +106,33 @@ impl EventBus {
                 let _ = sender.send(event.clone());
                 Ok(())
             }
-            Self::Redis { publisher, .. } => {
+            Self::Redis {
+                publisher,
+                failing_until_ms,
+                ..
+            } => {
+                let now = unix_ms();
+                if now < failing_until_ms.load(Ordering::Relaxed) {
+                    anyhow::bail!(
+                        "Redis failed a moment ago; not publishing until it has had time to recover"
+                    );
+                }
                 let mut connection = publisher.clone();
-                let _receivers: i64 = redis::cmd("PUBLISH")
+                let mut command = redis::cmd("PUBLISH");
+                command
                     .arg(workspace_channel(&event.workspace_id))
-                    .arg(event.encode_to_vec())
-                    .query_async(&mut connection)
-                    .await
-                    .context("publishing an event to Redis")?;
-                Ok(())
+                    .arg(event.encode_to_vec());
+                let publish = command.query_async::<i64>(&mut connection);
+                let outcome = match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+                    Ok(result) => result.context("publishing an event to Redis").map(drop),
+                    Err(_) => Err(anyhow::anyhow!("publishing an event to Redis timed out")),
+                };
+                if outcome.is_err() {
+                    let backoff =
+                        u64::try_from(BACKOFF_AFTER_FAILURE.as_millis()).unwrap_or(u64::MAX);
+                    failing_until_ms.store(unix_ms() + backoff, Ordering::Relaxed);
+                }
+                outcome
             }
         }
     }
@@ -162,4 +194,11 @@ async fn relay_from_redis(client: redis::Client, sender: mpsc::Sender<Event>) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
 }

@@ -3,4 +3,5 @@
 
 mod support;
 
+mod conversations;
 mod walking_skeleton;

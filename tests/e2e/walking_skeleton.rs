@@ -323,6 +323,23 @@ fn assert_turn(
         &json!({"agentId": agent_id, "status": "online"})
     );
 
+    // Durable events carry their place in the workspace's log; the others carry nothing more.
+    let position = |event: &ServerEvent| event.args.get(1).cloned();
+    let first_seq = position(events[0]).expect("message.new has a position")["seq"]
+        .as_u64()
+        .expect("seq");
+    for (index, offset) in [(0, 0), (3, 1), (4, 2)] {
+        assert_eq!(
+            position(events[index]),
+            Some(json!({"workspaceId": user.workspace_id, "seq": first_seq + offset})),
+            "{:#?}",
+            events[index]
+        );
+    }
+    for index in [1, 2, 5, 6] {
+        assert_eq!(events[index].args.len(), 1, "{:#?}", events[index]);
+    }
+
     // The deltas, in order, spell the final text.
     let mut streamed = String::new();
     for (index, delta) in deltas.iter().enumerate() {

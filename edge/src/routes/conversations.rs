@@ -2,33 +2,44 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crawbl_proto::conversation::v1::{
-    CreateConversationRequest, GetConversationRequest, ListConversationsRequest,
+    CreateConversationRequest, DeleteConversationRequest, GetConversationRequest,
+    ListConversationsRequest,
 };
 use serde::Deserialize;
 
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiQuery, PageQuery};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::json::{Conversation, Data, Page};
 
-/// `GET /v1/workspaces/{w}/conversations`, most recently active first.
+/// `GET /v1/workspaces/{w}/conversations?before=<cursor>&limit=<1..100>`, most recently
+/// active first.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Path(workspace_id): Path<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Conversation>>, ApiError> {
     caller.workspace(&workspace_id)?;
-    let conversations = state
+    let limit = query.limit()?;
+    let page = state
         .conversations
         .clone()
-        .list_conversations(ListConversationsRequest { workspace_id })
+        .list_conversations(ListConversationsRequest {
+            workspace_id,
+            before: query.before.unwrap_or_default(),
+            limit,
+        })
         .await?
-        .into_inner()
-        .conversations;
+        .into_inner();
     Ok(Json(Page {
-        data: conversations.into_iter().map(Conversation::from).collect(),
-        next_cursor: None,
+        data: page
+            .conversations
+            .into_iter()
+            .map(Conversation::from)
+            .collect(),
+        next_cursor: Some(page.next_cursor).filter(|cursor| !cursor.is_empty()),
     }))
 }
 
@@ -84,4 +95,22 @@ pub async fn get(
     Ok(Json(Data {
         data: conversation.into(),
     }))
+}
+
+/// `DELETE /v1/workspaces/{w}/conversations/{c}` → 204; its running turn is cancelled.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((workspace_id, conversation_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.workspace(&workspace_id)?;
+    state
+        .conversations
+        .clone()
+        .delete_conversation(DeleteConversationRequest {
+            workspace_id,
+            conversation_id,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

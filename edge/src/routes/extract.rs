@@ -56,3 +56,23 @@ where
             })
     }
 }
+
+/// `?before=<cursor>&limit=<n>` of a newest-first listing.
+#[derive(serde::Deserialize)]
+pub struct PageQuery {
+    pub before: Option<String>,
+    pub limit: Option<u32>,
+}
+
+impl PageQuery {
+    /// The limit for the service: 0 (its default) when absent; 0 from a client is refused.
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            Some(0) => Err(ApiError::bad_request(
+                "INVALID_LIMIT",
+                "limit must be between 1 and 100",
+            )),
+            limit => Ok(limit.unwrap_or(0)),
+        }
+    }
+}

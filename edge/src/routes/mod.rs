@@ -2,6 +2,7 @@
 
 mod auth;
 mod conversations;
+mod events;
 mod extract;
 mod messages;
 mod workspaces;
@@ -30,12 +31,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/workspaces/{workspace_id}/conversations/{conversation_id}",
-            get(conversations::get),
+            get(conversations::get).delete(conversations::delete),
         )
         .route(
             "/workspaces/{workspace_id}/conversations/{conversation_id}/messages",
             get(messages::list).post(messages::send),
-        );
+        )
+        .route("/workspaces/{workspace_id}/events", get(events::list));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))

@@ -4,11 +4,14 @@
 
 mod db;
 mod error;
+mod outbox;
+mod scheduler;
 mod service;
 mod turn;
 mod validate;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crawbl_infra::bus::EventBus;
 use crawbl_infra::config;
@@ -26,6 +29,10 @@ pub struct Config {
     pub runtime_proxy_url: String,
     /// Redis for events; `None` publishes on the in-process bus.
     pub redis_url: Option<String>,
+    /// How long published events stay in the log for replay.
+    pub event_retention: Duration,
+    /// How long a send waits for the workspace's runtime before `RUNTIME_NOT_READY`.
+    pub runtime_wait: Duration,
 }
 
 impl Config {
@@ -38,6 +45,10 @@ impl Config {
             runtime_proxy_url: config::optional("RUNTIME_PROXY_URL")
                 .unwrap_or_else(|| "http://127.0.0.1:50053".to_owned()),
             redis_url: config::optional("REDIS_URL"),
+            event_retention: Duration::from_secs(
+                config::parse_or("EVENT_RETENTION_HOURS", 72u64)? * 3600,
+            ),
+            runtime_wait: Duration::from_millis(config::parse_or("RUNTIME_WAIT_MS", 10_000u64)?),
         })
     }
 }
@@ -59,11 +70,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = crawbl_infra::db::connect(&config.database_url, migrations()).await?;
-    let runtime = RuntimeProxyClient::new(crawbl_infra::grpc::channel(&config.runtime_proxy_url)?);
-    let service = service::Conversations::new(pool, bus, runtime);
-    let turns = service.turns();
+    let outbox = outbox::Outbox::new(pool.clone(), bus);
+    recover_interrupted_turns(&pool, &outbox).await?;
 
-    crawbl_infra::grpc::serve(listener, ConversationServiceServer::new(service), shutdown).await?;
+    let runtime = RuntimeProxyClient::new(crawbl_infra::grpc::channel(&config.runtime_proxy_url)?);
+    let service = service::Conversations::new(pool, outbox.clone(), runtime, config.runtime_wait);
+    let turns = service.scheduler().tracker();
+
+    let background = shutdown.child_token();
+    let relay = tokio::spawn(outbox.clone().run_relay(background.clone()));
+    let pruner = tokio::spawn(outbox.run_pruner(config.event_retention, background.clone()));
+
+    let served =
+        crawbl_infra::grpc::serve(listener, ConversationServiceServer::new(service), shutdown)
+            .await;
 
     turns.close();
     if tokio::time::timeout(turn::SHUTDOWN_GRACE, turns.wait())
@@ -75,6 +95,25 @@ pub async fn run(
             "agent turns still running at shutdown were abandoned"
         );
     }
+    background.cancel();
+    let _ = tokio::join!(relay, pruner);
+    served
+}
+
+/// A previous run may have stopped mid-turn: no message stays `streaming` and no agent `busy`.
+async fn recover_interrupted_turns(
+    pool: &sqlx::AnyPool,
+    outbox: &outbox::Outbox,
+) -> anyhow::Result<()> {
+    let events = db::recover_streaming_messages(pool).await?;
+    if !events.is_empty() {
+        tracing::warn!(
+            count = events.len(),
+            "ended messages left streaming by an interrupted run"
+        );
+    }
+    outbox.publish(events).await;
+    db::reset_busy_agents(pool).await?;
     Ok(())
 }
 

@@ -1,43 +1,59 @@
 //! The gRPC face of the conversation service.
 
-use crawbl_infra::bus::EventBus;
+use std::time::Duration;
+
+use crawbl_infra::grpc::status_with_code;
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationService;
 use crawbl_proto::conversation::v1::{
-    Conversation, CreateConversationRequest, GetConversationRequest, ListAgentsRequest,
-    ListAgentsResponse, ListConversationsRequest, ListConversationsResponse, ListMessagesRequest,
+    Conversation, CreateConversationRequest, DeleteConversationRequest, DeleteConversationResponse,
+    GetConversationRequest, ListAgentsRequest, ListAgentsResponse, ListConversationsRequest,
+    ListConversationsResponse, ListEventsRequest, ListEventsResponse, ListMessagesRequest,
     ListMessagesResponse, SendMessageRequest, SendMessageResponse,
 };
-use crawbl_proto::events::v1::event;
+use crawbl_proto::runtimeproxy::v1::EnsureRuntimeRequest;
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use sqlx::AnyPool;
-use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
-use crate::turn::{self, TurnDeps};
+use crate::outbox::Outbox;
+use crate::scheduler::Scheduler;
+use crate::turn::TurnDeps;
 use crate::validate::{self, NewUserMessage};
 use crate::{ConversationError, db};
 
 pub struct Conversations {
-    deps: TurnDeps,
-    turns: TaskTracker,
+    pool: AnyPool,
+    outbox: Outbox,
+    runtime: RuntimeProxyClient<Channel>,
+    scheduler: Scheduler,
+    /// How long a send waits for the workspace's runtime to become ready.
+    runtime_wait: Duration,
 }
 
 impl Conversations {
-    pub fn new(pool: AnyPool, bus: EventBus, runtime: RuntimeProxyClient<Channel>) -> Self {
+    pub fn new(
+        pool: AnyPool,
+        outbox: Outbox,
+        runtime: RuntimeProxyClient<Channel>,
+        runtime_wait: Duration,
+    ) -> Self {
+        let scheduler = Scheduler::new(TurnDeps {
+            pool: pool.clone(),
+            outbox: outbox.clone(),
+            runtime: runtime.clone(),
+        });
         Self {
-            deps: TurnDeps { pool, bus, runtime },
-            turns: TaskTracker::new(),
+            pool,
+            outbox,
+            runtime,
+            scheduler,
+            runtime_wait,
         }
     }
 
-    /// The running agent turns, so shutdown can wait for them.
-    pub fn turns(&self) -> TaskTracker {
-        self.turns.clone()
-    }
-
-    fn pool(&self) -> &AnyPool {
-        &self.deps.pool
+    pub fn scheduler(&self) -> Scheduler {
+        self.scheduler.clone()
     }
 
     async fn conversation(
@@ -45,10 +61,35 @@ impl Conversations {
         workspace_id: &str,
         conversation_id: &str,
     ) -> Result<Conversation, ConversationError> {
-        db::find_conversation(self.pool(), workspace_id, conversation_id)
+        db::find_conversation(&self.pool, workspace_id, conversation_id)
             .await?
             .ok_or(ConversationError::ConversationNotFound)
     }
+
+    /// Waits (up to the bound) until the workspace's runtime is ready, so a send is refused
+    /// with `RUNTIME_NOT_READY` instead of accepted and failed. Provisioning goes on after a
+    /// refusal, so a retry soon succeeds.
+    async fn ensure_runtime(&self, workspace_id: &str) -> Result<(), Status> {
+        let mut request = Request::new(EnsureRuntimeRequest {
+            workspace_id: workspace_id.to_owned(),
+        });
+        request.set_timeout(self.runtime_wait);
+        match self.runtime.clone().ensure_runtime(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => {
+                tracing::info!(code = ?status.code(), message = status.message(), workspace_id, "runtime not ready for a send");
+                Err(status_with_code(
+                    Code::Unavailable,
+                    "RUNTIME_NOT_READY",
+                    "the workspace's agent runtime is starting; retry shortly",
+                ))
+            }
+        }
+    }
+}
+
+fn db_error(error: sqlx::Error) -> Status {
+    ConversationError::from(error).into()
 }
 
 #[tonic::async_trait]
@@ -58,12 +99,12 @@ impl ConversationService for Conversations {
         request: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
         let workspace_id = request.into_inner().workspace_id;
-        db::ensure_default_agents(self.pool(), &workspace_id)
+        db::ensure_default_agents(&self.pool, &workspace_id)
             .await
-            .map_err(ConversationError::from)?;
-        let agents = db::list_agents(self.pool(), &workspace_id)
+            .map_err(db_error)?;
+        let agents = db::list_agents(&self.pool, &workspace_id)
             .await
-            .map_err(ConversationError::from)?;
+            .map_err(db_error)?;
         Ok(Response::new(ListAgentsResponse { agents }))
     }
 
@@ -73,25 +114,25 @@ impl ConversationService for Conversations {
     ) -> Result<Response<Conversation>, Status> {
         let request = request.into_inner();
         let title = validate::title(request.title)?;
-        db::ensure_default_agents(self.pool(), &request.workspace_id)
+        db::ensure_default_agents(&self.pool, &request.workspace_id)
             .await
-            .map_err(ConversationError::from)?;
+            .map_err(db_error)?;
         if let Some(agent_id) = &request.agent_id
-            && db::find_agent(self.pool(), &request.workspace_id, agent_id)
+            && db::find_agent(&self.pool, &request.workspace_id, agent_id)
                 .await
-                .map_err(ConversationError::from)?
+                .map_err(db_error)?
                 .is_none()
         {
             return Err(ConversationError::AgentNotFound.into());
         }
         let conversation = db::create_conversation(
-            self.pool(),
+            &self.pool,
             &request.workspace_id,
             &title,
             request.agent_id.as_deref(),
         )
         .await
-        .map_err(ConversationError::from)?;
+        .map_err(db_error)?;
         Ok(Response::new(conversation))
     }
 
@@ -99,10 +140,17 @@ impl ConversationService for Conversations {
         &self,
         request: Request<ListConversationsRequest>,
     ) -> Result<Response<ListConversationsResponse>, Status> {
-        let conversations = db::list_conversations(self.pool(), &request.into_inner().workspace_id)
-            .await
-            .map_err(ConversationError::from)?;
-        Ok(Response::new(ListConversationsResponse { conversations }))
+        let request = request.into_inner();
+        let limit = validate::page_size(request.limit)?;
+        let before = db::Cursor::decode(&request.before)?;
+        let (conversations, next) =
+            db::list_conversations(&self.pool, &request.workspace_id, before.as_ref(), limit)
+                .await
+                .map_err(db_error)?;
+        Ok(Response::new(ListConversationsResponse {
+            conversations,
+            next_cursor: next.map(|cursor| cursor.encode()).unwrap_or_default(),
+        }))
     }
 
     async fn get_conversation(
@@ -116,29 +164,55 @@ impl ConversationService for Conversations {
         Ok(Response::new(conversation))
     }
 
+    async fn delete_conversation(
+        &self,
+        request: Request<DeleteConversationRequest>,
+    ) -> Result<Response<DeleteConversationResponse>, Status> {
+        let request = request.into_inner();
+        // Scope first, so a conversation of another workspace is neither cancelled nor deleted.
+        self.conversation(&request.workspace_id, &request.conversation_id)
+            .await?;
+        self.scheduler.cancel_conversation(&request.conversation_id);
+        if !db::delete_conversation(&self.pool, &request.workspace_id, &request.conversation_id)
+            .await
+            .map_err(db_error)?
+        {
+            return Err(ConversationError::ConversationNotFound.into());
+        }
+        Ok(Response::new(DeleteConversationResponse {}))
+    }
+
     async fn send_message(
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        let new = NewUserMessage::try_from(request.into_inner())?;
+        let request = request.into_inner();
+        let wait = request.wait;
+        let new = NewUserMessage::try_from(request)?;
         let conversation = self
             .conversation(&new.workspace_id, &new.conversation_id)
             .await?;
-        let (message, created) = db::insert_user_message(self.pool(), &new)
+        self.ensure_runtime(&new.workspace_id).await?;
+        let (message, created) = db::insert_user_message(&self.pool, &new)
             .await
-            .map_err(ConversationError::from)?;
-        if created {
-            turn::publish(
-                &self.deps.bus,
-                &message.workspace_id,
-                event::Kind::MessageNew(message.clone()),
-            )
-            .await;
-            self.turns
-                .spawn(turn::run(self.deps.clone(), conversation, message.clone()));
+            .map_err(db_error)?;
+        if let Some(event) = created {
+            self.outbox.publish([event]).await;
+            self.scheduler.enqueue(conversation, message.clone());
         }
+        let reply = if wait {
+            match self.scheduler.wait_for(&message.id) {
+                Some(receiver) => receiver.await.ok().flatten(),
+                None => db::find_reply(&self.pool, &message.id)
+                    .await
+                    .map_err(db_error)?,
+            }
+        } else {
+            None
+        };
         Ok(Response::new(SendMessageResponse {
             message: Some(message),
+            reply,
         }))
     }
 
@@ -148,24 +222,77 @@ impl ConversationService for Conversations {
     ) -> Result<Response<ListMessagesResponse>, Status> {
         let request = request.into_inner();
         let limit = validate::page_size(request.limit)?;
-        let before = match request.before.as_str() {
-            "" => None,
-            raw => Some(db::MessageCursor::decode(raw)?),
-        };
+        let before = db::Cursor::decode(&request.before)?;
         // Scopes the conversation to the workspace before reading its messages.
         self.conversation(&request.workspace_id, &request.conversation_id)
             .await?;
-        let (messages, next) = db::list_messages(
-            self.pool(),
-            &request.conversation_id,
-            before.as_ref(),
-            limit,
-        )
-        .await
-        .map_err(ConversationError::from)?;
+        let (messages, next) =
+            db::list_messages(&self.pool, &request.conversation_id, before.as_ref(), limit)
+                .await
+                .map_err(db_error)?;
         Ok(Response::new(ListMessagesResponse {
             messages,
             next_cursor: next.map(|cursor| cursor.encode()).unwrap_or_default(),
         }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<ListEventsRequest>,
+    ) -> Result<Response<ListEventsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = validate::event_page_size(request.limit)?;
+        let (oldest_seq, last_seq) = db::sequence_bounds(&self.pool, &request.workspace_id)
+            .await
+            .map_err(db_error)?;
+        if missed_pruned_events(request.after, oldest_seq, last_seq) {
+            return Err(status_with_code(
+                Code::OutOfRange,
+                "EVENTS_EXPIRED",
+                format!(
+                    "events after {} are no longer kept (oldest kept: {oldest_seq}); refetch over REST",
+                    request.after
+                ),
+            ));
+        }
+        let (events, has_more) =
+            db::list_events(&self.pool, &request.workspace_id, request.after, limit)
+                .await
+                .map_err(db_error)?;
+        Ok(Response::new(ListEventsResponse {
+            events,
+            has_more,
+            oldest_seq,
+            last_seq,
+        }))
+    }
+}
+
+/// Whether a reader who has seen everything up to `after` missed events that were pruned:
+/// the log keeps `oldest..=last` (nothing when `oldest` is 0) and the reader needs
+/// `after + 1..=last`.
+fn missed_pruned_events(after: u64, oldest: u64, last: u64) -> bool {
+    if after >= last {
+        return false;
+    }
+    oldest == 0 || oldest > after.saturating_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missed_pruned_events;
+
+    #[test]
+    fn a_reader_is_told_when_the_events_it_needs_were_pruned() {
+        // Nothing happened yet, or the reader is up to date.
+        assert!(!missed_pruned_events(0, 0, 0));
+        assert!(!missed_pruned_events(7, 3, 7));
+        // Everything it needs is kept.
+        assert!(!missed_pruned_events(0, 1, 5));
+        assert!(!missed_pruned_events(2, 3, 5));
+        // 3 was pruned (oldest kept is 4) and the reader has seen only up to 2.
+        assert!(missed_pruned_events(2, 4, 5));
+        // Everything was pruned.
+        assert!(missed_pruned_events(2, 0, 5));
     }
 }

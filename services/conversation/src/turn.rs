@@ -1,19 +1,20 @@
 //! One agent turn: the agent answers a user message. The turn's events go out in the order the
 //! spec fixes: agent busy, typing, the agent message (streaming), deltas, the final message,
 //! typing stopped, agent online. Typing always stops and the agent always returns online, even
-//! when the runtime fails.
+//! when the runtime fails or the turn is cancelled.
 
 use std::time::Duration;
 
-use crawbl_infra::bus::EventBus;
 use crawbl_proto::conversation::v1::{Agent, AgentStatus, Conversation, Message, MessageStatus};
-use crawbl_proto::events::v1::{AgentStatusChanged, AgentTyping, Event, MessageDelta, event};
+use crawbl_proto::events::v1::{AgentStatusChanged, AgentTyping, MessageDelta, event};
 use crawbl_proto::runtime::v1::{TurnRequest, turn_event};
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use futures::StreamExt;
 use sqlx::AnyPool;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::outbox::Outbox;
 use crate::{ConversationError, db};
 
 /// How long turns still running at shutdown may take to finish.
@@ -23,44 +24,46 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct TurnDeps {
     pub pool: AnyPool,
-    pub bus: EventBus,
+    pub outbox: Outbox,
     pub runtime: RuntimeProxyClient<Channel>,
 }
 
-/// Publishes `kind` as an event of `workspace_id`. A failed publish is logged, not fatal: the
-/// database already holds the change.
-pub async fn publish(bus: &EventBus, workspace_id: &str, kind: event::Kind) {
-    let event = Event {
-        workspace_id: workspace_id.to_owned(),
-        seq: 0,
-        trace_context: Default::default(),
-        kind: Some(kind),
-    };
-    if let Err(error) = bus.publish(&event).await {
-        tracing::warn!(%error, workspace_id, "could not publish an event");
-    }
-}
-
-/// Runs the agent's turn in answer to `user_message`; errors are logged.
-pub async fn run(deps: TurnDeps, conversation: Conversation, user_message: Message) {
+/// Runs the agent's turn in answer to `user_message` and returns the agent's final message
+/// (`None` when the turn could not start or its conversation was deleted). Errors are logged.
+pub async fn run(
+    deps: TurnDeps,
+    conversation: Conversation,
+    user_message: Message,
+    cancel: CancellationToken,
+) -> Option<Message> {
     let agent = match db::agent_for_conversation(&deps.pool, &conversation).await {
         Ok(agent) => agent,
         Err(error) => {
             tracing::error!(%error, conversation_id = %conversation.id, "cannot start a turn: no agent");
-            return;
+            return None;
         }
     };
-    let workspace_id = conversation.workspace_id.as_str();
 
-    set_status(&deps, workspace_id, &agent, AgentStatus::Busy).await;
+    set_status(&deps, &conversation.workspace_id, &agent, AgentStatus::Busy).await;
     set_typing(&deps, &conversation, &agent, true).await;
 
-    if let Err(error) = answer(&deps, &conversation, &agent, &user_message).await {
-        tracing::error!(%error, conversation_id = %conversation.id, "agent turn failed");
-    }
+    let reply = match answer(&deps, &conversation, &agent, &user_message, &cancel).await {
+        Ok(reply) => reply,
+        Err(error) => {
+            tracing::error!(%error, conversation_id = %conversation.id, "agent turn failed");
+            None
+        }
+    };
 
     set_typing(&deps, &conversation, &agent, false).await;
-    set_status(&deps, workspace_id, &agent, AgentStatus::Online).await;
+    set_status(
+        &deps,
+        &conversation.workspace_id,
+        &agent,
+        AgentStatus::Online,
+    )
+    .await;
+    reply
 }
 
 /// Creates the agent's message, streams the runtime's reply into it and stores the outcome.
@@ -69,19 +72,20 @@ async fn answer(
     conversation: &Conversation,
     agent: &Agent,
     user_message: &Message,
-) -> Result<(), ConversationError> {
-    let workspace_id = conversation.workspace_id.as_str();
-    let reply =
-        db::insert_agent_message(&deps.pool, workspace_id, &conversation.id, &agent.id).await?;
-    publish(
-        &deps.bus,
-        workspace_id,
-        event::Kind::MessageNew(reply.clone()),
+    cancel: &CancellationToken,
+) -> Result<Option<Message>, ConversationError> {
+    let (reply, created) = db::insert_agent_message(
+        &deps.pool,
+        &conversation.workspace_id,
+        &conversation.id,
+        &agent.id,
+        &user_message.id,
     )
-    .await;
+    .await?;
+    deps.outbox.publish([created]).await;
 
     let request = TurnRequest {
-        workspace_id: workspace_id.to_owned(),
+        workspace_id: conversation.workspace_id.clone(),
         conversation_id: conversation.id.clone(),
         agent_id: agent.id.clone(),
         agent_slug: agent.slug.clone(),
@@ -92,15 +96,13 @@ async fn answer(
             .map(|content| content.text.clone())
             .unwrap_or_default(),
     };
-    let (text, status) = stream_reply(deps, &reply, request).await;
-    let finished = db::finish_message(&deps.pool, reply, text, status).await?;
-    publish(
-        &deps.bus,
-        workspace_id,
-        event::Kind::MessageUpdated(finished),
-    )
-    .await;
-    Ok(())
+    let (text, status) = stream_reply(deps, &reply, request, cancel).await;
+    let Some((finished, updated)) = db::finish_message(&deps.pool, reply, text, status).await?
+    else {
+        return Ok(None); // The conversation was deleted meanwhile.
+    };
+    deps.outbox.publish([updated]).await;
+    Ok(Some(finished))
 }
 
 /// Forwards the turn to runtime-proxy and collects the reply, publishing each delta.
@@ -109,24 +111,39 @@ async fn stream_reply(
     deps: &TurnDeps,
     reply: &Message,
     request: TurnRequest,
+    cancel: &CancellationToken,
 ) -> (String, MessageStatus) {
     let mut text = String::new();
-    let ended_early = |text: &String| {
+    let ended_early = |text: &str| {
         if text.is_empty() {
             MessageStatus::Failed
         } else {
             MessageStatus::Incomplete
         }
     };
-    let mut stream = match deps.runtime.clone().forward_turn(request).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "runtime-proxy refused the turn");
-            return (text, MessageStatus::Failed);
-        }
+    let mut runtime = deps.runtime.clone();
+    let call = runtime.forward_turn(request);
+    let mut stream = tokio::select! {
+        () = cancel.cancelled() => return (text, MessageStatus::Failed),
+        response = call => match response {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "runtime-proxy refused the turn");
+                return (text, MessageStatus::Failed);
+            }
+        },
     };
     let mut index = 0u32;
-    while let Some(item) = stream.next().await {
+    loop {
+        // Dropping the stream on cancellation cancels the call, and runtime-proxy the runtime's.
+        let item = tokio::select! {
+            () = cancel.cancelled() => {
+                tracing::info!(message_id = %reply.id, "turn cancelled");
+                return (text.clone(), ended_early(&text));
+            }
+            item = stream.next() => item,
+        };
+        let Some(item) = item else { break };
         let event = match item {
             Ok(event) => event.event,
             Err(status) => {
@@ -137,18 +154,18 @@ async fn stream_reply(
         match event {
             Some(turn_event::Event::Delta(delta)) => {
                 text.push_str(&delta.text);
-                publish(
-                    &deps.bus,
-                    &reply.workspace_id,
-                    event::Kind::MessageDelta(MessageDelta {
-                        message_id: reply.id.clone(),
-                        conversation_id: reply.conversation_id.clone(),
-                        agent_id: reply.agent_id.clone().unwrap_or_default(),
-                        delta: delta.text,
-                        index,
-                    }),
-                )
-                .await;
+                deps.outbox
+                    .publish_volatile(
+                        &reply.workspace_id,
+                        event::Kind::MessageDelta(MessageDelta {
+                            message_id: reply.id.clone(),
+                            conversation_id: reply.conversation_id.clone(),
+                            agent_id: reply.agent_id.clone().unwrap_or_default(),
+                            delta: delta.text,
+                            index,
+                        }),
+                    )
+                    .await;
                 index += 1;
             }
             Some(turn_event::Event::Done(_)) => return (text, MessageStatus::Delivered),
@@ -172,26 +189,26 @@ async fn set_status(deps: &TurnDeps, workspace_id: &str, agent: &Agent, status: 
     if let Err(error) = db::set_agent_status(&deps.pool, &agent.id, status).await {
         tracing::warn!(%error, agent_id = %agent.id, "could not store the agent's status");
     }
-    publish(
-        &deps.bus,
-        workspace_id,
-        event::Kind::AgentStatus(AgentStatusChanged {
-            agent_id: agent.id.clone(),
-            status: status as i32,
-        }),
-    )
-    .await;
+    deps.outbox
+        .publish_volatile(
+            workspace_id,
+            event::Kind::AgentStatus(AgentStatusChanged {
+                agent_id: agent.id.clone(),
+                status: status as i32,
+            }),
+        )
+        .await;
 }
 
 async fn set_typing(deps: &TurnDeps, conversation: &Conversation, agent: &Agent, is_typing: bool) {
-    publish(
-        &deps.bus,
-        &conversation.workspace_id,
-        event::Kind::AgentTyping(AgentTyping {
-            conversation_id: conversation.id.clone(),
-            agent_id: agent.id.clone(),
-            is_typing,
-        }),
-    )
-    .await;
+    deps.outbox
+        .publish_volatile(
+            &conversation.workspace_id,
+            event::Kind::AgentTyping(AgentTyping {
+                conversation_id: conversation.id.clone(),
+                agent_id: agent.id.clone(),
+                is_typing,
+            }),
+        )
+        .await;
 }

@@ -9,6 +9,8 @@ pub const MAX_LOCAL_ID_CHARS: usize = 128;
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_PAGE_SIZE: u32 = 100;
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const MAX_EVENT_PAGE_SIZE: u32 = 1000;
+pub const DEFAULT_EVENT_PAGE_SIZE: u32 = 100;
 
 /// A user message that passed validation.
 #[derive(Debug, Clone)]
@@ -96,6 +98,18 @@ pub fn page_size(limit: u32) -> Result<u32, ConversationError> {
     }
 }
 
+/// An event page size in 1..=1000; 0 (unset) means the default.
+pub fn event_page_size(limit: u32) -> Result<u32, ConversationError> {
+    match limit {
+        0 => Ok(DEFAULT_EVENT_PAGE_SIZE),
+        1..=MAX_EVENT_PAGE_SIZE => Ok(limit),
+        _ => Err(ConversationError::invalid(
+            "INVALID_LIMIT",
+            format!("limit must be between 1 and {MAX_EVENT_PAGE_SIZE}"),
+        )),
+    }
+}
+
 fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
@@ -115,6 +129,7 @@ mod tests {
                 r#type: kind.into(),
                 text: text.into(),
             }),
+            wait: false,
         }
     }
 

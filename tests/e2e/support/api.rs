@@ -90,6 +90,76 @@ impl Api {
         assert_eq!(status, StatusCode::CREATED, "create conversation: {body}");
         body["data"]["id"].as_str().expect("id").to_owned()
     }
+
+    /// Sends a text message; returns the status and body.
+    pub async fn send(
+        &self,
+        user: &User,
+        conversation_id: &str,
+        local_id: &str,
+        text: &str,
+    ) -> (StatusCode, Value) {
+        self.post(
+            &format!(
+                "/v1/workspaces/{}/conversations/{conversation_id}/messages",
+                user.workspace_id
+            ),
+            Some(&user.token),
+            json!({"localId": local_id, "content": {"type": "text", "text": text}}),
+        )
+        .await
+    }
+
+    /// Every message of a conversation, following `nextCursor` with pages of `limit`.
+    pub async fn all_messages(&self, user: &User, conversation_id: &str, limit: u32) -> Vec<Value> {
+        let base = format!(
+            "/v1/workspaces/{}/conversations/{conversation_id}/messages?limit={limit}",
+            user.workspace_id
+        );
+        let mut messages = Vec::new();
+        let mut path = base.clone();
+        loop {
+            let (status, body) = self.get(&path, Some(&user.token)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let page = body["data"].as_array().expect("data").clone();
+            assert!(page.len() <= limit as usize);
+            messages.extend(page);
+            match body["nextCursor"].as_str() {
+                Some(cursor) => path = format!("{base}&before={cursor}"),
+                None => return messages,
+            }
+        }
+    }
+
+    /// Every durable event of the workspace after `after`, following `nextCursor`.
+    pub async fn all_events(&self, user: &User, after: u64) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut after = after.to_string();
+        loop {
+            let path = format!(
+                "/v1/workspaces/{}/events?after={after}&limit=100",
+                user.workspace_id
+            );
+            let (status, body) = self.get(&path, Some(&user.token)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            events.extend(body["data"].as_array().expect("data").clone());
+            match body["nextCursor"].as_str() {
+                Some(cursor) => after = cursor.to_owned(),
+                None => return events,
+            }
+        }
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .delete(format!("{}{path}", self.base))
+            .header("x-token", token)
+            .send()
+            .await
+            .expect("DELETE");
+        read(response).await
+    }
 }
 
 async fn read(response: reqwest::Response) -> (StatusCode, Value) {

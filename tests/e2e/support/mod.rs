@@ -1,7 +1,9 @@
 //! Starting stacks of real processes and talking to them.
 
 pub mod api;
-pub mod sio;
+pub mod redis_server;
+
+pub use crawbl_loadtest::sio;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -70,6 +72,46 @@ impl Drop for TempDir {
     }
 }
 
+/// How to start a stack; the defaults are the embedded default's.
+pub struct Options {
+    /// `None`: SQLite files in the stack's folder.
+    pub database_url: Option<String>,
+    /// `None`: the in-process bus.
+    pub redis_url: Option<String>,
+    pub token_delay_ms: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            redis_url: None,
+            token_delay_ms: 5,
+        }
+    }
+}
+
+/// Which database a test runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// Stack options on this backend (a fresh Postgres database per call).
+    pub async fn options(self) -> Options {
+        let database_url = match self {
+            Self::Sqlite => None,
+            Self::Postgres => Some(fresh_postgres_database().await),
+        };
+        Options {
+            database_url,
+            ..Options::default()
+        }
+    }
+}
+
 /// A running stack; every process is killed when it is dropped.
 pub struct Stack {
     /// Base URLs (`http://127.0.0.1:port`) of the edge nodes.
@@ -78,6 +120,7 @@ pub struct Stack {
     dir: TempDir,
 }
 
+// Drop order: processes are killed (kill_on_drop) before the folder is removed.
 impl Stack {
     /// Every component as its own process (`crawbl <component>`, as compose runs them) on a
     /// fresh Postgres database and the shared Redis, with `edge_count` edge nodes.
@@ -123,9 +166,18 @@ impl Stack {
     /// The all-in-one embedded default: `crawbl` with no subcommand, SQLite in a temp folder,
     /// the in-process bus, runtimes spawned by re-executing the binary.
     pub async fn embedded() -> Self {
-        let dir = TempDir::new();
+        Self::embedded_with(Options::default()).await
+    }
+
+    /// The all-in-one process with `options`.
+    pub async fn embedded_with(options: Options) -> Self {
+        Self::embedded_in(TempDir::new(), options).await
+    }
+
+    /// The all-in-one process keeping its SQLite files in `dir` (to restart on the same data).
+    pub async fn embedded_in(dir: TempDir, options: Options) -> Self {
         let port = free_port();
-        let env = vec![
+        let mut env = vec![
             (
                 "CRAWBL_DATA_DIR",
                 dir.path().join("data").display().to_string(),
@@ -134,8 +186,17 @@ impl Stack {
             ("AUTH_LISTEN", "127.0.0.1:0".to_owned()),
             ("CONVERSATION_LISTEN", "127.0.0.1:0".to_owned()),
             ("RUNTIME_PROXY_LISTEN", "127.0.0.1:0".to_owned()),
-            ("RUNTIME_STUB_TOKEN_DELAY_MS", "5".to_owned()),
+            (
+                "RUNTIME_STUB_TOKEN_DELAY_MS",
+                options.token_delay_ms.to_string(),
+            ),
         ];
+        if let Some(url) = options.database_url {
+            env.push(("DATABASE_URL", url));
+        }
+        if let Some(url) = options.redis_url {
+            env.push(("REDIS_URL", url));
+        }
         let mut stack = Self {
             edges: vec![format!("http://127.0.0.1:{port}")],
             processes: Vec::new(),
@@ -144,6 +205,15 @@ impl Stack {
         stack.spawn("crawbl", &[], &env);
         stack.wait_for_edges().await;
         stack
+    }
+
+    /// Kills every process at once (SIGKILL, no graceful shutdown) and hands back the folder
+    /// with the data, to start again on it.
+    pub async fn kill(mut self) -> TempDir {
+        for child in &mut self.processes {
+            let _ = child.kill().await;
+        }
+        self.dir
     }
 
     pub fn edge(&self, index: usize) -> &str {

@@ -1,0 +1,75 @@
+use axum::Json;
+use axum::extract::{Path, State};
+use crawbl_proto::conversation::v1::ListEventsRequest;
+use serde::{Deserialize, Serialize};
+
+use super::extract::ApiQuery;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::{Page, SocketEvent};
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<u32>,
+}
+
+/// One durable event as the log serves it: the Socket.IO event's name and payload, numbered.
+#[derive(Serialize)]
+pub struct LoggedEvent {
+    seq: u64,
+    #[serde(rename = "type")]
+    name: &'static str,
+    payload: serde_json::Value,
+}
+
+/// `GET /v1/workspaces/{w}/events?after=<seq>&limit=<1..1000>`: the workspace's durable events
+/// after `seq`, oldest first. `nextCursor` is the `after` of the next page. 410 `EVENTS_EXPIRED`
+/// when events after `seq` were pruned: refetch conversations and messages instead.
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(workspace_id): Path<String>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
+) -> Result<Json<Page<LoggedEvent>>, ApiError> {
+    caller.workspace(&workspace_id)?;
+    if query.limit == Some(0) {
+        return Err(ApiError::bad_request(
+            "INVALID_LIMIT",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let page = state
+        .conversations
+        .clone()
+        .list_events(ListEventsRequest {
+            workspace_id,
+            after: query.after,
+            limit: query.limit.unwrap_or(0),
+        })
+        .await?
+        .into_inner();
+    let mut events = Vec::with_capacity(page.events.len());
+    for event in page.events {
+        let Some(kind) = event.kind else { continue };
+        let logged = SocketEvent::from_kind(kind).map_err(|error| {
+            tracing::error!(%error, "cannot encode a logged event");
+            ApiError::from(tonic::Status::internal("event encoding"))
+        })?;
+        events.push(LoggedEvent {
+            seq: event.seq,
+            name: logged.name,
+            payload: logged.payload,
+        });
+    }
+    let next_cursor = page
+        .has_more
+        .then(|| events.last().map(|event| event.seq.to_string()))
+        .flatten();
+    Ok(Json(Page {
+        data: events,
+        next_cursor,
+    }))
+}

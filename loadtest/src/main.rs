@@ -1,0 +1,181 @@
+//! `crawbl-load`: benchmark scenarios against a running stack; each prints its figures.
+//!
+//! ```text
+//! crawbl-load send-path --edge http://127.0.0.1:8080 [--senders 8] [--seconds 20]
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use crawbl_loadtest::rest::{self, Account};
+use crawbl_loadtest::sio::{self, ConnectOutcome};
+use crawbl_loadtest::stats::Percentiles;
+
+const USAGE: &str = "usage: crawbl-load send-path --edge URL [--senders N] [--seconds S]";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("send-path") => send_path(&Flags::parse(&args[1..])?).await,
+        _ => bail!("{USAGE}"),
+    }
+}
+
+struct Flags {
+    edge: String,
+    senders: usize,
+    seconds: u64,
+}
+
+impl Flags {
+    fn parse(args: &[String]) -> anyhow::Result<Self> {
+        let mut flags = Self {
+            edge: "http://127.0.0.1:8080".to_owned(),
+            senders: 8,
+            seconds: 20,
+        };
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            let value = args
+                .next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
+            match flag.as_str() {
+                "--edge" => flags.edge = value.trim_end_matches('/').to_owned(),
+                "--senders" => flags.senders = value.parse().context("--senders")?,
+                "--seconds" => flags.seconds = value.parse().context("--seconds")?,
+                other => bail!("unknown flag {other}\n{USAGE}"),
+            }
+        }
+        Ok(flags)
+    }
+}
+
+/// Sends messages over REST from `senders` closed-loop clients (one conversation each) for
+/// `seconds`, and measures, at another socket of the workspace, the time from the start of each
+/// REST call to that message's `message.new`.
+async fn send_path(flags: &Flags) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let account = rest::sign_up(&http, &flags.edge).await?;
+    let mut conversations = Vec::new();
+    for _ in 0..flags.senders {
+        conversations.push(rest::create_conversation(&http, &flags.edge, &account).await?);
+    }
+
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut watcher = match sio::connect(&flags.edge, &[("x-token", &account.token)], None).await? {
+        ConnectOutcome::Connected(client) => client,
+        ConnectOutcome::Refused(message) => bail!("the watcher socket was refused: {message}"),
+    };
+    let watching = {
+        let arrivals = arrivals.clone();
+        tokio::spawn(async move {
+            while let Some(event) = watcher.next_event(Duration::from_secs(3600)).await {
+                if event.name == "message.new"
+                    && let Some(local_id) = event.payload()["localId"].as_str()
+                {
+                    lock(&arrivals).insert(local_id.to_owned(), Instant::now());
+                }
+            }
+        })
+    };
+
+    eprintln!(
+        "send-path: {} senders for {} s against {}",
+        flags.senders, flags.seconds, flags.edge
+    );
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(flags.seconds);
+    let senders =
+        conversations
+            .iter()
+            .enumerate()
+            .map(|(sender, conversation)| {
+                let (http, account) = (&http, &account);
+                async move {
+                    run_sender(http, &flags.edge, account, conversation, sender, deadline).await
+                }
+            });
+    let results = futures::future::join_all(senders).await;
+    let elapsed = started.elapsed();
+
+    let mut sent = Vec::new();
+    let mut errors = 0;
+    for (starts, failed) in results {
+        sent.extend(starts);
+        errors += failed;
+    }
+    // Give the last messages time to arrive.
+    let grace = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < grace && lock(&arrivals).len() < sent.len() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watching.abort();
+
+    let arrivals = lock(&arrivals).clone();
+    let latencies: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(local_id, start)| arrivals.get(local_id).map(|at| *at - *start))
+        .collect();
+    let lost = sent.len() - latencies.len();
+    println!("send-path results");
+    println!("  senders           {}", flags.senders);
+    println!("  duration          {:.1} s", elapsed.as_secs_f64());
+    println!("  sends accepted    {}", sent.len());
+    println!(
+        "  sends per second  {:.1}",
+        sent.len() as f64 / elapsed.as_secs_f64()
+    );
+    println!("  send errors       {errors}");
+    println!("  message.new lost  {lost}");
+    match Percentiles::of(latencies) {
+        Some(percentiles) => println!("  REST → message.new at another socket: {percentiles}"),
+        None => println!("  no message.new arrived"),
+    }
+    Ok(())
+}
+
+/// One closed-loop client: sends, waits for 201, sends again, until `deadline`. Returns each
+/// accepted message's local id with the time its call started, and the number of failed calls.
+async fn run_sender(
+    http: &reqwest::Client,
+    edge: &str,
+    account: &Account,
+    conversation: &str,
+    sender: usize,
+    deadline: Instant,
+) -> (Vec<(String, Instant)>, usize) {
+    let mut accepted = Vec::new();
+    let mut failed = 0;
+    let mut index = 0;
+    while Instant::now() < deadline {
+        let local_id = format!("s{sender}-{index}");
+        index += 1;
+        let start = Instant::now();
+        match rest::send_message(
+            http,
+            edge,
+            account,
+            conversation,
+            &local_id,
+            "benchmark message",
+        )
+        .await
+        {
+            Ok(()) => accepted.push((local_id, start)),
+            Err(error) => {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("send failed: {error:#}");
+                }
+            }
+        }
+    }
+    (accepted, failed)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

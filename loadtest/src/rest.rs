@@ -1,0 +1,84 @@
+//! The few REST calls a load scenario needs.
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+/// A signed-up user with the id of their first workspace.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub token: String,
+    pub workspace_id: String,
+}
+
+pub async fn sign_up(http: &reqwest::Client, edge: &str) -> anyhow::Result<Account> {
+    let email = format!("load-{}@example.com", uuid::Uuid::new_v4().simple());
+    let body = json!({"email": email, "password": "correct horse battery", "displayName": "Load"});
+    let response: Value = expect_created(
+        http.post(format!("{edge}/v1/auth/sign-up"))
+            .json(&body)
+            .send()
+            .await?,
+    )
+    .await?;
+    Ok(Account {
+        token: string(&response["data"]["accessToken"])?,
+        workspace_id: string(&response["data"]["workspaces"][0]["id"])?,
+    })
+}
+
+pub async fn create_conversation(
+    http: &reqwest::Client,
+    edge: &str,
+    account: &Account,
+) -> anyhow::Result<String> {
+    let response = expect_created(
+        http.post(format!(
+            "{edge}/v1/workspaces/{}/conversations",
+            account.workspace_id
+        ))
+        .header("x-token", &account.token)
+        .json(&json!({}))
+        .send()
+        .await?,
+    )
+    .await?;
+    string(&response["data"]["id"])
+}
+
+pub async fn send_message(
+    http: &reqwest::Client,
+    edge: &str,
+    account: &Account,
+    conversation_id: &str,
+    local_id: &str,
+    text: &str,
+) -> anyhow::Result<()> {
+    expect_created(
+        http.post(format!(
+            "{edge}/v1/workspaces/{}/conversations/{conversation_id}/messages",
+            account.workspace_id
+        ))
+        .header("x-token", &account.token)
+        .json(&json!({"localId": local_id, "content": {"type": "text", "text": text}}))
+        .send()
+        .await?,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn expect_created(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response.json().await.context("reading the response body")?;
+    if status != reqwest::StatusCode::CREATED {
+        bail!("expected 201, got {status}: {body}");
+    }
+    Ok(body)
+}
+
+fn string(value: &Value) -> anyhow::Result<String> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("expected a string, got {value}"))
+}

@@ -1,0 +1,315 @@
+use crawbl_proto::conversation::v1::{Message, MessageContent, MessageRole, MessageStatus};
+use crawbl_proto::events::v1::{Event, event};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
+
+use super::{Cursor, append_event, new_id, now_ms, page};
+use crate::validate::NewUserMessage;
+
+const MESSAGE_COLUMNS: &str = "id, workspace_id, conversation_id, role, author_id, agent_id, \
+    local_id, content_type, text, status, created_at, updated_at";
+
+fn message_from_row(row: &AnyRow) -> Result<Message, sqlx::Error> {
+    let role: String = row.try_get("role")?;
+    let status: String = row.try_get("status")?;
+    Ok(Message {
+        id: row.try_get("id")?,
+        workspace_id: row.try_get("workspace_id")?,
+        conversation_id: row.try_get("conversation_id")?,
+        role: role_from_db(&role) as i32,
+        author_id: row.try_get("author_id")?,
+        agent_id: row.try_get("agent_id")?,
+        local_id: row.try_get("local_id")?,
+        content: Some(MessageContent {
+            r#type: row.try_get("content_type")?,
+            text: row.try_get("text")?,
+        }),
+        status: message_status_from_db(&status) as i32,
+        created_at_ms: row.try_get("created_at")?,
+        updated_at_ms: row.try_get("updated_at")?,
+    })
+}
+
+/// Stores a user message and its `message.new` event, unless the same author already sent one
+/// with this `localId` in the conversation. Returns the stored message and, when this call
+/// created it, its event. Concurrent retries create exactly one.
+pub async fn insert_user_message(
+    pool: &AnyPool,
+    new: &NewUserMessage,
+) -> Result<(Message, Option<Event>), sqlx::Error> {
+    let now = now_ms();
+    let message = Message {
+        id: new_id(),
+        workspace_id: new.workspace_id.clone(),
+        conversation_id: new.conversation_id.clone(),
+        role: MessageRole::User as i32,
+        author_id: Some(new.author_id.clone()),
+        agent_id: None,
+        local_id: Some(new.local_id.clone()),
+        content: Some(MessageContent {
+            r#type: "text".to_owned(),
+            text: new.text.clone(),
+        }),
+        status: MessageStatus::Sent as i32,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
+             local_id, content_type, text, status, created_at, updated_at)
+         VALUES ($1, $2, $3, 'user', $4, NULL, $5, 'text', $6, 'sent', $7, $7)
+         ON CONFLICT (conversation_id, author_id, local_id) DO NOTHING",
+    )
+    .bind(&message.id)
+    .bind(&new.workspace_id)
+    .bind(&new.conversation_id)
+    .bind(&new.author_id)
+    .bind(&new.local_id)
+    .bind(&new.text)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        tx.rollback().await?;
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages
+             WHERE conversation_id = $1 AND author_id = $2 AND local_id = $3"
+        )))
+        .bind(&new.conversation_id)
+        .bind(&new.author_id)
+        .bind(&new.local_id)
+        .fetch_one(pool)
+        .await?;
+        return Ok((message_from_row(&row)?, None));
+    }
+    touch_conversation(&mut tx, &new.conversation_id, now).await?;
+    let event = append_event(
+        &mut tx,
+        &new.workspace_id,
+        event::Kind::MessageNew(message.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((message, Some(event)))
+}
+
+/// Creates the agent's (empty, `streaming`) reply to `reply_to` with its `message.new` event.
+pub async fn insert_agent_message(
+    pool: &AnyPool,
+    workspace_id: &str,
+    conversation_id: &str,
+    agent_id: &str,
+    reply_to: &str,
+) -> Result<(Message, Event), sqlx::Error> {
+    let now = now_ms();
+    let message = Message {
+        id: new_id(),
+        workspace_id: workspace_id.to_owned(),
+        conversation_id: conversation_id.to_owned(),
+        role: MessageRole::Agent as i32,
+        author_id: None,
+        agent_id: Some(agent_id.to_owned()),
+        local_id: None,
+        content: Some(MessageContent {
+            r#type: "text".to_owned(),
+            text: String::new(),
+        }),
+        status: MessageStatus::Streaming as i32,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
+             local_id, content_type, text, status, created_at, updated_at, reply_to)
+         VALUES ($1, $2, $3, 'agent', NULL, $4, NULL, 'text', '', 'streaming', $5, $5, $6)",
+    )
+    .bind(&message.id)
+    .bind(workspace_id)
+    .bind(conversation_id)
+    .bind(agent_id)
+    .bind(now)
+    .bind(reply_to)
+    .execute(&mut *tx)
+    .await?;
+    touch_conversation(&mut tx, conversation_id, now).await?;
+    let event = append_event(
+        &mut tx,
+        workspace_id,
+        event::Kind::MessageNew(message.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((message, event))
+}
+
+/// Sets a message's final text and status and logs `message.updated`. `None` when the message
+/// is gone (its conversation was deleted meanwhile).
+pub async fn finish_message(
+    pool: &AnyPool,
+    mut message: Message,
+    text: String,
+    status: MessageStatus,
+) -> Result<Option<(Message, Event)>, sqlx::Error> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let updated =
+        sqlx::query("UPDATE messages SET text = $1, status = $2, updated_at = $3 WHERE id = $4")
+            .bind(&text)
+            .bind(message_status_to_db(status))
+            .bind(now)
+            .bind(&message.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+    if !updated {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    if let Some(content) = message.content.as_mut() {
+        content.text = text;
+    }
+    message.status = status as i32;
+    message.updated_at_ms = now;
+    let event = append_event(
+        &mut tx,
+        &message.workspace_id,
+        event::Kind::MessageUpdated(message.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some((message, event)))
+}
+
+/// Ends every message left `streaming` by a previous run that stopped mid-turn: `incomplete`
+/// with the text it had, or `failed` when it had none. Returns their `message.updated` events.
+pub async fn recover_streaming_messages(pool: &AnyPool) -> Result<Vec<Event>, sqlx::Error> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE status = 'streaming' ORDER BY created_at"
+    )))
+    .fetch_all(pool)
+    .await?;
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let message = message_from_row(row)?;
+        let text = message
+            .content
+            .as_ref()
+            .map(|content| content.text.clone())
+            .unwrap_or_default();
+        let status = if text.is_empty() {
+            MessageStatus::Failed
+        } else {
+            MessageStatus::Incomplete
+        };
+        if let Some((_, event)) = finish_message(pool, message, text, status).await? {
+            events.push(event);
+        }
+    }
+    Ok(events)
+}
+
+/// The agent's reply to a user message, if one was started.
+pub async fn find_reply(
+    pool: &AnyPool,
+    user_message_id: &str,
+) -> Result<Option<Message>, sqlx::Error> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE reply_to = $1 ORDER BY created_at DESC LIMIT 1"
+    )))
+    .bind(user_message_id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(message_from_row).transpose()
+}
+
+async fn touch_conversation(
+    connection: &mut AnyConnection,
+    conversation_id: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE conversations SET updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(conversation_id)
+        .execute(&mut *connection)
+        .await?;
+    Ok(())
+}
+
+/// One page of a conversation's messages, newest first, and the cursor of the next page.
+pub async fn list_messages(
+    pool: &AnyPool,
+    conversation_id: &str,
+    before: Option<&Cursor>,
+    limit: u32,
+) -> Result<(Vec<Message>, Option<Cursor>), sqlx::Error> {
+    // One row more than asked tells whether another page exists.
+    let fetch = i64::from(limit) + 1;
+    let rows = match before {
+        None => {
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
+                 ORDER BY created_at DESC, id DESC LIMIT $2"
+            )))
+            .bind(conversation_id)
+            .bind(fetch)
+            .fetch_all(pool)
+            .await?
+        }
+        Some(cursor) => {
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
+                   AND (created_at < $2 OR (created_at = $2 AND id < $3))
+                 ORDER BY created_at DESC, id DESC LIMIT $4"
+            )))
+            .bind(conversation_id)
+            .bind(cursor.at_ms)
+            .bind(&cursor.id)
+            .bind(fetch)
+            .fetch_all(pool)
+            .await?
+        }
+    };
+    let messages = rows
+        .iter()
+        .map(message_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(page(messages, limit, |message| Cursor {
+        at_ms: message.created_at_ms,
+        id: message.id.clone(),
+    }))
+}
+
+fn role_from_db(text: &str) -> MessageRole {
+    match text {
+        "user" => MessageRole::User,
+        "agent" => MessageRole::Agent,
+        "system" => MessageRole::System,
+        _ => MessageRole::Unspecified,
+    }
+}
+
+fn message_status_to_db(status: MessageStatus) -> &'static str {
+    match status {
+        MessageStatus::Sent | MessageStatus::Unspecified => "sent",
+        MessageStatus::Streaming => "streaming",
+        MessageStatus::Delivered => "delivered",
+        MessageStatus::Incomplete => "incomplete",
+        MessageStatus::Failed => "failed",
+    }
+}
+
+fn message_status_from_db(text: &str) -> MessageStatus {
+    match text {
+        "sent" => MessageStatus::Sent,
+        "streaming" => MessageStatus::Streaming,
+        "delivered" => MessageStatus::Delivered,
+        "incomplete" => MessageStatus::Incomplete,
+        "failed" => MessageStatus::Failed,
+        _ => MessageStatus::Unspecified,
+    }
+}
