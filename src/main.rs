@@ -53,6 +53,14 @@ async fn run_all() -> anyhow::Result<()> {
         })
     };
     let bus = EventBus::from_url(config::optional("REDIS_URL").as_deref()).await?;
+    // Every component in this process shares one service credential: CRAWBL_SERVICE_TOKEN, or a
+    // random one (nothing outside this process needs to call the internal APIs).
+    crawbl_infra::grpc::check_service_token_env()?;
+    if config::optional(crawbl_infra::grpc::SERVICE_TOKEN_VAR).is_none() {
+        crawbl_infra::grpc::install_service_token(crawbl_infra::grpc::ServiceToken::generate())?;
+    }
+    // Auth announces revocations and membership changes to the edge on this.
+    let auth_changes = crawbl_auth::notifier(config::optional("REDIS_URL").as_deref()).await?;
     let shutdown = crawbl_infra::shutdown::on_signal();
 
     let mut auth = crawbl_auth::Config::from_env()?;
@@ -85,11 +93,16 @@ async fn run_all() -> anyhow::Result<()> {
     let mut components = JoinSet::new();
     components.spawn(named(
         "auth",
-        crawbl_auth::run(auth, auth_listener, shutdown.clone()),
+        crawbl_auth::run(auth, auth_listener, auth_changes.clone(), shutdown.clone()),
     ));
     components.spawn(named(
         "runtime-proxy",
-        crawbl_runtime_proxy::run(runtime_proxy, runtime_proxy_listener, shutdown.clone()),
+        crawbl_runtime_proxy::run(
+            runtime_proxy,
+            runtime_proxy_listener,
+            bus.clone(),
+            shutdown.clone(),
+        ),
     ));
     components.spawn(named(
         "conversation",
@@ -102,7 +115,13 @@ async fn run_all() -> anyhow::Result<()> {
     ));
     components.spawn(named(
         "edge",
-        crawbl_edge::run(edge, edge_listener, bus.clone(), shutdown.clone()),
+        crawbl_edge::run(
+            edge,
+            edge_listener,
+            bus.clone(),
+            auth_changes,
+            shutdown.clone(),
+        ),
     ));
     print_welcome(edge_address, &bus, shared_database.is_some(), &data_dir);
 

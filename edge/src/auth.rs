@@ -1,17 +1,16 @@
-//! Who is calling: the credential of a REST request or Socket.IO handshake, resolved to a
-//! principal (user and workspace memberships) by the auth service.
+//! Who is calling: the credential of a REST request or Socket.IO handshake, verified on this node
+//! (see [`crate::access`]), with the caller's workspace memberships.
+
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
-use crawbl_proto::auth::v1::{Principal, VerifyTokenRequest, Workspace};
-use tonic::Code;
+use axum::http::{HeaderMap, StatusCode};
+use crawbl_proto::auth::v1::Workspace;
 
 use crate::AppState;
+pub use crate::access::{AuthFailure, Credential, Identity};
 use crate::error::ApiError;
-
-/// Longest credential accepted; anything longer is refused before any call.
-const MAX_TOKEN_BYTES: usize = 512;
 
 /// The token from `X-Token: <token>` or `Authorization: Bearer <token>`, if either is present.
 pub fn token_from_headers(headers: &HeaderMap) -> Option<&str> {
@@ -23,46 +22,25 @@ pub fn token_from_headers(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Why a credential was refused, in words fit for the client.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthFailure {
-    #[error("missing credentials: send X-Token or Authorization: Bearer")]
-    Missing,
-    #[error("invalid or expired token")]
-    Invalid,
-    #[error("authentication is unavailable; retry shortly")]
-    Unavailable,
-}
-
-/// Resolves `token` to its principal with the auth service.
-pub async fn verify(state: &AppState, token: Option<&str>) -> Result<Principal, AuthFailure> {
-    let token = token
-        .filter(|token| !token.is_empty())
-        .ok_or(AuthFailure::Missing)?;
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(AuthFailure::Invalid);
-    }
-    let response = state
-        .auth
-        .clone()
-        .verify_token(VerifyTokenRequest {
-            token: token.to_owned(),
-        })
-        .await;
-    match response {
-        Ok(principal) => Ok(principal.into_inner()),
-        Err(status) if status.code() == Code::Unauthenticated => Err(AuthFailure::Invalid),
-        Err(status) => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "token verification failed");
-            Err(AuthFailure::Unavailable)
-        }
-    }
+/// Verifies `token` and loads the caller's memberships.
+pub async fn verify(state: &AppState, token: Option<&str>) -> Result<Caller, AuthFailure> {
+    let identity = state.access.authenticate(token).await?;
+    let workspaces = state.access.memberships(&identity.user_id).await?;
+    Ok(Caller {
+        identity,
+        workspaces,
+    })
 }
 
 impl From<AuthFailure> for ApiError {
     fn from(failure: AuthFailure) -> Self {
         match failure {
             AuthFailure::Unavailable => tonic::Status::unavailable(failure.to_string()).into(),
+            AuthFailure::Expired => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "TOKEN_EXPIRED",
+                failure.to_string(),
+            ),
             AuthFailure::Missing | AuthFailure::Invalid => {
                 ApiError::unauthenticated(failure.to_string())
             }
@@ -70,22 +48,22 @@ impl From<AuthFailure> for ApiError {
     }
 }
 
-/// Extractor for handlers that need a signed-in caller.
-pub struct Caller(pub Principal);
+/// Extractor for handlers that need a signed-in caller: who they are, what authenticated them,
+/// and the workspaces they belong to.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: Identity,
+    pub workspaces: Arc<Vec<Workspace>>,
+}
 
 impl Caller {
     pub fn user_id(&self) -> &str {
-        self.0
-            .user
-            .as_ref()
-            .map(|user| user.id.as_str())
-            .unwrap_or_default()
+        &self.identity.user_id
     }
 
     /// The caller's membership of `workspace_id`; 404 for anyone who is not a member.
     pub fn workspace(&self, workspace_id: &str) -> Result<&Workspace, ApiError> {
-        self.0
-            .workspaces
+        self.workspaces
             .iter()
             .find(|workspace| workspace.id == workspace_id)
             .ok_or_else(|| ApiError::not_found("WORKSPACE_NOT_FOUND", "workspace not found"))
@@ -99,9 +77,7 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        Ok(Caller(
-            verify(state, token_from_headers(&parts.headers)).await?,
-        ))
+        Ok(verify(state, token_from_headers(&parts.headers)).await?)
     }
 }
 

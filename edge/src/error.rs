@@ -67,12 +67,13 @@ impl From<tonic::Status> for ApiError {
             status: http,
             code: stable.unwrap_or(Cow::Borrowed(default_code)),
             message: status.message().to_owned(),
-            retry_after_secs: None,
+            // A service that says when to retry (a rate limit) is passed on as `Retry-After`.
+            retry_after_secs: crawbl_infra::grpc::retry_after(&status),
         };
         if http.is_server_error() {
             tracing::error!(code = ?status.code(), message = status.message(), "service call failed");
             if http == StatusCode::SERVICE_UNAVAILABLE {
-                error.retry_after_secs = Some(1);
+                error.retry_after_secs = Some(error.retry_after_secs.unwrap_or(1));
                 // A stable code means a service chose the words for the client; keep them.
                 if crawbl_infra::grpc::stable_code(&status).is_none() {
                     error.message = "a backend service is unavailable; retry shortly".to_owned();

@@ -3,9 +3,12 @@
 //! never touches a database, and delivers the events services publish to the sockets of each
 //! workspace's room that are connected to this node.
 
+mod access;
 mod auth;
+mod cluster;
 mod error;
 mod json;
+mod keys;
 mod realtime;
 mod routes;
 mod state;
@@ -15,6 +18,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use crawbl_infra::bus::EventBus;
 use crawbl_infra::config;
+use crawbl_infra::notify::Notifier;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +29,8 @@ pub struct Config {
     pub auth_url: String,
     pub conversation_url: String,
     pub runtime_proxy_url: String,
-    /// Redis for events; `None` subscribes to the in-process bus.
+    /// Redis for events, auth's change announcements and the Socket.IO adapter between edge
+    /// nodes; `None`: the in-process bus, and this node alone.
     pub redis_url: Option<String>,
 }
 
@@ -44,16 +49,38 @@ impl Config {
     }
 }
 
-/// Serves REST and Socket.IO on `listener` until `shutdown`, delivering events from `bus`.
+/// The channel auth announces revocations and membership changes on (see `crawbl.auth.v1.AuthChange`).
+pub const AUTH_CHANGES_CHANNEL: &str = "crawbl:auth";
+
+/// The notifier to hear auth's changes on: Redis when `redis_url` is given, in-process otherwise.
+pub async fn auth_changes(redis_url: Option<&str>) -> anyhow::Result<Notifier> {
+    Notifier::from_url(redis_url, AUTH_CHANGES_CHANNEL).await
+}
+
+/// Serves REST and Socket.IO on `listener` until `shutdown`, delivering events from `bus` and
+/// applying auth's changes heard on `auth_changes`. With `config.redis_url`, socket changes
+/// (logout, revocations, membership) reach every edge node through the Socket.IO Redis adapter.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     bus: EventBus,
+    auth_changes: Notifier,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let state = AppState::connect(&config)?;
-    let (socket_layer, io) = realtime::layer(state.clone());
-    let app = routes::router(state).layer(socket_layer);
+    let adapter = cluster::adapter(config.redis_url.as_deref()).await?;
+    let (socket_layer, io) = realtime::layer(state.clone(), adapter).await?;
+    state.sockets.set(io.clone());
+    let keys = tokio::spawn(state.access.keys().maintain(shutdown.clone()));
+    let follower = tokio::spawn(access::follow(
+        state.access.clone(),
+        state.sockets.clone(),
+        auth_changes.subscribe(),
+        shutdown.clone(),
+    ));
+    let app = routes::router(state)
+        .layer(socket_layer)
+        .into_make_service_with_connect_info::<SocketAddr>();
 
     let delivery = tokio::spawn(realtime::deliver_events(
         io,
@@ -71,6 +98,11 @@ pub async fn run(
     if let Err(error) = delivery.await {
         tracing::warn!(%error, "event delivery task ended abnormally");
     }
+    for task in [keys, follower] {
+        if let Err(error) = task.await {
+            tracing::warn!(%error, "a background task ended abnormally");
+        }
+    }
     Ok(())
 }
 
@@ -78,7 +110,16 @@ pub async fn run(
 pub async fn main_from_env() -> anyhow::Result<()> {
     crawbl_infra::telemetry::init_logging();
     let config = Config::from_env()?;
+    crawbl_infra::grpc::check_service_token_env()?;
     let bus = EventBus::for_standalone(config.redis_url.as_deref(), "edge").await?;
+    let changes = auth_changes(config.redis_url.as_deref()).await?;
     let listener = crawbl_infra::net::bind(config.listen, "EDGE_LISTEN").await?;
-    run(config, listener, bus, crawbl_infra::shutdown::on_signal()).await
+    run(
+        config,
+        listener,
+        bus,
+        changes,
+        crawbl_infra::shutdown::on_signal(),
+    )
+    .await
 }

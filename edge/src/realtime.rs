@@ -1,7 +1,6 @@
 //! Socket.IO on namespace `/v1`: handshake authentication, workspace rooms, and delivery of
 //! bus events to the sockets of this node.
 
-use crawbl_proto::auth::v1::Principal;
 use crawbl_proto::events::v1::Event;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -10,10 +9,14 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
+use socketioxide_redis::RedisAdapterCtr;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
-use crate::auth::{AuthFailure, token_from_headers, verify};
+use crate::auth::{AuthFailure, Caller, Credential, token_from_headers, verify};
+use crate::cluster::{
+    Adapter, ClusterDriver, api_key_room, following_room, session_room, user_room,
+};
 use crate::json::SocketEvent;
 
 pub const NAMESPACE: &str = "/v1";
@@ -25,14 +28,21 @@ pub fn workspace_room(workspace_id: &str) -> String {
     format!("workspace:{workspace_id}")
 }
 
-/// The Socket.IO layer for the router and the handle to emit through.
-pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
+/// The Socket.IO layer for the router and the handle to emit through, with `adapter` between
+/// edge nodes (see [`crate::cluster`]).
+pub async fn layer(
+    state: AppState,
+    adapter: RedisAdapterCtr<ClusterDriver>,
+) -> anyhow::Result<(SocketIoLayer<Adapter>, SocketIo<Adapter>)> {
     let (layer, io) = SocketIo::builder()
         .with_state(state)
         .max_payload(MAX_CLIENT_PAYLOAD_BYTES)
+        .with_adapter::<Adapter>(adapter)
         .build_layer();
-    io.ns(NAMESPACE, on_connect.with(authenticate));
-    (layer, io)
+    io.ns(NAMESPACE, on_connect.with(authenticate))
+        .await
+        .map_err(|error| anyhow::anyhow!("starting the Socket.IO namespace: {error}"))?;
+    Ok((layer, io))
 }
 
 /// The handshake's `auth` payload (browsers cannot set headers on a WebSocket).
@@ -55,7 +65,7 @@ enum HandshakeError {
 }
 
 async fn authenticate(
-    socket: SocketRef,
+    socket: SocketRef<Adapter>,
     State(state): State<AppState>,
     TryData(auth): TryData<HandshakeAuth>,
 ) -> Result<(), HandshakeError> {
@@ -63,31 +73,43 @@ async fn authenticate(
     let token = token_from_headers(&socket.req_parts().headers)
         .map(str::to_owned)
         .or(auth.token);
-    let principal = verify(&state, token.as_deref()).await?;
-    let rooms = match &auth.workspace_id {
+    let caller = verify(&state, token.as_deref()).await?;
+    let user_id = caller.user_id();
+    let mut rooms = match &auth.workspace_id {
         Some(workspace_id) => {
-            if !principal.workspaces.iter().any(|w| &w.id == workspace_id) {
+            if !caller.workspaces.iter().any(|w| &w.id == workspace_id) {
                 return Err(HandshakeError::NotAMember);
             }
             vec![workspace_room(workspace_id)]
         }
-        None => principal
-            .workspaces
-            .iter()
-            .map(|workspace| workspace_room(&workspace.id))
-            .collect(),
+        None => {
+            let mut rooms: Vec<String> = caller
+                .workspaces
+                .iter()
+                .map(|workspace| workspace_room(&workspace.id))
+                .collect();
+            // Follows every workspace of the user, including ones they are added to later.
+            rooms.push(following_room(user_id));
+            rooms
+        }
     };
+    // Rooms that let logout, key revocation and membership removal reach this socket.
+    rooms.push(user_room(user_id));
+    rooms.push(match &caller.identity.credential {
+        Credential::Session(session_id) => session_room(session_id),
+        Credential::ApiKey(api_key_id) => api_key_room(api_key_id),
+    });
     // Joined before the client hears it is connected, so it misses nothing sent after that.
     socket.join(rooms);
-    socket.extensions.insert(principal);
+    socket.extensions.insert(caller);
     Ok(())
 }
 
-async fn on_connect(socket: SocketRef) {
+async fn on_connect(socket: SocketRef<Adapter>) {
     let user_id = socket
         .extensions
-        .get::<Principal>()
-        .and_then(|principal| principal.user.map(|user| user.id))
+        .get::<Caller>()
+        .map(|caller| caller.identity.user_id)
         .unwrap_or_default();
     tracing::debug!(socket = %socket.id, %user_id, "socket connected");
 }
@@ -102,7 +124,7 @@ struct DurablePosition<'a> {
 
 /// Emits every bus event to its workspace's room on this node, in the order received.
 pub async fn deliver_events(
-    io: SocketIo,
+    io: SocketIo<Adapter>,
     mut events: BoxStream<'static, Event>,
     shutdown: CancellationToken,
 ) {
@@ -118,7 +140,7 @@ pub async fn deliver_events(
     }
 }
 
-async fn deliver(io: &SocketIo, event: Event) {
+async fn deliver(io: &SocketIo<Adapter>, event: Event) {
     let Some(kind) = event.kind else { return };
     let socket_event = match SocketEvent::from_kind(kind) {
         Ok(socket_event) => socket_event,
@@ -130,7 +152,9 @@ async fn deliver(io: &SocketIo, event: Event) {
     let Some(namespace) = io.of(NAMESPACE) else {
         return;
     };
-    let room = namespace.to(workspace_room(&event.workspace_id));
+    // This node's sockets only: every node receives the event from the bus itself, and going
+    // through the adapter would send it through Redis first (spec §6).
+    let room = namespace.local().to(workspace_room(&event.workspace_id));
     // Volatile events are emitted like the others: socketioxide's volatile flag uses a side
     // channel that reorders them against durable ones, and the spec fixes a turn's order.
     let result = if !socket_event.durable || event.seq == 0 {

@@ -1,23 +1,33 @@
 use crawbl_proto::auth::v1::auth_service_client::AuthServiceClient;
 use crawbl_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
-use tonic::transport::Channel;
+use std::sync::Arc;
+
+use crawbl_infra::grpc::Channel;
 
 use crate::Config;
+use crate::access::Access;
+use crate::cluster::Sockets;
 
-/// What every handler shares: clients of the services (cheap to clone).
+/// What every handler shares: clients of the services (cheap to clone), who may do what
+/// ([`Access`]), and the sockets of every edge node ([`Sockets`]).
 #[derive(Clone)]
 pub struct AppState {
     pub auth: AuthServiceClient<Channel>,
     pub conversations: ConversationServiceClient<Channel>,
     pub runtimes: RuntimeProxyClient<Channel>,
+    pub access: Arc<Access>,
+    pub sockets: Sockets,
 }
 
 impl AppState {
     /// Clients connect lazily, so the edge starts even when a service is not up yet.
     pub fn connect(config: &Config) -> anyhow::Result<Self> {
+        let auth = AuthServiceClient::new(crawbl_infra::grpc::channel(&config.auth_url)?);
         Ok(Self {
-            auth: AuthServiceClient::new(crawbl_infra::grpc::channel(&config.auth_url)?),
+            access: Arc::new(Access::new(auth.clone())),
+            sockets: Sockets::default(),
+            auth,
             conversations: ConversationServiceClient::new(crawbl_infra::grpc::channel(
                 &config.conversation_url,
             )?),

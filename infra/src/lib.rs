@@ -6,6 +6,8 @@ pub mod bus;
 pub mod config;
 pub mod db;
 pub mod grpc;
+pub mod jws;
 pub mod net;
+pub mod notify;
 pub mod shutdown;
 pub mod telemetry;

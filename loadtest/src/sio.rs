@@ -92,6 +92,10 @@ pub async fn connect(
                     let Frame::Text(text) = frame else { continue };
                     if text.as_str() == "2" {
                         if socket.send(Frame::text("3")).await.is_err() { return; }
+                    } else if text.as_str().starts_with(&format!("41{NAMESPACE}")) {
+                        // The server disconnected this socket: the event stream ends.
+                        let _ = socket.close(None).await;
+                        return;
                     } else if let Some(event) = parse_event(text.as_str())
                         && events_tx.send(event).is_err()
                     {
@@ -164,6 +168,19 @@ impl std::fmt::Debug for SioClient {
 
 impl SioClient {
     /// The next event, or `None` if none arrives within `wait`.
+    /// Whether the server ends this socket (disconnects it or closes its connection) within
+    /// `wait`; events that arrive before are dropped.
+    pub async fn disconnected_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => return false,
+                Ok(None) => return true,
+                Ok(Some(_)) => {}
+            }
+        }
+    }
+
     pub async fn next_event(&mut self, wait: Duration) -> Option<ServerEvent> {
         tokio::time::timeout(wait, self.events.recv())
             .await

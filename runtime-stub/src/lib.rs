@@ -1,13 +1,26 @@
 //! runtime-stub: a stand-in for a workspace's isolated agent runtime. It serves
-//! `crawbl.runtime.v1.AgentRuntime` with a deterministic scripted provider: the reply depends only
-//! on the agent's slug and the user's text ([`scripted_reply`]) and is streamed token by token.
+//! `crawbl.runtime.v1.AgentRuntime`; each turn activates the agent named by the request's
+//! `agent_slug` (`assistant`, `researcher`, or any other slug: see [`agents`]) and streams what its
+//! provider produces: text deltas, tool calls and results, usage, then done (or an error).
+//!
+//! Providers (`RUNTIME_PROVIDER`):
+//! - `scripted` (default): deterministic replies, a pure function of the slug and the text
+//!   ([`scripted_reply`], [`script()`]), paced by `RUNTIME_STUB_LATENCY_MS` (before the first
+//!   event) and `RUNTIME_STUB_TOKEN_DELAY_MS` or `RUNTIME_STUB_TOKENS_PER_SECOND`. Lines of the
+//!   user's text starting with `/tool NAME {json}`, `/fail`, `/die` or `/slow N` steer the turn
+//!   for tests; see [`script`](mod@script) for exactly what each does.
+//! - `openai`: an OpenAI-compatible `/chat/completions` endpoint (`OPENAI_BASE_URL`,
+//!   `OPENAI_MODEL`, `OPENAI_API_KEY`), streamed; failures end the turn with `PROVIDER_ERROR`.
 //!
 //! Run as a process (by runtime-proxy's process driver), it announces its address with one line on
 //! stdout, `CRAWBL_RUNTIME_LISTENING <ip:port>`; logs go to stderr.
 
+pub mod agents;
 mod config;
-mod script;
+mod provider;
+pub mod script;
 mod service;
+mod tokens;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -16,9 +29,13 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::Config;
-pub use script::{MAX_DELTAS, count_tokens, scripted_reply, tokens};
-pub use service::ScriptedRuntime;
+pub use config::{Config, OpenAiConfig, ProviderConfig};
+pub use provider::{OpenAi, PROVIDER_ERROR, Pace, Provider};
+pub use script::{
+    DIE_AFTER_TOKENS, DIE_EXIT_CODE, Step, script, scripted_reply, scripted_tool_result,
+};
+pub use service::StubRuntime;
+pub use tokens::{MAX_DELTAS, count_tokens, tokens};
 
 /// The start of the one line a runtime process prints on stdout once it listens, followed by a
 /// space and its `ip:port`.
@@ -30,8 +47,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let runtime = ScriptedRuntime::new(config.token_delay);
-    crawbl_infra::grpc::serve(listener, runtime.into_service(), shutdown).await
+    let provider = Provider::from_config(&config.provider, config.pace())
+        .context("setting up the provider")?;
+    // Runtimes run agent code: they are outside the service credential's trust boundary.
+    let service = StubRuntime::new(provider).into_service();
+    crawbl_infra::grpc::serve_without_credential(listener, service, shutdown).await
 }
 
 /// The process entry point: logging, configuration, bind, announce the address, serve until a
@@ -39,10 +59,19 @@ pub async fn run(
 pub async fn main_from_env() -> anyhow::Result<()> {
     crawbl_infra::telemetry::init_logging();
     let config = Config::from_env().context("reading runtime-stub configuration")?;
+    // Refuse a provider that cannot work before announcing an address: the process driver then
+    // reports "exited before announcing its address" at once instead of a runtime that fails later.
+    Provider::from_config(&config.provider, config.pace()).context("setting up the provider")?;
     let listener = crawbl_infra::net::bind(config.listen, "RUNTIME_STUB_LISTEN").await?;
     let address = listener.local_addr().context("reading the bound address")?;
     announce(address)?;
-    tracing::info!(%address, token_delay_ms = config.token_delay.as_millis(), "runtime-stub listening");
+    tracing::info!(
+        %address,
+        provider = ?config.provider,
+        token_delay_ms = config.token_delay.as_millis(),
+        first_token_latency_ms = config.first_token_latency.as_millis(),
+        "runtime-stub listening"
+    );
 
     let shutdown = crawbl_infra::shutdown::on_signal();
     if config.exit_with_parent {

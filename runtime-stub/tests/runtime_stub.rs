@@ -1,11 +1,15 @@
 //! runtime-stub against real gRPC clients: in-process servers on 127.0.0.1:0 and the real binary.
+//! The OpenAI-compatible provider has its own file, `openai_provider.rs`.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crawbl_proto::runtime::v1::agent_runtime_client::AgentRuntimeClient;
 use crawbl_proto::runtime::v1::{TurnEvent, TurnRequest, turn_event::Event};
-use crawbl_runtime_stub::{Config, LISTENING_PREFIX, ScriptedRuntime, scripted_reply};
+use crawbl_runtime_stub::{
+    Config, DIE_AFTER_TOKENS, DIE_EXIT_CODE, LISTENING_PREFIX, PROVIDER_ERROR, Pace, Provider,
+    Step, StubRuntime, script, scripted_reply,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,19 +33,23 @@ fn turn(slug: &str, text: &str) -> TurnRequest {
 
 /// Starts `run` in-process on an OS-chosen port; the guard stops it when dropped.
 async fn start_in_process(token_delay: Duration) -> (String, tokio_util::sync::DropGuard) {
+    start_with(Config {
+        token_delay,
+        ..Config::default()
+    })
+    .await
+}
+
+async fn start_with(config: Config) -> (String, tokio_util::sync::DropGuard) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("local addr"));
     let shutdown = CancellationToken::new();
-    let config = Config {
-        token_delay,
-        ..Config::default()
-    };
     tokio::spawn(crawbl_runtime_stub::run(config, listener, shutdown.clone()));
     (address, shutdown.drop_guard())
 }
 
 async fn client(address: &str) -> AgentRuntimeClient<Channel> {
-    let channel = crawbl_infra::grpc::channel(address).expect("channel");
+    let channel = crawbl_infra::grpc::channel_without_credential(address).expect("channel");
     AgentRuntimeClient::new(channel)
 }
 
@@ -57,6 +65,25 @@ async fn collect(client: &mut AgentRuntimeClient<Channel>, request: TurnRequest)
         events.push(event.expect("event set"));
     }
     events
+}
+
+/// Events of a turn up to the end of its stream, or up to the stream failing (then `true`).
+async fn collect_until_broken(
+    client: &mut AgentRuntimeClient<Channel>,
+    request: TurnRequest,
+) -> (Vec<Event>, bool) {
+    let mut stream = client.turn(request).await.expect("turn").into_inner();
+    let mut events = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("next event in time")
+        {
+            Ok(Some(TurnEvent { event })) => events.push(event.expect("event set")),
+            Ok(None) => return (events, false),
+            Err(_) => return (events, true),
+        }
+    }
 }
 
 fn concatenated_deltas(events: &[Event]) -> String {
@@ -95,12 +122,14 @@ async fn a_turn_streams_the_scripted_reply_then_usage_then_done() {
 #[tokio::test]
 async fn a_cancelled_turn_stops_streaming_at_once() {
     // 200 tokens at 50 ms would keep the turn alive for ten seconds if cancellation were ignored.
-    let runtime = ScriptedRuntime::new(Duration::from_millis(50));
+    let runtime = StubRuntime::new(Provider::Scripted(Pace::per_token(Duration::from_millis(
+        50,
+    ))));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("local addr"));
     let shutdown = CancellationToken::new();
     let _server = shutdown.clone().drop_guard();
-    tokio::spawn(crawbl_infra::grpc::serve(
+    tokio::spawn(crawbl_infra::grpc::serve_without_credential(
         listener,
         runtime.clone().into_service(),
         shutdown,
@@ -133,7 +162,9 @@ async fn a_cancelled_turn_stops_streaming_at_once() {
 #[tokio::test]
 async fn health_reports_the_server_and_the_runtime_service_as_serving() {
     let (address, _server) = start_in_process(Duration::from_millis(1)).await;
-    let mut health = HealthClient::new(crawbl_infra::grpc::channel(&address).expect("channel"));
+    let mut health = HealthClient::new(
+        crawbl_infra::grpc::channel_without_credential(&address).expect("channel"),
+    );
     for service in ["", "crawbl.runtime.v1.AgentRuntime"] {
         let response = health
             .check(HealthCheckRequest {
@@ -189,4 +220,198 @@ async fn the_binary_announces_its_address_on_stdout_answers_and_exits_when_stdin
     assert!(status.success(), "clean exit, got {status}");
     let rest = stdout.next_line().await.expect("read stdout");
     assert_eq!(rest, None, "nothing but the address line goes to stdout");
+}
+
+#[tokio::test]
+async fn each_agent_of_a_workspace_answers_with_its_own_persona() {
+    let (address, _server) = start_in_process(Duration::from_millis(1)).await;
+    let mut client = client(&address).await;
+
+    let assistant = collect(&mut client, turn("assistant", "what is new?")).await;
+    let researcher = collect(&mut client, turn("researcher", "what is new?")).await;
+
+    assert_eq!(
+        concatenated_deltas(&assistant),
+        scripted_reply("assistant", "what is new?")
+    );
+    assert_eq!(
+        concatenated_deltas(&researcher),
+        scripted_reply("researcher", "what is new?")
+    );
+    assert_ne!(
+        concatenated_deltas(&assistant),
+        concatenated_deltas(&researcher)
+    );
+    assert!(concatenated_deltas(&researcher).starts_with("[researcher] "));
+}
+
+#[tokio::test]
+async fn a_tool_directive_yields_a_tool_call_then_its_result_then_the_text() {
+    let (address, _server) = start_in_process(Duration::from_millis(1)).await;
+    let mut client = client(&address).await;
+    let text = "/tool weather {\"city\":\"Paris\"}";
+
+    let events = collect(&mut client, turn("assistant", text)).await;
+
+    let expected = script("assistant", text);
+    let [
+        Step::ToolCall {
+            call_id,
+            name,
+            arguments_json,
+        },
+        Step::ToolResult { result_json, .. },
+        Step::Text(reply),
+    ] = expected.steps.as_slice()
+    else {
+        panic!("unexpected script");
+    };
+    assert!(
+        matches!(&events[0], Event::ToolCall(call)
+            if call.call_id == *call_id && call.name == "weather" && call.name == *name
+                && call.arguments_json == *arguments_json
+                && call.arguments_json == r#"{"city":"Paris"}"#),
+        "{:?}",
+        events[0]
+    );
+    assert!(
+        matches!(&events[1], Event::ToolResult(result)
+            if result.call_id == *call_id && result.result_json == *result_json),
+        "{:?}",
+        events[1]
+    );
+    assert_eq!(concatenated_deltas(&events[2..]), *reply);
+    assert!(matches!(events.last(), Some(Event::Done(_))));
+}
+
+#[tokio::test]
+async fn a_fail_directive_ends_the_turn_with_a_provider_error_after_some_text() {
+    let (address, _server) = start_in_process(Duration::from_millis(1)).await;
+    let mut client = client(&address).await;
+
+    let events = collect(&mut client, turn("assistant", "please /fail\n/fail")).await;
+
+    let said = concatenated_deltas(&events);
+    assert!(!said.is_empty());
+    assert_eq!(said, scripted_reply("assistant", "please /fail\n/fail"));
+    assert!(
+        matches!(events.last(), Some(Event::Error(error)) if error.code == PROVIDER_ERROR),
+        "{:?}",
+        events.last()
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|event| matches!(event, Event::Done(_) | Event::Usage(_)))
+    );
+}
+
+#[tokio::test]
+async fn the_first_token_waits_for_the_configured_latency_or_for_slow() {
+    let (address, _server) = start_with(Config {
+        token_delay: Duration::from_millis(1),
+        first_token_latency: Duration::from_millis(300),
+        ..Config::default()
+    })
+    .await;
+    let mut client = client(&address).await;
+
+    let started = Instant::now();
+    let mut stream = client
+        .turn(turn("assistant", "hi"))
+        .await
+        .expect("turn")
+        .into_inner();
+    stream.message().await.expect("stream ok").expect("event");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // `/slow` replaces the configured latency for its turn, longer or shorter.
+    for (pause, at_least, below) in [(600, 600, 10_000), (0, 0, 290)] {
+        let started = Instant::now();
+        let mut stream = client
+            .turn(turn("assistant", &format!("/slow {pause}")))
+            .await
+            .expect("turn")
+            .into_inner();
+        stream.message().await.expect("stream ok").expect("event");
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(at_least) && elapsed < Duration::from_millis(below),
+            "/slow {pause}: first event after {elapsed:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_paced_by_the_token_delay() {
+    let (address, _server) = start_in_process(Duration::from_millis(30)).await;
+    let mut client = client(&address).await;
+
+    let started = Instant::now();
+    let events = collect(&mut client, turn("assistant", "one two three four five")).await;
+    let deltas = events
+        .iter()
+        .filter(|event| matches!(event, Event::Delta(_)))
+        .count();
+    assert_eq!(deltas, 8);
+    assert!(started.elapsed() >= Duration::from_millis(30) * 8);
+}
+
+/// Spawns the real binary with `env`; returns it and the address it announced.
+async fn spawn_binary(env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_crawbl-runtime-stub"))
+        .env("RUNTIME_STUB_LISTEN", "127.0.0.1:0")
+        .env("RUNTIME_STUB_EXIT_WITH_PARENT", "true")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the runtime-stub binary");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(WAIT, stdout.next_line())
+        .await
+        .expect("the address line in time")
+        .expect("read stdout")
+        .expect("a line");
+    let address = line
+        .strip_prefix(&format!("{LISTENING_PREFIX} "))
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (child, format!("http://{address}"))
+}
+
+#[tokio::test]
+async fn a_die_directive_makes_the_process_exit_mid_turn_after_a_few_tokens() {
+    let (mut child, address) = spawn_binary(&[("RUNTIME_STUB_TOKEN_DELAY_MS", "1")]).await;
+    let mut client = client(&address).await;
+
+    let (events, broken) = collect_until_broken(&mut client, turn("assistant", "/die")).await;
+
+    assert!(broken, "the stream fails rather than ending: {events:?}");
+    assert!(events.iter().all(|event| matches!(event, Event::Delta(_))));
+    assert_eq!(events.len(), DIE_AFTER_TOKENS);
+    assert_eq!(
+        concatenated_deltas(&events),
+        scripted_reply("assistant", "/die")
+    );
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the runtime exits")
+        .expect("wait");
+    assert_eq!(status.code(), Some(DIE_EXIT_CODE));
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_start_with_a_contradictory_pace() {
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_crawbl-runtime-stub"))
+        .env("RUNTIME_STUB_TOKEN_DELAY_MS", "5")
+        .env("RUNTIME_STUB_TOKENS_PER_SECOND", "10")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .expect("run the binary");
+    assert!(!status.success());
 }

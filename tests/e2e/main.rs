@@ -3,5 +3,6 @@
 
 mod support;
 
+mod auth_and_tenancy;
 mod conversations;
 mod walking_skeleton;

@@ -1,10 +1,18 @@
-use axum::extract::State;
-use axum::http::StatusCode;
-use crawbl_proto::auth::v1::{SignInRequest, SignUpRequest};
+//! `/v1/auth/…`: sign-up, sign-in, refresh, logout.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use crawbl_proto::auth::v1::{LogoutRequest, RefreshRequest, SignInRequest, SignUpRequest};
 use serde::Deserialize;
 
 use super::extract::ApiJson;
 use crate::AppState;
+use crate::access::API_KEY_PREFIX;
+use crate::auth::{AuthFailure, token_from_headers};
+use crate::cluster::SocketChange;
 use crate::error::ApiError;
 use crate::json::{Data, Session};
 
@@ -45,9 +53,26 @@ pub struct SignIn {
     password: String,
 }
 
-/// `POST /v1/auth/sign-in` → 200 with a session.
+/// The client's IP address as this node sees it (the TCP peer), for rate limiting sign-ins.
+pub struct ClientAddress(Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let address = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| *address);
+        Ok(Self(address))
+    }
+}
+
+/// `POST /v1/auth/sign-in` → 200 with a session; 429 `RATE_LIMITED` with `Retry-After` after
+/// too many failures for the account or from the address.
 pub async fn sign_in(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     ApiJson(body): ApiJson<SignIn>,
 ) -> Result<axum::Json<Data<Session>>, ApiError> {
     let session = state
@@ -56,10 +81,70 @@ pub async fn sign_in(
         .sign_in(SignInRequest {
             email: body.email,
             password: body.password,
+            client_address: address
+                .map(|address| address.ip().to_string())
+                .unwrap_or_default(),
         })
         .await?
         .into_inner();
     Ok(axum::Json(Data {
         data: session.into(),
     }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refresh {
+    refresh_token: String,
+}
+
+/// `POST /v1/auth/refresh` `{"refreshToken"}` → 200 with a session and a new refresh token. A
+/// refresh token used twice revokes its session (401 `REFRESH_TOKEN_REUSED`).
+pub async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Refresh>,
+) -> Result<axum::Json<Data<Session>>, ApiError> {
+    let session = state
+        .auth
+        .clone()
+        .refresh(RefreshRequest {
+            refresh_token: body.refresh_token,
+        })
+        .await?
+        .into_inner();
+    Ok(axum::Json(Data {
+        data: session.into(),
+    }))
+}
+
+/// `POST /v1/auth/logout` with the session's access token (it may have expired) → 204. The
+/// session is revoked: its tokens are refused on every edge node and its sockets disconnected.
+pub async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let token = token_from_headers(&headers)
+        .filter(|token| !token.is_empty())
+        .ok_or(AuthFailure::Missing)?;
+    if token.starts_with(API_KEY_PREFIX) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "NOT_A_SESSION",
+            "API keys are not sessions: revoke one with DELETE /v1/api-keys/{id}",
+        ));
+    }
+    let logged_out = state
+        .auth
+        .clone()
+        .logout(LogoutRequest {
+            access_token: token.to_owned(),
+        })
+        .await?
+        .into_inner();
+    state.access.revoke_session_here(&logged_out.session_id);
+    state
+        .sockets
+        .apply(&SocketChange::DisconnectSession(logged_out.session_id))
+        .await;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -1,16 +1,19 @@
 //! The REST API under `/v1` (SPEC §4).
 
+mod api_keys;
 mod auth;
 mod conversations;
 mod events;
 mod extract;
+mod members;
 mod messages;
+mod users;
 mod workspaces;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -22,8 +25,24 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/auth/sign-up", post(auth::sign_up))
         .route("/auth/sign-in", post(auth::sign_in))
-        .route("/workspaces", get(workspaces::list))
+        .route("/auth/refresh", post(auth::refresh))
+        .route("/auth/logout", post(auth::logout))
+        .route("/users/me", get(users::get).patch(users::update))
+        .route("/api-keys", get(api_keys::list).post(api_keys::create))
+        .route("/api-keys/{api_key_id}", delete(api_keys::revoke))
+        .route(
+            "/workspaces",
+            get(workspaces::list).post(workspaces::create),
+        )
         .route("/workspaces/{workspace_id}", get(workspaces::get))
+        .route(
+            "/workspaces/{workspace_id}/members",
+            get(members::list).post(members::add),
+        )
+        .route(
+            "/workspaces/{workspace_id}/members/{user_id}",
+            delete(members::remove),
+        )
         .route("/workspaces/{workspace_id}/agents", get(workspaces::agents))
         .route(
             "/workspaces/{workspace_id}/conversations",

@@ -1,24 +1,67 @@
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use crawbl_proto::auth::v1::CreateWorkspaceRequest;
 use crawbl_proto::conversation::v1::ListAgentsRequest;
 use crawbl_proto::runtimeproxy::v1::GetRuntimeRequest;
+use serde::Deserialize;
 
+use super::extract::ApiJson;
 use crate::AppState;
 use crate::auth::Caller;
+use crate::cluster::SocketChange;
 use crate::error::ApiError;
 use crate::json::{Agent, Data, Page, Runtime, Workspace};
 
-/// `GET /v1/workspaces`: the caller's workspaces.
+/// `GET /v1/workspaces`: the caller's workspaces, oldest membership first.
 pub async fn list(caller: Caller) -> Json<Page<Workspace>> {
     Json(Page {
         data: caller
-            .0
             .workspaces
-            .into_iter()
+            .iter()
+            .cloned()
             .map(Workspace::from)
             .collect(),
         next_cursor: None,
     })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspace {
+    name: String,
+}
+
+/// `POST /v1/workspaces` `{"name"}` → 201 with the workspace, owned by the caller. Its agents are
+/// created on first use; the caller's sockets that follow all their workspaces join its room.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateWorkspace>,
+) -> Result<(StatusCode, Json<Data<Workspace>>), ApiError> {
+    let workspace = state
+        .auth
+        .clone()
+        .create_workspace(CreateWorkspaceRequest {
+            actor_user_id: caller.user_id().to_owned(),
+            name: body.name,
+        })
+        .await?
+        .into_inner();
+    state.access.forget_memberships(caller.user_id());
+    state
+        .sockets
+        .apply(&SocketChange::JoinWorkspace {
+            user_id: caller.user_id().to_owned(),
+            workspace_id: workspace.id.clone(),
+        })
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(Data {
+            data: workspace.into(),
+        }),
+    ))
 }
 
 /// `GET /v1/workspaces/{id}`, with the state of the workspace's agent runtime.

@@ -10,6 +10,8 @@ pub const MAX_EMAIL_CHARS: usize = 254;
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 256;
 pub const MAX_DISPLAY_NAME_CHARS: usize = 100;
+pub const MAX_WORKSPACE_NAME_CHARS: usize = 100;
+pub const MAX_API_KEY_NAME_CHARS: usize = 100;
 
 /// A plausible email address, trimmed and lowercased: one `@`, a non-empty local part, and a
 /// domain made of at least two non-empty dot-separated labels. No whitespace or control characters.
@@ -91,6 +93,46 @@ impl DisplayName {
     }
 }
 
+/// A trimmed, non-empty name of at most `max_chars` characters, without control characters.
+fn parse_name(raw: &str, max_chars: usize) -> Option<String> {
+    let name = raw.trim();
+    let chars = name.chars().count();
+    (chars > 0 && chars <= max_chars && !name.chars().any(char::is_control))
+        .then(|| name.to_owned())
+}
+
+/// A workspace's name: trimmed, 1 to 100 characters, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkspaceName(String);
+
+impl WorkspaceName {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        parse_name(raw, MAX_WORKSPACE_NAME_CHARS)
+            .map(Self)
+            .ok_or(ValidationError::InvalidWorkspaceName)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An API key's label: trimmed, 1 to 100 characters, no control characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyName(String);
+
+impl ApiKeyName {
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        parse_name(raw, MAX_API_KEY_NAME_CHARS)
+            .map(Self)
+            .ok_or(ValidationError::InvalidApiKeyName)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Owner,
@@ -102,6 +144,24 @@ impl Role {
         match self {
             Self::Owner => "owner",
             Self::Member => "member",
+        }
+    }
+
+    /// `owner` or `member`; empty means `member` (the default when adding someone).
+    pub fn parse(raw: &str) -> Result<Self, ValidationError> {
+        match raw.trim() {
+            "" | "member" => Ok(Self::Member),
+            "owner" => Ok(Self::Owner),
+            _ => Err(ValidationError::InvalidRole),
+        }
+    }
+
+    /// The role as stored; anything unexpected reads as the lesser role.
+    pub fn from_stored(stored: &str) -> Self {
+        if stored == "owner" {
+            Self::Owner
+        } else {
+            Self::Member
         }
     }
 }
@@ -122,15 +182,65 @@ pub struct Membership {
     pub role: String,
 }
 
-/// What sign-up and sign-in return: the tokens, shown once, and whom they belong to.
+/// What sign-up, sign-in and refresh return: the tokens, shown once, and whom they belong to.
 #[derive(Clone, Debug)]
 pub struct IssuedSession {
+    pub session_id: String,
     pub access_token: String,
     pub refresh_token: String,
     /// Seconds until the access token expires.
     pub expires_in: i64,
     pub user: User,
     pub workspaces: Vec<Membership>,
+}
+
+/// A member of a workspace, as listed to the other members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub user: User,
+    /// `owner` or `member`, as stored.
+    pub role: String,
+    /// Unix milliseconds.
+    pub joined_at: i64,
+}
+
+/// An API key as listed to its owner (never the key itself).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+}
+
+/// A freshly created API key: the key in clear is returned this once.
+#[derive(Clone, Debug)]
+pub struct CreatedApiKey {
+    pub api_key: ApiKey,
+    pub key: String,
+}
+
+/// Whom an API key belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKeyIdentity {
+    pub api_key_id: String,
+    pub user_id: String,
+}
+
+/// A session or API key revoked recently enough to matter, and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    Session { session_id: String },
+    ApiKey { api_key_id: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub revoked: Revoked,
+    pub user_id: String,
+    /// Unix milliseconds after which nothing of it can still be valid.
+    pub until: i64,
 }
 
 /// Whom a valid access token belongs to.
@@ -189,6 +299,37 @@ mod tests {
             Password::parse(&"x".repeat(257)).err(),
             Some(ValidationError::InvalidPassword)
         );
+    }
+
+    #[test]
+    fn workspace_and_api_key_names_are_trimmed_and_bounded() {
+        assert_eq!(
+            WorkspaceName::parse("  Team  ").map(|name| name.0),
+            Ok("Team".to_owned())
+        );
+        assert_eq!(
+            WorkspaceName::parse(&"x".repeat(101)),
+            Err(ValidationError::InvalidWorkspaceName)
+        );
+        assert_eq!(
+            ApiKeyName::parse(" \t "),
+            Err(ValidationError::InvalidApiKeyName)
+        );
+        assert_eq!(
+            ApiKeyName::parse("ci\u{0}"),
+            Err(ValidationError::InvalidApiKeyName)
+        );
+        assert!(ApiKeyName::parse("deploy bot").is_ok());
+    }
+
+    #[test]
+    fn roles_parse_with_member_as_the_default() {
+        assert_eq!(Role::parse(""), Ok(Role::Member));
+        assert_eq!(Role::parse("member"), Ok(Role::Member));
+        assert_eq!(Role::parse("owner"), Ok(Role::Owner));
+        assert_eq!(Role::parse("admin"), Err(ValidationError::InvalidRole));
+        assert_eq!(Role::from_stored("owner"), Role::Owner);
+        assert_eq!(Role::from_stored("???"), Role::Member);
     }
 
     #[test]

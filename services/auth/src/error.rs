@@ -1,7 +1,7 @@
 //! What can go wrong, and how each failure reaches gRPC clients: a status code plus a stable,
 //! machine-readable code in the `crawbl-error-code` metadata (see `crawbl_infra::grpc`).
 
-use crawbl_infra::grpc::status_with_code;
+use crawbl_infra::grpc::{status_with_code, with_retry_after};
 use tonic::Code;
 
 /// Input that breaks a rule; the client can fix it.
@@ -15,6 +15,12 @@ pub enum ValidationError {
     InvalidPassword,
     #[error("the display name must have between 1 and 100 characters")]
     InvalidDisplayName,
+    #[error("the workspace name must have between 1 and 100 characters")]
+    InvalidWorkspaceName,
+    #[error("the API key name must have between 1 and 100 characters")]
+    InvalidApiKeyName,
+    #[error("the role must be \"owner\" or \"member\"")]
+    InvalidRole,
 }
 
 impl ValidationError {
@@ -24,6 +30,9 @@ impl ValidationError {
             Self::WeakPassword => "WEAK_PASSWORD",
             Self::InvalidPassword => "INVALID_PASSWORD",
             Self::InvalidDisplayName => "INVALID_DISPLAY_NAME",
+            Self::InvalidWorkspaceName => "INVALID_WORKSPACE_NAME",
+            Self::InvalidApiKeyName => "INVALID_API_KEY_NAME",
+            Self::InvalidRole => "INVALID_ROLE",
         }
     }
 }
@@ -40,6 +49,29 @@ pub enum AuthError {
     /// Unknown, malformed, expired or revoked token alike.
     #[error("the token is invalid or has expired")]
     InvalidToken,
+    /// A refresh token presented after it was exchanged: someone else may hold it, so the whole
+    /// session was revoked.
+    #[error("this refresh token was already used; the session is revoked, sign in again")]
+    RefreshTokenReused,
+    #[error("too many failed sign-ins; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    /// Also what a non-member gets, so workspace ids do not leak.
+    #[error("workspace not found")]
+    WorkspaceNotFound,
+    #[error("no user has this email address")]
+    UserNotFound,
+    #[error("this user is not a member of the workspace")]
+    MemberNotFound,
+    #[error("API key not found")]
+    ApiKeyNotFound,
+    #[error("only an owner of the workspace may do this")]
+    OwnerRequired,
+    #[error("this user is already a member of the workspace")]
+    AlreadyMember,
+    #[error("a workspace must keep at least one owner")]
+    LastOwner,
+    #[error("too many API keys; revoke one first")]
+    TooManyApiKeys,
     /// A bug or a failing dependency. Logged; clients only learn that something went wrong.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -53,6 +85,16 @@ impl AuthError {
             Self::EmailTaken => "EMAIL_TAKEN",
             Self::InvalidCredentials => "INVALID_CREDENTIALS",
             Self::InvalidToken => "INVALID_TOKEN",
+            Self::RefreshTokenReused => "REFRESH_TOKEN_REUSED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::WorkspaceNotFound => "WORKSPACE_NOT_FOUND",
+            Self::UserNotFound => "USER_NOT_FOUND",
+            Self::MemberNotFound => "MEMBER_NOT_FOUND",
+            Self::ApiKeyNotFound => "API_KEY_NOT_FOUND",
+            Self::OwnerRequired => "OWNER_REQUIRED",
+            Self::AlreadyMember => "ALREADY_MEMBER",
+            Self::LastOwner => "LAST_OWNER",
+            Self::TooManyApiKeys => "TOO_MANY_API_KEYS",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -69,7 +111,21 @@ impl From<AuthError> for tonic::Status {
         let code = match &error {
             AuthError::Validation(_) => Code::InvalidArgument,
             AuthError::EmailTaken => Code::AlreadyExists,
-            AuthError::InvalidCredentials | AuthError::InvalidToken => Code::Unauthenticated,
+            AuthError::InvalidCredentials
+            | AuthError::InvalidToken
+            | AuthError::RefreshTokenReused => Code::Unauthenticated,
+            AuthError::RateLimited { retry_after_secs } => {
+                let status =
+                    status_with_code(Code::ResourceExhausted, error.code(), error.to_string());
+                return with_retry_after(status, *retry_after_secs);
+            }
+            AuthError::WorkspaceNotFound
+            | AuthError::UserNotFound
+            | AuthError::MemberNotFound
+            | AuthError::ApiKeyNotFound => Code::NotFound,
+            AuthError::OwnerRequired => Code::PermissionDenied,
+            AuthError::AlreadyMember => Code::AlreadyExists,
+            AuthError::LastOwner | AuthError::TooManyApiKeys => Code::FailedPrecondition,
             AuthError::Internal(internal) => {
                 tracing::error!(error = ?internal, "internal error");
                 return status_with_code(Code::Internal, error.code(), "internal error");
@@ -91,6 +147,19 @@ mod tests {
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error");
         assert_eq!(crawbl_infra::grpc::stable_code(&status), Some("INTERNAL"));
+    }
+
+    #[test]
+    fn rate_limits_carry_the_seconds_to_wait() {
+        let status = tonic::Status::from(AuthError::RateLimited {
+            retry_after_secs: 17,
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            crawbl_infra::grpc::stable_code(&status),
+            Some("RATE_LIMITED")
+        );
+        assert_eq!(crawbl_infra::grpc::retry_after(&status), Some(17));
     }
 
     #[test]

@@ -72,18 +72,29 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `RUNTIME_DRIVER` (`process`, the default, or `static`) and its settings.
     pub driver: Driver,
-    /// `RUNTIME_READY_TIMEOUT_MS`, default 15000: how long provisioning may take before
-    /// `RUNTIME_NOT_READY`.
+    /// `RUNTIME_READY_TIMEOUT_MS`, default 15000: how long a call waits for its workspace's
+    /// runtime before `RUNTIME_NOT_READY` (provisioning goes on; a later call finds it ready).
     pub ready_timeout: Duration,
+    /// `RUNTIME_PROVISION_TIMEOUT_MS`, default 60000: how long one provisioning attempt may take
+    /// before the runtime is `failed` (and its process killed).
+    pub provision_timeout: Duration,
     /// `RUNTIME_TURN_TIMEOUT_MS`, default 120000: the deadline of one forwarded turn.
     pub turn_timeout: Duration,
+    /// `RUNTIME_IDLE_TIMEOUT_MS`, default 600000 (10 minutes): a ready runtime without turns for
+    /// that long is stopped. `0` (here `None`) keeps runtimes until shutdown.
+    pub idle_timeout: Option<Duration>,
+    /// `REDIS_URL`: where `agent.status` events go when runtime-proxy runs alone; unset means
+    /// the in-process bus. The launcher passes its own bus to [`crate::run`] instead.
+    pub redis_url: Option<String>,
 }
 
 impl Config {
     pub const DEFAULT_LISTEN: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50053);
     pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_millis(15_000);
+    pub const DEFAULT_PROVISION_TIMEOUT: Duration = Duration::from_millis(60_000);
     pub const DEFAULT_TURN_TIMEOUT: Duration = Duration::from_millis(120_000);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_millis(600_000);
 
     /// The defaults, with `driver`.
     pub fn with_driver(driver: Driver) -> Self {
@@ -91,23 +102,39 @@ impl Config {
             listen: Self::DEFAULT_LISTEN,
             driver,
             ready_timeout: Self::DEFAULT_READY_TIMEOUT,
+            provision_timeout: Self::DEFAULT_PROVISION_TIMEOUT,
             turn_timeout: Self::DEFAULT_TURN_TIMEOUT,
+            idle_timeout: Some(Self::DEFAULT_IDLE_TIMEOUT),
+            redis_url: None,
         }
     }
 
     pub fn from_env() -> anyhow::Result<Self> {
+        let idle_ms = parse_or(
+            "RUNTIME_IDLE_TIMEOUT_MS",
+            as_millis(Self::DEFAULT_IDLE_TIMEOUT),
+        )?;
         Ok(Self {
             listen: parse_or("RUNTIME_PROXY_LISTEN", Self::DEFAULT_LISTEN)?,
             driver: Driver::from_env()?,
             ready_timeout: millis("RUNTIME_READY_TIMEOUT_MS", Self::DEFAULT_READY_TIMEOUT)?,
+            provision_timeout: millis(
+                "RUNTIME_PROVISION_TIMEOUT_MS",
+                Self::DEFAULT_PROVISION_TIMEOUT,
+            )?,
             turn_timeout: millis("RUNTIME_TURN_TIMEOUT_MS", Self::DEFAULT_TURN_TIMEOUT)?,
+            idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
+            redis_url: optional("REDIS_URL"),
         })
     }
 }
 
+fn as_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn millis(name: &str, default: Duration) -> anyhow::Result<Duration> {
-    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
-    let value = parse_or(name, default)?;
+    let value = parse_or(name, as_millis(default))?;
     if value == 0 {
         bail!("{name} must be greater than 0");
     }

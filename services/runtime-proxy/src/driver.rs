@@ -1,13 +1,19 @@
-//! Bringing up one workspace's runtime with a [`Driver`] and waiting until it is ready.
+//! Bringing up one workspace's runtime with a [`Driver`], waiting until it is ready, watching
+//! whether it is still alive, and stopping it. The contract every driver meets (and a Kubernetes
+//! driver would) is in `docs/runtime-drivers.md`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -22,6 +28,30 @@ pub const LISTENING_PREFIX: &str = "CRAWBL_RUNTIME_LISTENING";
 const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Upper bound of one health check, so a hung runtime cannot eat the whole ready budget in one go.
 const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bound of the health check that decides whether a runtime that broke a turn is still
+/// alive: short, since a caller is waiting for the turn's last event.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long `stop` waits for a killed process to be reaped before giving up on it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Variables a runtime process inherits from runtime-proxy; everything else is withheld, so
+/// secrets of the platform (the service credential, database and Redis URLs) never reach code an
+/// agent runs. Names ending in `_` are prefixes.
+const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "LOG_FORMAT",
+    "OTEL_",
+    "RUNTIME_STUB_",
+    "RUNTIME_PROVIDER",
+    "OPENAI_",
+];
 
 /// Why a runtime could not be made ready. Cloneable: every caller waiting on the same
 /// provisioning attempt gets the same error.
@@ -30,6 +60,7 @@ const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ProvisionError(pub String);
 
 /// A ready runtime: where it is, a channel to it, and its process if the driver started one.
+/// Dropping the last handle to a runtime kills its process.
 #[derive(Debug)]
 pub struct Runtime {
     pub address: String,
@@ -37,58 +68,85 @@ pub struct Runtime {
     process: Option<Process>,
 }
 
+/// A runtime process, owned by a watcher task that reaps it and reports how it ended.
 #[derive(Debug)]
 struct Process {
-    /// A tokio mutex because stopping waits for the exit while holding the child.
-    child: tokio::sync::Mutex<Child>,
+    pid: Option<u32>,
+    /// Cancelling it (explicitly, or by dropping the runtime) makes the watcher kill the process.
+    kill: CancellationToken,
+    _kill_on_drop: DropGuard,
+    /// `None` while the process runs; how it ended, once it has.
+    exit: watch::Receiver<Option<String>>,
     /// Held open for the runtime's life: runtime-stub exits when its stdin closes, so if this
     /// proxy dies without killing its children they still go away.
     _stdin: Option<ChildStdin>,
 }
 
 impl Runtime {
-    /// `Some` once the runtime's process has exited (or is being stopped); never for a static one.
+    /// `Some` (how it ended) once the runtime's process has exited; never for a static runtime.
     pub fn exit_status(&self) -> Option<String> {
-        let process = self.process.as_ref()?;
-        let Ok(mut child) = process.child.try_lock() else {
-            return Some("being stopped".to_owned());
-        };
-        match child.try_wait() {
-            Ok(None) => None,
-            Ok(Some(status)) => Some(status.to_string()),
-            Err(error) => Some(format!("unknown ({error})")),
+        self.process.as_ref()?.exit.borrow().clone()
+    }
+
+    /// Resolves with how the process ended, once it has; `None` for a runtime whose death the
+    /// driver cannot observe (static), which is then noticed only by [`Runtime::probe`].
+    pub fn exited(&self) -> Option<BoxFuture<'static, String>> {
+        let mut exit = self.process.as_ref()?.exit.clone();
+        Some(
+            async move {
+                match exit.wait_for(Option::is_some).await {
+                    Ok(status) => status.clone().unwrap_or_default(),
+                    Err(_) => "its watcher stopped".to_owned(),
+                }
+            }
+            .boxed(),
+        )
+    }
+
+    /// `Ok` when the runtime still answers its health check (and its process runs); otherwise
+    /// why it is considered dead. Used when a turn breaks, to tell a dead runtime from a failed
+    /// turn.
+    pub async fn probe(&self) -> Result<(), String> {
+        if let Some(status) = self.exit_status() {
+            return Err(format!("its process exited ({status})"));
+        }
+        let deadline = Instant::now() + PROBE_TIMEOUT;
+        check_serving(&self.channel, deadline).await?;
+        match self.exit_status() {
+            Some(status) => Err(format!("its process exited ({status})")),
+            None => Ok(()),
         }
     }
 
-    /// Kills the runtime's process and waits for it to exit; nothing to do for a static runtime.
+    /// Kills the runtime's process and waits until it is reaped; nothing to do for a static
+    /// runtime. Idempotent.
     pub async fn stop(&self) {
         let Some(process) = &self.process else {
             return;
         };
-        let mut child = process.child.lock().await;
-        let pid = child.id();
-        if let Err(error) = child.kill().await {
-            tracing::warn!(?pid, %error, "cannot kill runtime process");
-        } else {
-            tracing::info!(?pid, "runtime process stopped");
+        process.kill.cancel();
+        let mut exit = process.exit.clone();
+        let reaped = tokio::time::timeout(STOP_TIMEOUT, exit.wait_for(Option::is_some)).await;
+        if reaped.is_err() {
+            tracing::warn!(pid = ?process.pid, "runtime process not reaped in time after kill");
         }
     }
 }
 
 impl Driver {
     /// Brings up the runtime of `workspace_id` and waits until its health check says SERVING,
-    /// all within `ready_timeout`. A process that does not make it is killed (dropping the child
-    /// kills it).
+    /// all within `timeout`. A process that does not make it is killed (dropping the child kills
+    /// it).
     pub async fn provision(
         &self,
         workspace_id: &str,
-        ready_timeout: Duration,
+        timeout: Duration,
     ) -> Result<Runtime, ProvisionError> {
-        let deadline = Instant::now() + ready_timeout;
+        let deadline = Instant::now() + timeout;
         match self {
             Self::Static { address } => {
                 let channel = connect(address)?;
-                wait_until_serving(&channel, deadline, ready_timeout).await?;
+                wait_until_serving(&channel, deadline, timeout).await?;
                 Ok(Runtime {
                     address: address.clone(),
                     channel,
@@ -96,7 +154,7 @@ impl Driver {
                 })
             }
             Self::Process { program, args } => {
-                spawn_process(program, args, workspace_id, deadline, ready_timeout).await
+                spawn_process(program, args, workspace_id, deadline, timeout).await
             }
         }
     }
@@ -111,6 +169,8 @@ async fn spawn_process(
 ) -> Result<Runtime, ProvisionError> {
     let mut child = Command::new(program)
         .args(args)
+        .env_clear()
+        .envs(std::env::vars().filter(|(name, _)| inherited(name)))
         .env("RUNTIME_STUB_LISTEN", "127.0.0.1:0")
         .env("RUNTIME_STUB_EXIT_WITH_PARENT", "true")
         .env("RUNTIME_WORKSPACE_ID", workspace_id)
@@ -161,14 +221,59 @@ async fn spawn_process(
             )));
         }
     }
+    let kill = CancellationToken::new();
+    let exit = watch_process(child, pid, workspace_id, kill.clone());
     Ok(Runtime {
         address,
         channel,
         process: Some(Process {
-            child: tokio::sync::Mutex::new(child),
+            pid,
+            _kill_on_drop: kill.clone().drop_guard(),
+            kill,
+            exit,
             _stdin: stdin,
         }),
     })
+}
+
+fn inherited(name: &str) -> bool {
+    INHERITED_ENV
+        .iter()
+        .any(|allowed| match allowed.strip_suffix('_') {
+            Some(_) => name.starts_with(allowed),
+            None => name == *allowed,
+        })
+}
+
+/// Hands `child` to a task that waits for it to exit (or kills it when `kill` is cancelled) and
+/// publishes how it ended. Waiting in a task is what lets a death be noticed while no turn runs.
+fn watch_process(
+    mut child: Child,
+    pid: Option<u32>,
+    workspace_id: &str,
+    kill: CancellationToken,
+) -> watch::Receiver<Option<String>> {
+    let (sender, receiver) = watch::channel(None);
+    let workspace_id = workspace_id.to_owned();
+    tokio::spawn(async move {
+        let status = tokio::select! {
+            exit = child.wait() => {
+                let status = describe_exit(exit);
+                tracing::warn!(%workspace_id, ?pid, %status, "runtime process exited");
+                status
+            }
+            () = kill.cancelled() => {
+                if let Err(error) = child.kill().await {
+                    tracing::warn!(%workspace_id, ?pid, %error, "cannot kill runtime process");
+                }
+                let status = describe_exit(child.wait().await);
+                tracing::info!(%workspace_id, ?pid, %status, "runtime process stopped");
+                status
+            }
+        };
+        sender.send_replace(Some(status));
+    });
+    receiver
 }
 
 /// Reads stdout up to the line announcing the address; other lines before it are logged.
@@ -223,35 +328,69 @@ fn describe_exit(exit: std::io::Result<ExitStatus>) -> String {
 }
 
 fn connect(address: &str) -> Result<Channel, ProvisionError> {
-    crawbl_infra::grpc::channel(address).map_err(|error| ProvisionError(format!("{error:#}")))
+    // Runtimes run agent code: they never get the service credential.
+    crawbl_infra::grpc::channel_without_credential(address)
+        .map_err(|error| ProvisionError(format!("{error:#}")))
 }
 
 /// Polls the runtime's overall health (service "") until SERVING or the deadline.
 async fn wait_until_serving(
     channel: &Channel,
     deadline: Instant,
-    ready_timeout: Duration,
+    timeout: Duration,
 ) -> Result<(), ProvisionError> {
-    let mut health = HealthClient::new(channel.clone());
     loop {
         let attempt_deadline = deadline.min(Instant::now() + HEALTH_CHECK_TIMEOUT);
-        let check = health.check(HealthCheckRequest {
-            service: String::new(),
-        });
-        let last = match tokio::time::timeout_at(attempt_deadline, check).await {
-            Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving => {
-                return Ok(());
-            }
-            Ok(Ok(response)) => format!("health is {:?}", response.get_ref().status()),
-            Ok(Err(status)) => format!("health check failed: {}", status.message()),
-            Err(_) => "health check timed out".to_owned(),
+        let Err(last) = check_serving(channel, attempt_deadline).await else {
+            return Ok(());
         };
         if Instant::now() + HEALTH_POLL_INTERVAL >= deadline {
             return Err(ProvisionError(format!(
                 "the runtime was not ready within {} ms ({last})",
-                ready_timeout.as_millis()
+                timeout.as_millis()
             )));
         }
         tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+    }
+}
+
+/// One health check of the runtime as a whole (service ""): `Ok` only for SERVING.
+async fn check_serving(channel: &Channel, deadline: Instant) -> Result<(), String> {
+    let mut health = HealthClient::new(channel.clone());
+    let check = health.check(HealthCheckRequest {
+        service: String::new(),
+    });
+    match tokio::time::timeout_at(deadline, check).await {
+        Ok(Ok(response)) if response.get_ref().status() == ServingStatus::Serving => Ok(()),
+        Ok(Ok(response)) => Err(format!("health is {:?}", response.get_ref().status())),
+        Ok(Err(status)) => Err(format!("health check failed: {}", status.message())),
+        Err(_) => Err("health check timed out".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtimes_inherit_their_own_settings_but_no_platform_secret() {
+        for name in [
+            "PATH",
+            "RUST_LOG",
+            "RUNTIME_STUB_TOKEN_DELAY_MS",
+            "RUNTIME_PROVIDER",
+            "OPENAI_API_KEY",
+        ] {
+            assert!(inherited(name), "{name}");
+        }
+        for name in [
+            "CRAWBL_SERVICE_TOKEN",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "PATHX",
+            "RUNTIME_DRIVER",
+        ] {
+            assert!(!inherited(name), "{name}");
+        }
     }
 }

@@ -2,35 +2,62 @@
 //! workspace's runtime up once (however many callers ask at the same time) and waits until its
 //! health check says SERVING; `ForwardTurn` does that, then relays the runtime's `Turn` stream
 //! with a deadline. Runtimes come from a [`Driver`]: one child process per workspace (default) or
-//! a fixed address.
+//! a fixed address (see `docs/runtime-drivers.md`). Runtimes that die are noticed and restarted,
+//! idle ones are stopped, and agents are announced `offline`/`online` on the event bus as their
+//! runtime dies and comes back.
 
 mod config;
 mod driver;
 mod registry;
 mod service;
+mod status;
 
 use anyhow::Context;
+use crawbl_infra::bus::EventBus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, DEFAULT_RUNTIME_BINARY, Driver};
 pub use driver::LISTENING_PREFIX;
+pub use registry::RESTART_INTERVAL;
+pub use service::codes;
 
-use registry::Registry;
+use registry::{Registry, Timeouts};
 use service::ProxyService;
+use status::StatusEvents;
 
 /// Serves `RuntimeProxy` (with health and reflection) on `listener` until `shutdown` is
-/// cancelled, then stops every runtime it started.
+/// cancelled, then stops every runtime it started. `agent.status` events go to `bus`.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    bus: EventBus,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    tracing::info!(driver = ?config.driver, ready_timeout_ms = config.ready_timeout.as_millis(), turn_timeout_ms = config.turn_timeout.as_millis(), "runtime-proxy starting");
-    // A child token: provisioning stops as soon as shutdown starts, while running runtimes stay
-    // up until the server has drained its in-flight turns.
-    let registry = Registry::new(config.driver, config.ready_timeout, shutdown.child_token());
-    let service = ProxyService::new(registry.clone(), config.turn_timeout);
+    tracing::info!(
+        driver = ?config.driver,
+        ready_timeout_ms = config.ready_timeout.as_millis(),
+        provision_timeout_ms = config.provision_timeout.as_millis(),
+        turn_timeout_ms = config.turn_timeout.as_millis(),
+        idle_timeout_ms = config.idle_timeout.map(|idle| idle.as_millis()),
+        bus = bus.kind(),
+        "runtime-proxy starting"
+    );
+    let timeouts = Timeouts {
+        ready: config.ready_timeout,
+        provision: config.provision_timeout,
+        idle: config.idle_timeout,
+    };
+    // A child token: provisioning stops and turns in flight end (with `SHUTTING_DOWN`) as soon as
+    // shutdown starts; runtimes are stopped once the server has drained.
+    let stopping = shutdown.child_token();
+    let registry = Registry::new(
+        config.driver,
+        timeouts,
+        StatusEvents::start(bus),
+        stopping.clone(),
+    );
+    let service = ProxyService::new(registry.clone(), config.turn_timeout, stopping);
     let served = crawbl_infra::grpc::serve(listener, service, shutdown).await;
     registry.shutdown().await;
     served
@@ -40,6 +67,7 @@ pub async fn run(
 pub async fn main_from_env() -> anyhow::Result<()> {
     crawbl_infra::telemetry::init_logging();
     let config = Config::from_env().context("reading runtime-proxy configuration")?;
+    let bus = EventBus::for_standalone(config.redis_url.as_deref(), "runtime-proxy").await?;
     let listener = crawbl_infra::net::bind(config.listen, "RUNTIME_PROXY_LISTEN").await?;
-    run(config, listener, crawbl_infra::shutdown::on_signal()).await
+    run(config, listener, bus, crawbl_infra::shutdown::on_signal()).await
 }

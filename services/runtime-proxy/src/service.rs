@@ -5,9 +5,11 @@
 //!   turn) the call fails with a status: `UNAVAILABLE` + `RUNTIME_NOT_READY` for everything worth
 //!   retrying (the edge answers 503 with `Retry-After`);
 //! - once the stream has started, it always ends with exactly one terminal event: the runtime's
-//!   own `done` or `error`, or a `TurnEvent::Error` made here when the runtime's stream fails (the
-//!   runtime died), ends without a terminal event, or passes the turn deadline. The stream itself
-//!   then ends OK, so a consumer has a single place to mark the message `failed`/`incomplete`.
+//!   own `done` or `error`, or a `TurnEvent::Error` made here, whose `code` says why:
+//!   `RUNTIME_DIED` (the runtime's stream broke and the runtime is gone; its agents have already
+//!   been announced `offline` when this event is sent), `RUNTIME_ERROR` (it broke the turn but is
+//!   alive), `DEADLINE_EXCEEDED`, `SHUTTING_DOWN`. The stream itself then ends OK, so a consumer
+//!   has a single place to mark the message `failed`/`incomplete`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,27 +24,45 @@ use crawbl_proto::runtimeproxy::v1::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::codec::Streaming;
 use tonic::{Code, Request, Response, Status};
 
 use crate::driver::{ProvisionError, Runtime};
-use crate::registry::Registry;
+use crate::registry::{Registry, TurnGuard};
 
 /// Events are forwarded one by one as they arrive; a small buffer is enough.
 const EVENT_BUFFER: usize = 16;
 /// Workspace ids are passed to runtime processes in their environment and logged: keep them sane.
 const MAX_WORKSPACE_ID_LEN: usize = 128;
+/// How long a turn that found its runtime dead waits for the `offline` events before it ends.
+const STATUS_PUBLISH_BOUND: Duration = Duration::from_secs(2);
+
+/// `TurnError.code` values made by runtime-proxy (runtimes add their own, e.g. `PROVIDER_ERROR`).
+pub mod codes {
+    pub const RUNTIME_DIED: &str = "RUNTIME_DIED";
+    pub const RUNTIME_ERROR: &str = "RUNTIME_ERROR";
+    pub const DEADLINE_EXCEEDED: &str = "DEADLINE_EXCEEDED";
+    pub const SHUTTING_DOWN: &str = "SHUTTING_DOWN";
+}
 
 pub struct ProxyService {
     registry: Registry,
     turn_timeout: Duration,
+    /// Cancelled when the proxy starts shutting down: ends the turns in flight.
+    shutdown: CancellationToken,
 }
 
 impl ProxyService {
-    pub fn new(registry: Registry, turn_timeout: Duration) -> RuntimeProxyServer<Self> {
+    pub fn new(
+        registry: Registry,
+        turn_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> RuntimeProxyServer<Self> {
         RuntimeProxyServer::new(Self {
             registry,
             turn_timeout,
+            shutdown,
         })
     }
 }
@@ -84,6 +104,9 @@ impl RuntimeProxy for ProxyService {
         let workspace_id = turn.workspace_id.clone();
         validate_workspace_id(&workspace_id)?;
         let message_id = turn.message_id.clone();
+        // Counted before provisioning: the agent is one to tell if this runtime dies, and a
+        // runtime with a turn waiting for it is not idle.
+        let guard = self.registry.begin_turn(&workspace_id, &turn.agent_id);
         let runtime = self
             .registry
             .ensure(&workspace_id)
@@ -92,22 +115,33 @@ impl RuntimeProxy for ProxyService {
 
         // The deadline covers the whole turn, starting now that the runtime is ready.
         let deadline = Instant::now() + self.turn_timeout;
-        let upstream = self
-            .start_turn(&runtime, turn, deadline)
-            .await
-            .inspect_err(|status| {
-                if status.code() == Code::Unavailable {
+        let upstream = match self.start_turn(&runtime, turn, deadline).await {
+            Ok(upstream) => upstream,
+            Err(status) => {
+                if status.code() == Code::Unavailable
+                    && let Err(reason) = runtime.probe().await
+                {
                     self.registry
-                        .discard(&workspace_id, &runtime, status.message());
+                        .runtime_died(&workspace_id, &runtime, &reason, STATUS_PUBLISH_BOUND)
+                        .await;
                 }
-            })
-            .map_err(|status| upstream_status(&status))?;
+                return Err(upstream_status(&status));
+            }
+        };
 
         tracing::info!(%workspace_id, %message_id, "turn forwarded");
         let (events, receiver) = mpsc::channel(EVENT_BUFFER);
+        let turn = ForwardedTurn {
+            workspace_id,
+            runtime,
+            registry: self.registry.clone(),
+            shutdown: self.shutdown.clone(),
+            deadline,
+            _guard: guard,
+        };
         tokio::spawn(async move {
-            let end = forward(upstream, &events, deadline).await;
-            tracing::info!(%workspace_id, %message_id, end = end.as_str(), "turn ended");
+            let end = turn.forward(upstream, &events).await;
+            tracing::info!(workspace_id = %turn.workspace_id, %message_id, end = end.as_str(), "turn ended");
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
@@ -139,8 +173,10 @@ impl ProxyService {
 enum TurnEnd {
     Finished,
     CallerGone,
+    RuntimeDied,
     RuntimeFailed,
     DeadlineExceeded,
+    ShuttingDown,
 }
 
 impl TurnEnd {
@@ -148,73 +184,117 @@ impl TurnEnd {
         match self {
             Self::Finished => "finished",
             Self::CallerGone => "caller gone",
+            Self::RuntimeDied => "runtime died",
             Self::RuntimeFailed => "runtime failed",
             Self::DeadlineExceeded => "deadline exceeded",
+            Self::ShuttingDown => "shutting down",
         }
     }
 }
 
-/// Copies the runtime's events to the caller until a terminal event. Returning drops `upstream`,
-/// which cancels the runtime's side of the call: that is how a caller that goes away (or a
-/// deadline) stops the runtime.
-async fn forward(
-    mut upstream: Streaming<TurnEvent>,
-    events: &EventSender,
+/// A turn being relayed from a runtime to the caller.
+struct ForwardedTurn {
+    workspace_id: String,
+    runtime: Arc<Runtime>,
+    registry: Registry,
+    shutdown: CancellationToken,
     deadline: Instant,
-) -> TurnEnd {
-    loop {
-        let next = tokio::select! {
-            // Noticed while waiting for the runtime, not only at the next send.
-            () = events.closed() => return TurnEnd::CallerGone,
-            next = tokio::time::timeout_at(deadline, upstream.message()) => next,
-        };
-        let event = match next {
-            Ok(Ok(Some(event))) => event,
-            Ok(Ok(None)) => {
-                tracing::warn!("runtime ended the turn without done or error");
-                return fail(
-                    events,
-                    "the runtime ended the turn without finishing it",
-                    TurnEnd::RuntimeFailed,
-                )
-                .await;
+    /// Keeps the turn counted in its workspace until it ends.
+    _guard: TurnGuard,
+}
+
+impl ForwardedTurn {
+    /// Copies the runtime's events to the caller until a terminal event. Returning drops
+    /// `upstream`, which cancels the runtime's side of the call: that is how a caller that goes
+    /// away, a deadline or a shutdown stops the runtime.
+    async fn forward(&self, mut upstream: Streaming<TurnEvent>, events: &EventSender) -> TurnEnd {
+        loop {
+            let next = tokio::select! {
+                // Noticed while waiting for the runtime, not only at the next send.
+                () = events.closed() => return TurnEnd::CallerGone,
+                () = self.shutdown.cancelled() => {
+                    let message = "runtime-proxy is shutting down";
+                    return fail(events, codes::SHUTTING_DOWN, message, TurnEnd::ShuttingDown).await;
+                }
+                next = tokio::time::timeout_at(self.deadline, upstream.message()) => next,
+            };
+            let mut event = match next {
+                Ok(Ok(Some(event))) => event,
+                Ok(Ok(None)) => {
+                    tracing::warn!("runtime ended the turn without done or error");
+                    return self.broken(events).await;
+                }
+                Ok(Err(status)) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "runtime turn stream failed");
+                    return self.broken(events).await;
+                }
+                Err(_) => {
+                    let message = "the turn exceeded its deadline";
+                    return fail(
+                        events,
+                        codes::DEADLINE_EXCEEDED,
+                        message,
+                        TurnEnd::DeadlineExceeded,
+                    )
+                    .await;
+                }
+            };
+            let terminal = match &mut event.event {
+                Some(turn_event::Event::Error(error)) => {
+                    // Runtimes that predate codes still produce a classifiable error.
+                    if error.code.is_empty() {
+                        codes::RUNTIME_ERROR.clone_into(&mut error.code);
+                    }
+                    true
+                }
+                Some(turn_event::Event::Done(_)) => true,
+                _ => false,
+            };
+            if events.send(Ok(event)).await.is_err() {
+                return TurnEnd::CallerGone;
             }
-            Ok(Err(status)) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "runtime turn stream failed");
-                return fail(
-                    events,
-                    "the runtime failed during the turn",
-                    TurnEnd::RuntimeFailed,
-                )
-                .await;
+            if terminal {
+                return TurnEnd::Finished;
             }
-            Err(_) => {
-                return fail(
-                    events,
-                    "the turn exceeded its deadline",
-                    TurnEnd::DeadlineExceeded,
-                )
-                .await;
-            }
-        };
-        let terminal = matches!(
-            event.event,
-            Some(turn_event::Event::Done(_) | turn_event::Event::Error(_))
-        );
-        if events.send(Ok(event)).await.is_err() {
-            return TurnEnd::CallerGone;
         }
-        if terminal {
-            return TurnEnd::Finished;
+    }
+
+    /// The runtime's stream failed or ended early: `RUNTIME_DIED` if the runtime is gone (after
+    /// its agents have been announced offline), `RUNTIME_ERROR` if it is still alive.
+    async fn broken(&self, events: &EventSender) -> TurnEnd {
+        match self.runtime.probe().await {
+            Err(reason) => {
+                self.registry
+                    .runtime_died(
+                        &self.workspace_id,
+                        &self.runtime,
+                        &reason,
+                        STATUS_PUBLISH_BOUND,
+                    )
+                    .await;
+                let message = format!("the runtime died during the turn: {reason}");
+                fail(events, codes::RUNTIME_DIED, &message, TurnEnd::RuntimeDied).await
+            }
+            Ok(()) => {
+                let message = "the runtime failed during the turn";
+                fail(
+                    events,
+                    codes::RUNTIME_ERROR,
+                    message,
+                    TurnEnd::RuntimeFailed,
+                )
+                .await
+            }
         }
     }
 }
 
 /// Ends the caller's stream with a `TurnEvent::Error`.
-async fn fail(events: &EventSender, message: &str, end: TurnEnd) -> TurnEnd {
+async fn fail(events: &EventSender, code: &str, message: &str, end: TurnEnd) -> TurnEnd {
     let error = TurnEvent {
         event: Some(turn_event::Event::Error(TurnError {
             message: message.to_owned(),
+            code: code.to_owned(),
         })),
     };
     match events.send(Ok(error)).await {

@@ -1,22 +1,30 @@
 //! runtime-proxy against real gRPC servers on 127.0.0.1:0: in-process runtime-stub servers, real
-//! child processes for the process driver, and real gRPC clients. No mocks.
+//! child processes for the process driver (fake runtimes in shell, and real runtime-stubs: this
+//! test binary re-executed as one, see `runtime_stub_process`), real gRPC clients and an
+//! in-process event bus. No mocks.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crawbl_infra::bus::EventBus;
 use crawbl_infra::grpc::stable_code;
+use crawbl_proto::conversation::v1::AgentStatus;
+use crawbl_proto::events::v1::event::Kind;
 use crawbl_proto::runtime::v1::{TurnEvent, TurnRequest, turn_event::Event};
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use crawbl_proto::runtimeproxy::v1::{EnsureRuntimeRequest, GetRuntimeRequest, RuntimeState};
-use crawbl_runtime_proxy::{Config, Driver};
-use crawbl_runtime_stub::{ScriptedRuntime, scripted_reply};
+use crawbl_runtime_proxy::{Config, Driver, codes};
+use crawbl_runtime_stub::{Pace, Provider, StubRuntime, scripted_reply};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
+
+type Channel = crawbl_infra::grpc::Channel;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -27,16 +35,16 @@ const WAIT: Duration = Duration::from_secs(10);
 struct Stub {
     address: String,
     port: u16,
-    runtime: ScriptedRuntime,
+    runtime: StubRuntime,
     _server: DropGuard,
 }
 
 async fn start_stub(token_delay: Duration) -> Stub {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind stub");
     let port = listener.local_addr().expect("stub addr").port();
-    let runtime = ScriptedRuntime::new(token_delay);
+    let runtime = StubRuntime::new(Provider::Scripted(Pace::per_token(token_delay)));
     let shutdown = CancellationToken::new();
-    tokio::spawn(crawbl_infra::grpc::serve(
+    tokio::spawn(crawbl_infra::grpc::serve_without_credential(
         listener,
         runtime.clone().into_service(),
         shutdown.clone(),
@@ -49,10 +57,11 @@ async fn start_stub(token_delay: Duration) -> Stub {
     }
 }
 
-/// runtime-proxy running in this process, with a client to it.
+/// runtime-proxy running in this process, with a client to it and the bus it publishes to.
 struct Proxy {
     address: String,
     client: RuntimeProxyClient<Channel>,
+    bus: EventBus,
     shutdown: CancellationToken,
     server: JoinHandle<anyhow::Result<()>>,
 }
@@ -67,29 +76,51 @@ impl Proxy {
             .expect("run task")
             .expect("run ok");
     }
+
+    /// Every event published from now on.
+    fn events(&self) -> BoxStream<'static, crawbl_proto::events::v1::Event> {
+        self.bus.subscribe()
+    }
 }
 
-async fn start_proxy(driver: Driver, ready_timeout: Duration, turn_timeout: Duration) -> Proxy {
+/// A proxy with `driver`, the provisioning wait and bound both `ready_timeout`, and no idle
+/// timeout; `configure` adjusts the rest.
+async fn start_proxy_with(
+    driver: Driver,
+    ready_timeout: Duration,
+    turn_timeout: Duration,
+    configure: impl FnOnce(&mut Config),
+) -> Proxy {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
     let address = format!("http://{}", listener.local_addr().expect("proxy addr"));
-    let config = Config {
+    let mut config = Config {
         ready_timeout,
+        provision_timeout: ready_timeout,
         turn_timeout,
+        idle_timeout: None,
         ..Config::with_driver(driver)
     };
+    configure(&mut config);
+    let bus = EventBus::in_process();
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(crawbl_runtime_proxy::run(
         config,
         listener,
+        bus.clone(),
         shutdown.clone(),
     ));
     let client = RuntimeProxyClient::new(crawbl_infra::grpc::channel(&address).expect("channel"));
     Proxy {
         address,
         client,
+        bus,
         shutdown,
         server,
     }
+}
+
+async fn start_proxy(driver: Driver, ready_timeout: Duration, turn_timeout: Duration) -> Proxy {
+    start_proxy_with(driver, ready_timeout, turn_timeout, |_| {}).await
 }
 
 async fn static_proxy(stub: &Stub, turn_timeout: Duration) -> Proxy {
@@ -133,6 +164,41 @@ async fn state(client: &mut RuntimeProxyClient<Channel>, workspace_id: &str) -> 
         .expect("get runtime")
         .into_inner()
         .state()
+}
+
+/// The next `agent.status` event as `(workspace_id, agent_id, status)`, skipping others.
+async fn next_status(
+    events: &mut BoxStream<'static, crawbl_proto::events::v1::Event>,
+) -> (String, String, AgentStatus) {
+    loop {
+        let event = tokio::time::timeout(WAIT, events.next())
+            .await
+            .expect("an agent status in time")
+            .expect("the bus stays open");
+        if let Some(Kind::AgentStatus(changed)) = event.kind {
+            let status = changed.status();
+            return (event.workspace_id, changed.agent_id, status);
+        }
+    }
+}
+
+/// Asserts that no event arrives within `window`.
+async fn assert_no_event(
+    events: &mut BoxStream<'static, crawbl_proto::events::v1::Event>,
+    window: Duration,
+) {
+    if let Ok(event) = tokio::time::timeout(window, events.next()).await {
+        panic!("unexpected event {event:?}");
+    }
+}
+
+fn assert_error_code(events: &[Event], code: &str) {
+    assert!(
+        matches!(events.last(), Some(Event::Error(error)) if error.code == code),
+        "expected a {code} error last, got {:?}",
+        events.last()
+    );
+    assert!(!events.iter().any(|event| matches!(event, Event::Done(_))));
 }
 
 async fn next_event(stream: &mut Streaming<TurnEvent>) -> Option<Event> {
@@ -199,8 +265,9 @@ impl Drop for TempDir {
 /// A fake runtime process for the process driver. It records every start (the workspace id it
 /// was given) in `<dir>/starts` and its pid in `<dir>/pid-<workspace>`, then, depending on the
 /// mode: `ready` announces the in-process stub's port (after a pause, to widen the window in which
-/// concurrent callers could race) and stays alive; `silent` never announces anything; `exit` exits
-/// at once with status 3.
+/// concurrent callers could race) and stays alive; `slow` does the same 1.5 s later; `silent`
+/// never announces anything; `exit` exits at once with status 3. It refuses to start (status 5)
+/// if it was handed a platform secret.
 const FAKE_RUNTIME: &str = r#"
 dir="$1"; port="$2"; mode="$3"
 echo "$RUNTIME_WORKSPACE_ID" >> "$dir/starts"
@@ -210,6 +277,8 @@ case "$mode" in
   exit) exit 3 ;;
 esac
 [ "$RUNTIME_STUB_LISTEN" = "127.0.0.1:0" ] || exit 4
+[ -z "$CRAWBL_SERVICE_TOKEN$DATABASE_URL$REDIS_URL" ] || exit 5
+[ "$mode" = slow ] && sleep 1.5
 sleep 0.3
 echo "some banner line"
 echo "CRAWBL_RUNTIME_LISTENING 127.0.0.1:$port"
@@ -379,12 +448,10 @@ async fn a_turn_past_its_deadline_ends_with_an_error_event_and_stops_on_the_runt
     let events = collect(stream).await;
 
     assert!(events.iter().any(|event| matches!(event, Event::Delta(_))));
+    assert_error_code(&events, codes::DEADLINE_EXCEEDED);
     assert!(
-        matches!(events.last(), Some(Event::Error(error)) if error.message.contains("deadline")),
-        "{:?}",
-        events.last()
+        matches!(events.last(), Some(Event::Error(error)) if error.message.contains("deadline"))
     );
-    assert!(!events.iter().any(|event| matches!(event, Event::Done(_))));
     eventually("the runtime's turn has stopped", || {
         stub.runtime.active_turns() == 0
     })
@@ -431,13 +498,14 @@ impl Relay {
 }
 
 #[tokio::test]
-async fn a_runtime_dying_mid_turn_ends_the_stream_with_an_error_event() {
+async fn a_static_runtime_cut_off_mid_turn_ends_the_stream_with_runtime_died_and_goes_offline() {
     let stub = start_stub(Duration::from_millis(20)).await;
     let relay = Relay::start(stub.port).await;
     let driver = Driver::Static {
         address: relay.address.clone(),
     };
     let mut proxy = start_proxy(driver, Duration::from_secs(5), Duration::from_secs(60)).await;
+    let mut bus = proxy.events();
 
     let mut stream = proxy
         .client
@@ -452,12 +520,12 @@ async fn a_runtime_dying_mid_turn_ends_the_stream_with_an_error_event() {
 
     relay.cut();
     let rest = collect(stream).await;
-    assert!(
-        matches!(rest.last(), Some(Event::Error(error)) if error.message.contains("failed")),
-        "{:?}",
-        rest.last()
+    assert_error_code(&rest, codes::RUNTIME_DIED);
+    assert_eq!(
+        next_status(&mut bus).await,
+        ("ws-f".into(), "agent-1".into(), AgentStatus::Offline)
     );
-    assert!(!rest.iter().any(|event| matches!(event, Event::Done(_))));
+    assert_ne!(state(&mut proxy.client, "ws-f").await, RuntimeState::Ready);
     proxy.stop().await;
 }
 
@@ -620,8 +688,16 @@ async fn a_runtime_that_exits_at_start_fails_without_waiting_for_the_bound() {
     proxy.stop().await;
 }
 
+fn kill_9(pid: u32) {
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+}
+
 #[tokio::test]
-async fn a_runtime_whose_process_died_reads_as_failed_and_is_provisioned_again() {
+async fn a_runtime_whose_process_is_killed_is_restarted_and_its_agents_go_offline_then_online() {
     let dir = TempDir::new();
     let stub = start_stub(Duration::from_millis(1)).await;
     let mut proxy = start_proxy(
@@ -630,29 +706,168 @@ async fn a_runtime_whose_process_died_reads_as_failed_and_is_provisioned_again()
         Duration::from_secs(30),
     )
     .await;
-    ensure(&mut proxy.client, "ws-dies").await.expect("ensure");
+    let mut bus = proxy.events();
+    // A turn makes the proxy know the workspace's agent.
+    let events = collect(
+        proxy
+            .client
+            .forward_turn(turn("ws-dies", "assistant", "hi"))
+            .await
+            .expect("forward turn")
+            .into_inner(),
+    )
+    .await;
+    assert!(matches!(events.last(), Some(Event::Done(_))));
     let first = pid(&dir.0, "ws-dies");
 
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &first.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
-    let started = Instant::now();
-    while state(&mut proxy.client, "ws-dies").await != RuntimeState::Failed {
-        assert!(
-            started.elapsed() < WAIT,
-            "the dead runtime is reported failed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kill_9(first);
 
     assert_eq!(
-        ensure(&mut proxy.client, "ws-dies").await.expect("ensure"),
+        next_status(&mut bus).await,
+        ("ws-dies".into(), "agent-1".into(), AgentStatus::Offline)
+    );
+    // Restarted without waiting for a call.
+    assert_eq!(
+        next_status(&mut bus).await,
+        ("ws-dies".into(), "agent-1".into(), AgentStatus::Online)
+    );
+    assert_eq!(
+        state(&mut proxy.client, "ws-dies").await,
         RuntimeState::Ready
     );
     assert_eq!(starts(&dir.0).len(), 2);
     assert_ne!(pid(&dir.0, "ws-dies"), first);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_runtime_that_dies_again_soon_after_a_restart_waits_for_the_next_call() {
+    let dir = TempDir::new();
+    let stub = start_stub(Duration::from_millis(1)).await;
+    let mut proxy = start_proxy(
+        fake_runtime(&dir.0, stub.port, "ready"),
+        Duration::from_secs(10),
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut bus = proxy.events();
+    collect(
+        proxy
+            .client
+            .forward_turn(turn("ws-loop", "assistant", "hi"))
+            .await
+            .expect("forward turn")
+            .into_inner(),
+    )
+    .await;
+    kill_9(pid(&dir.0, "ws-loop"));
+    assert_eq!(next_status(&mut bus).await.2, AgentStatus::Offline);
+    assert_eq!(next_status(&mut bus).await.2, AgentStatus::Online);
+
+    kill_9(pid(&dir.0, "ws-loop"));
+    assert_eq!(next_status(&mut bus).await.2, AgentStatus::Offline);
+    eventually_state(&mut proxy.client, "ws-loop", RuntimeState::Failed).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        state(&mut proxy.client, "ws-loop").await,
+        RuntimeState::Failed,
+        "no restart within the restart interval"
+    );
+    assert_eq!(starts(&dir.0).len(), 2);
+
+    assert_eq!(
+        ensure(&mut proxy.client, "ws-loop").await.expect("ensure"),
+        RuntimeState::Ready
+    );
+    assert_eq!(next_status(&mut bus).await.2, AgentStatus::Online);
+    assert_eq!(starts(&dir.0).len(), 3);
+    proxy.stop().await;
+}
+
+async fn eventually_state(
+    client: &mut RuntimeProxyClient<Channel>,
+    workspace_id: &str,
+    expected: RuntimeState,
+) {
+    let started = Instant::now();
+    while state(client, workspace_id).await != expected {
+        assert!(
+            started.elapsed() < WAIT,
+            "{workspace_id} did not become {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn provisioning_slower_than_the_wait_is_not_ready_and_the_next_call_finds_it_ready() {
+    let dir = TempDir::new();
+    let stub = start_stub(Duration::from_millis(1)).await;
+    let mut proxy = start_proxy_with(
+        fake_runtime(&dir.0, stub.port, "slow"),
+        Duration::from_millis(300),
+        Duration::from_secs(30),
+        |config| config.provision_timeout = Duration::from_secs(20),
+    )
+    .await;
+
+    let started = Instant::now();
+    let status = proxy
+        .client
+        .forward_turn(turn("ws-slow", "assistant", "hi"))
+        .await
+        .expect_err("not ready yet");
+    assert_not_ready(&status);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by the wait"
+    );
+    assert_eq!(
+        state(&mut proxy.client, "ws-slow").await,
+        RuntimeState::Provisioning
+    );
+
+    eventually_state(&mut proxy.client, "ws-slow", RuntimeState::Ready).await;
+    let events = collect(
+        proxy
+            .client
+            .forward_turn(turn("ws-slow", "assistant", "hi"))
+            .await
+            .expect("the next send succeeds")
+            .into_inner(),
+    )
+    .await;
+    assert!(matches!(events.last(), Some(Event::Done(_))));
+    assert_eq!(starts(&dir.0), vec!["ws-slow"], "one provisioning");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_forwarded_tool_call_directive_yields_the_tool_call_then_its_result() {
+    let stub = start_stub(Duration::from_millis(1)).await;
+    let mut proxy = static_proxy(&stub, Duration::from_secs(30)).await;
+
+    let events = collect(
+        proxy
+            .client
+            .forward_turn(turn(
+                "ws-tool",
+                "assistant",
+                "/tool weather {\"city\":\"Paris\"}",
+            ))
+            .await
+            .expect("forward turn")
+            .into_inner(),
+    )
+    .await;
+
+    assert!(
+        matches!(&events[..2], [Event::ToolCall(call), Event::ToolResult(result)]
+            if call.name == "weather" && call.arguments_json == r#"{"city":"Paris"}"#
+                && result.call_id == call.call_id && result.result_json.contains("Paris")),
+        "{events:?}"
+    );
+    assert!(matches!(events.last(), Some(Event::Done(_))));
     proxy.stop().await;
 }
 
@@ -672,6 +887,219 @@ async fn shutdown_kills_every_runtime_process() {
     assert!(pids.iter().all(|pid| !process_is_gone(*pid)));
 
     proxy.stop().await;
+    for pid in pids {
+        assert!(
+            process_is_gone(pid),
+            "runtime {pid} still runs after shutdown"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real runtime-stub processes
+
+/// Set in the environment of this test binary when it runs as a runtime process.
+const AS_RUNTIME: &str = "CRAWBL_TEST_AS_RUNTIME";
+/// Where such a runtime records its start and pid, like the fake runtime script.
+const RUNTIME_DIR: &str = "CRAWBL_TEST_RUNTIME_DIR";
+
+/// Not a test: the body of the real runtime-stub processes the tests below spawn, by running this
+/// test binary again with only this test selected (cargo builds no binary of another crate for
+/// an integration test). Does nothing in a normal run.
+#[test]
+#[ignore = "runs only as a runtime process spawned by the process-driver tests"]
+fn runtime_stub_process() {
+    if std::env::var_os(AS_RUNTIME).is_none() {
+        return;
+    }
+    if let Some(dir) = std::env::var_os(RUNTIME_DIR) {
+        let dir = PathBuf::from(dir);
+        let workspace_id = std::env::var("RUNTIME_WORKSPACE_ID").unwrap_or_default();
+        let mut starts = std::fs::read_to_string(dir.join("starts")).unwrap_or_default();
+        starts.push_str(&format!("{workspace_id}\n"));
+        std::fs::write(dir.join("starts"), starts).expect("record start");
+        std::fs::write(
+            dir.join(format!("pid-{workspace_id}")),
+            std::process::id().to_string(),
+        )
+        .expect("record pid");
+    }
+    // The harness has printed "test runtime_stub_process ... " without a newline; the address
+    // line must start a line of its own.
+    println!();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(crawbl_runtime_stub::main_from_env());
+    // Exit here, without the test harness's report, like the real binary.
+    std::process::exit(i32::from(result.is_err()));
+}
+
+/// The process driver running real runtime-stubs that stream a token every `token_delay_ms`.
+fn real_runtime(dir: &Path, token_delay_ms: u64) -> Driver {
+    let exe = std::env::current_exe().expect("test binary");
+    Driver::Process {
+        // `env` because the driver passes a runtime only its own settings.
+        program: PathBuf::from("/usr/bin/env"),
+        args: vec![
+            format!("{AS_RUNTIME}=1"),
+            format!("{RUNTIME_DIR}={}", dir.display()),
+            format!("RUNTIME_STUB_TOKEN_DELAY_MS={token_delay_ms}"),
+            "RUST_LOG=error".to_owned(),
+            exe.display().to_string(),
+            "runtime_stub_process".to_owned(),
+            "--exact".to_owned(),
+            "--ignored".to_owned(),
+            "--nocapture".to_owned(),
+            "--test-threads=1".to_owned(),
+        ],
+    }
+}
+
+#[tokio::test]
+async fn a_runtime_dying_mid_turn_ends_the_turn_with_runtime_died_then_comes_back_online() {
+    let dir = TempDir::new();
+    let mut proxy = start_proxy(
+        real_runtime(&dir.0, 10),
+        Duration::from_secs(20),
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut bus = proxy.events();
+
+    let started = Instant::now();
+    let events = collect(
+        proxy
+            .client
+            .forward_turn(turn("ws-die", "assistant", "tell me\n/die"))
+            .await
+            .expect("forward turn")
+            .into_inner(),
+    )
+    .await;
+    let took = started.elapsed();
+
+    assert_eq!(
+        concatenated_deltas(&events),
+        scripted_reply("assistant", "tell me\n/die"),
+        "the text before the death arrives"
+    );
+    assert_error_code(&events, codes::RUNTIME_DIED);
+    assert!(
+        took < Duration::from_secs(5),
+        "the turn ended after {took:?}"
+    );
+    // Already published when the turn's error event was sent.
+    let offline = tokio::time::timeout(Duration::from_millis(1), bus.next())
+        .await
+        .expect("the offline event is already on the bus")
+        .expect("bus open");
+    assert!(
+        matches!(&offline.kind, Some(Kind::AgentStatus(changed))
+            if changed.agent_id == "agent-1" && changed.status() == AgentStatus::Offline),
+        "{offline:?}"
+    );
+    assert_eq!(
+        next_status(&mut bus).await,
+        ("ws-die".into(), "agent-1".into(), AgentStatus::Online)
+    );
+    assert_eq!(
+        state(&mut proxy.client, "ws-die").await,
+        RuntimeState::Ready
+    );
+
+    let events = collect(
+        proxy
+            .client
+            .forward_turn(turn("ws-die", "assistant", "again"))
+            .await
+            .expect("forward turn")
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(
+        concatenated_deltas(&events),
+        scripted_reply("assistant", "again")
+    );
+    assert!(matches!(events.last(), Some(Event::Done(_))));
+    assert_eq!(starts(&dir.0).len(), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_runtime_is_stopped_but_never_in_the_middle_of_a_turn() {
+    let dir = TempDir::new();
+    let mut proxy = start_proxy_with(
+        real_runtime(&dir.0, 20),
+        Duration::from_secs(20),
+        Duration::from_secs(60),
+        |config| config.idle_timeout = Some(Duration::from_millis(400)),
+    )
+    .await;
+    let mut bus = proxy.events();
+
+    // About 1.2 s of streaming: three idle periods.
+    let text = "word ".repeat(60);
+    let events = collect(
+        proxy
+            .client
+            .forward_turn(turn("ws-idle", "assistant", &text))
+            .await
+            .expect("forward turn")
+            .into_inner(),
+    )
+    .await;
+    assert_eq!(
+        concatenated_deltas(&events),
+        scripted_reply("assistant", &text)
+    );
+    assert!(matches!(events.last(), Some(Event::Done(_))));
+    let first = pid(&dir.0, "ws-idle");
+    assert!(!process_is_gone(first));
+
+    eventually_state(&mut proxy.client, "ws-idle", RuntimeState::Stopped).await;
+    eventually("the idle runtime's process is gone", || {
+        process_is_gone(first)
+    })
+    .await;
+    assert_no_event(&mut bus, Duration::from_millis(200)).await;
+
+    assert_eq!(
+        ensure(&mut proxy.client, "ws-idle").await.expect("ensure"),
+        RuntimeState::Ready
+    );
+    assert_eq!(starts(&dir.0).len(), 2, "started again on demand");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_turns_in_flight_and_kills_every_runtime_process() {
+    let dir = TempDir::new();
+    let mut proxy = start_proxy(
+        real_runtime(&dir.0, 50),
+        Duration::from_secs(20),
+        Duration::from_secs(60),
+    )
+    .await;
+    ensure(&mut proxy.client, "ws-other").await.expect("ensure");
+    let mut stream = proxy
+        .client
+        .forward_turn(turn("ws-busy", "assistant", &"word ".repeat(200)))
+        .await
+        .expect("forward turn")
+        .into_inner();
+    assert!(matches!(
+        next_event(&mut stream).await,
+        Some(Event::Delta(_))
+    ));
+    let pids = [pid(&dir.0, "ws-busy"), pid(&dir.0, "ws-other")];
+
+    let started = Instant::now();
+    proxy.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a ten-second turn does not hold up shutdown"
+    );
+    let rest = collect(stream).await;
+    assert_error_code(&rest, codes::SHUTTING_DOWN);
     for pid in pids {
         assert!(
             process_is_gone(pid),

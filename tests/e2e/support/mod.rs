@@ -116,8 +116,22 @@ impl Backend {
 pub struct Stack {
     /// Base URLs (`http://127.0.0.1:port`) of the edge nodes.
     pub edges: Vec<String>,
+    /// Separate processes only: the gRPC services, the shared service credential and the
+    /// Postgres database.
+    pub internals: Option<Internals>,
     processes: Vec<Child>,
     dir: TempDir,
+}
+
+/// What only components (never clients) reach in a stack of separate processes.
+#[derive(Clone, Debug)]
+pub struct Internals {
+    pub auth_url: String,
+    pub conversation_url: String,
+    pub runtime_proxy_url: String,
+    /// `CRAWBL_SERVICE_TOKEN` of every component.
+    pub service_token: String,
+    pub database_url: String,
 }
 
 // Drop order: processes are killed (kill_on_drop) before the folder is removed.
@@ -125,11 +139,17 @@ impl Stack {
     /// Every component as its own process (`crawbl <component>`, as compose runs them) on a
     /// fresh Postgres database and the shared Redis, with `edge_count` edge nodes.
     pub async fn separate_processes(edge_count: usize) -> Self {
+        Self::separate_processes_with(edge_count, &[]).await
+    }
+
+    /// [`Stack::separate_processes`] with extra environment variables for every component.
+    pub async fn separate_processes_with(edge_count: usize, extra_env: &[(&str, &str)]) -> Self {
         let database_url = fresh_postgres_database().await;
+        let service_token = format!("test-service-token-{}", uuid::Uuid::new_v4().simple());
         let dir = TempDir::new();
         let [auth, conversation, runtime_proxy] = [free_port(), free_port(), free_port()];
         let url = |port: u16| format!("http://127.0.0.1:{port}");
-        let common = vec![
+        let mut common = vec![
             ("DATABASE_URL", database_url.clone()),
             ("REDIS_URL", redis_url()),
             ("AUTH_URL", url(auth)),
@@ -140,9 +160,22 @@ impl Stack {
             ("RUNTIME_PROXY_LISTEN", format!("127.0.0.1:{runtime_proxy}")),
             ("RUNTIME_COMMAND", format!("{CRAWBL} runtime-stub")),
             ("RUNTIME_STUB_TOKEN_DELAY_MS", "5".to_owned()),
+            ("CRAWBL_SERVICE_TOKEN", service_token.clone()),
         ];
+        common.extend(
+            extra_env
+                .iter()
+                .map(|(key, value)| (*key, (*value).to_owned())),
+        );
         let mut stack = Self {
             edges: Vec::new(),
+            internals: Some(Internals {
+                auth_url: url(auth),
+                conversation_url: url(conversation),
+                runtime_proxy_url: url(runtime_proxy),
+                service_token,
+                database_url: database_url.clone(),
+            }),
             processes: Vec::new(),
             dir,
         };
@@ -199,6 +232,7 @@ impl Stack {
         }
         let mut stack = Self {
             edges: vec![format!("http://127.0.0.1:{port}")],
+            internals: None,
             processes: Vec::new(),
             dir,
         };

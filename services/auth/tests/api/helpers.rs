@@ -2,13 +2,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crawbl_auth::Config;
+use crawbl_infra::grpc::Channel;
+use crawbl_infra::notify::{Notice, Notifier};
 use crawbl_proto::auth::v1::auth_service_client::AuthServiceClient;
 use crawbl_proto::auth::v1::{
-    Principal, Session, SignInRequest, SignUpRequest, VerifyTokenRequest,
+    AuthChange, Principal, Session, SignInRequest, SignUpRequest, VerifyTokenRequest,
 };
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use prost::Message as _;
 use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// The admin connection used to create a database per test; `TEST_POSTGRES_URL` overrides it.
 const DEFAULT_POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -23,9 +30,13 @@ pub enum Backend {
 /// A running auth server with its own database, removed again when the app is dropped.
 pub struct TestApp {
     pub database_url: String,
-    client: AuthServiceClient<Channel>,
+    /// The gRPC address, `http://127.0.0.1:port`.
+    pub address: String,
+    pub client: AuthServiceClient<Channel>,
+    /// What the server announces on (in-process); see [`TestApp::changes`].
+    pub notifier: Notifier,
     shutdown: CancellationToken,
-    database: TestDatabase,
+    database: Option<TestDatabase>,
 }
 
 enum TestDatabase {
@@ -40,8 +51,19 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// Like [`spawn_app`], after `configure` has changed the configuration.
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> TestApp {
     let database = TestDatabase::create(backend).await;
+    let mut app = start(database.url(), configure).await;
+    app.database = Some(database);
+    app
+}
+
+/// Another server on `app`'s database (as a second replica, or after a restart would be).
+pub async fn spawn_replica(app: &TestApp, configure: impl FnOnce(&mut Config)) -> TestApp {
+    start(app.database_url.clone(), configure).await
+}
+
+async fn start(database_url: String, configure: impl FnOnce(&mut Config)) -> TestApp {
     let mut config = Config {
-        database_url: database.url(),
+        database_url,
         listen: "127.0.0.1:0".to_owned(),
         ..Config::default()
     };
@@ -56,18 +78,46 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
         listener.local_addr().expect("the listener has no address")
     );
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(crawbl_auth::run(config, listener, shutdown.clone()));
-    let client = AuthServiceClient::connect(address)
-        .await
-        .expect("cannot connect to the test server");
-    if server.is_finished() {
-        panic!("the test server stopped at once: {:?}", server.await);
+    let notifier = Notifier::in_process();
+    let server = tokio::spawn(crawbl_auth::run(
+        config,
+        listener,
+        notifier.clone(),
+        shutdown.clone(),
+    ));
+    // Carries this process's service credential, which the server requires.
+    let client = AuthServiceClient::new(
+        crawbl_infra::grpc::channel(&address).expect("cannot make a channel"),
+    );
+    let mut health = HealthClient::new(
+        crawbl_infra::grpc::channel_without_credential(&address).expect("cannot make a channel"),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if server.is_finished() {
+            panic!("the test server stopped at once: {:?}", server.await);
+        }
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        if let Ok(response) = health.check(request).await
+            && response.into_inner().status() == ServingStatus::Serving
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the test server is not serving after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     TestApp {
         database_url,
+        address,
         client,
+        notifier,
         shutdown,
-        database,
+        database: None,
     }
 }
 
@@ -94,11 +144,38 @@ impl TestApp {
     }
 
     pub async fn sign_in(&self, email: &str, password: &str) -> Result<Session, tonic::Status> {
+        self.sign_in_from(email, password, "").await
+    }
+
+    /// Signs in as if from the client address `client_address`.
+    pub async fn sign_in_from(
+        &self,
+        email: &str,
+        password: &str,
+        client_address: &str,
+    ) -> Result<Session, tonic::Status> {
         let request = SignInRequest {
             email: email.to_owned(),
             password: password.to_owned(),
+            client_address: client_address.to_owned(),
         };
         Ok(self.client.clone().sign_in(request).await?.into_inner())
+    }
+
+    /// Every auth change announced from now on (after the initial resync notice).
+    pub async fn changes(&self) -> BoxStream<'static, AuthChange> {
+        let mut notices = self.notifier.subscribe();
+        assert_eq!(notices.next().await, Some(Notice::Resync));
+        notices
+            .filter_map(|notice| async move {
+                match notice {
+                    Notice::Message(bytes) => {
+                        Some(AuthChange::decode(bytes.as_slice()).expect("an AuthChange"))
+                    }
+                    Notice::Resync => None,
+                }
+            })
+            .boxed()
     }
 
     pub async fn verify_token(&self, token: &str) -> Result<Principal, tonic::Status> {
@@ -130,8 +207,18 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        self.database.remove();
+        if let Some(database) = &self.database {
+            database.remove();
+        }
     }
+}
+
+/// The next announced change, failing after a few seconds.
+pub async fn next_change(changes: &mut BoxStream<'static, AuthChange>) -> AuthChange {
+    tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("no change announced within 5 s")
+        .expect("the change stream ended")
 }
 
 /// The stable error code a failed call carries (`crawbl-error-code` metadata).
@@ -242,4 +329,54 @@ fn with_database_name(url: &str, name: &str) -> String {
         Some(query) => format!("{server}/{name}?{query}"),
         None => format!("{server}/{name}"),
     }
+}
+
+impl TestApp {
+    /// The key tokens are signed with now, read from the database (to forge tokens in tests).
+    pub async fn current_signing_key(&self) -> crawbl_infra::jws::SigningKey {
+        use base64::Engine as _;
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.database_url)
+            .await
+            .expect("cannot connect to the test database");
+        let (kid, seed): (String, String) = sqlx::query_as(
+            "SELECT kid, seed FROM signing_keys ORDER BY created_at DESC, kid DESC LIMIT 1",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .expect("no signing key");
+        let seed: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(seed)
+            .expect("base64 seed")
+            .try_into()
+            .expect("32 bytes");
+        crawbl_infra::jws::SigningKey::from_seed(kid, &seed)
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Session, tonic::Status> {
+        let request = crawbl_proto::auth::v1::RefreshRequest {
+            refresh_token: refresh_token.to_owned(),
+        };
+        Ok(self.client.clone().refresh(request).await?.into_inner())
+    }
+
+    pub async fn logout(
+        &self,
+        access_token: &str,
+    ) -> Result<crawbl_proto::auth::v1::LogoutResponse, tonic::Status> {
+        let request = crawbl_proto::auth::v1::LogoutRequest {
+            access_token: access_token.to_owned(),
+        };
+        Ok(self.client.clone().logout(request).await?.into_inner())
+    }
+}
+
+/// The user id of a session that must have one.
+pub fn user_id(session: &Session) -> String {
+    session
+        .user
+        .as_ref()
+        .expect("the session has a user")
+        .id
+        .clone()
 }

@@ -20,7 +20,13 @@ macro_rules! on_both_backends {
     };
 }
 
+mod api_keys;
 mod helpers;
+mod rate_limits;
+mod sessions;
 mod sign_in;
 mod sign_up;
+mod signing_keys;
+mod users_and_credential;
 mod verify_token;
+mod workspaces;

@@ -20,7 +20,8 @@ async fn sign_in_with_the_right_password_starts_a_new_session(backend: Backend) 
 
     assert_ne!(signed_in.access_token, signed_up.access_token);
     assert_ne!(signed_in.refresh_token, signed_up.refresh_token);
-    assert_eq!(signed_in.expires_in, 3600);
+    assert_eq!(signed_in.expires_in, 900);
+    assert_ne!(signed_in.session_id, signed_up.session_id);
     assert_eq!(signed_in.user, signed_up.user);
     assert_eq!(signed_in.workspaces, signed_up.workspaces);
     for token in [&signed_up.access_token, &signed_in.access_token] {

@@ -19,9 +19,11 @@ async fn sign_up_returns_a_session_whose_token_verifies_to_the_new_user_and_thei
 
     let session = app.sign_up_ok("alice@example.com", "  Alice  ").await;
 
-    assert!(session.access_token.starts_with("cat_"));
+    // A JWT: header.claims.signature.
+    assert_eq!(session.access_token.split('.').count(), 3);
     assert!(session.refresh_token.starts_with("crt_"));
-    assert_eq!(session.expires_in, 3600);
+    assert_eq!(session.expires_in, 900);
+    assert!(uuid::Uuid::parse_str(&session.session_id).is_ok());
     let user = session.user.clone().expect("the session has no user");
     assert_eq!(user.email, "alice@example.com");
     assert_eq!(user.display_name, "Alice");

@@ -1,0 +1,52 @@
+//! `/v1/users/me`: the caller's own profile.
+
+use axum::Json;
+use axum::extract::State;
+use crawbl_proto::auth::v1::{GetUserRequest, UpdateUserRequest};
+use serde::Deserialize;
+
+use super::extract::ApiJson;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::json::{Data, User};
+
+/// `GET /v1/users/me`.
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Data<User>>, ApiError> {
+    let user = state
+        .auth
+        .clone()
+        .get_user(GetUserRequest {
+            user_id: caller.user_id().to_owned(),
+        })
+        .await?
+        .into_inner();
+    Ok(Json(Data { data: user.into() }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateMe {
+    display_name: Option<String>,
+}
+
+/// `PATCH /v1/users/me` `{"displayName"?}` → the updated user.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<UpdateMe>,
+) -> Result<Json<Data<User>>, ApiError> {
+    let user = state
+        .auth
+        .clone()
+        .update_user(UpdateUserRequest {
+            user_id: caller.user_id().to_owned(),
+            display_name: body.display_name,
+        })
+        .await?
+        .into_inner();
+    Ok(Json(Data { data: user.into() }))
+}

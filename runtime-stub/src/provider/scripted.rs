@@ -1,0 +1,108 @@
+//! The scripted provider: plays [`crate::script::script`] for the turn, token by token.
+
+use std::time::Duration;
+
+use crawbl_proto::runtime::v1::{
+    Done, TextDelta, ToolCall, ToolResult, TurnRequest, Usage, turn_event,
+};
+
+use super::{CallerGone, Events, PROVIDER_ERROR, TurnEnd};
+use crate::script::{DIE_EXIT_CODE, Step, script};
+use crate::tokens::{count_tokens, tokens};
+
+/// How long a dying runtime waits before it exits, so the tokens it streamed reach the caller
+/// (a crash "after a few tokens" should be observable as exactly that).
+const DIE_FLUSH: Duration = Duration::from_millis(200);
+
+/// How fast the scripted agent "types".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Before the turn's first event (`/slow N` overrides it per turn).
+    pub first_token_latency: Duration,
+    /// Before each text delta, and before each tool result (the tool "runs").
+    pub token_delay: Duration,
+}
+
+impl Pace {
+    /// No latency, `token_delay` between tokens.
+    pub fn per_token(token_delay: Duration) -> Self {
+        Self {
+            first_token_latency: Duration::ZERO,
+            token_delay,
+        }
+    }
+}
+
+pub(super) async fn run(
+    pace: Pace,
+    turn: &TurnRequest,
+    events: &Events,
+) -> Result<TurnEnd, CallerGone> {
+    let script = script(&turn.agent_slug, &turn.text);
+    events
+        .pause(
+            script
+                .first_token_latency
+                .unwrap_or(pace.first_token_latency),
+        )
+        .await?;
+    let mut said = String::new();
+    for step in script.steps {
+        match step {
+            Step::Text(text) => {
+                for token in tokens(&text) {
+                    events.pause(pace.token_delay).await?;
+                    let delta = TextDelta {
+                        text: token.to_owned(),
+                    };
+                    events.send(turn_event::Event::Delta(delta)).await?;
+                }
+                said.push_str(&text);
+            }
+            Step::ToolCall {
+                call_id,
+                name,
+                arguments_json,
+            } => {
+                tracing::info!(%call_id, %name, "scripted tool call");
+                let call = ToolCall {
+                    call_id,
+                    name,
+                    arguments_json,
+                };
+                events.send(turn_event::Event::ToolCall(call)).await?;
+            }
+            Step::ToolResult {
+                call_id,
+                result_json,
+            } => {
+                events.pause(pace.token_delay).await?;
+                let result = ToolResult {
+                    call_id,
+                    result_json,
+                };
+                events.send(turn_event::Event::ToolResult(result)).await?;
+            }
+            Step::Fail { message } => return events.fail(PROVIDER_ERROR, message).await,
+            Step::Die => die().await,
+        }
+    }
+    let usage = Usage {
+        input_tokens: count_tokens(&turn.text),
+        output_tokens: count_tokens(&said),
+    };
+    events.send(turn_event::Event::Usage(usage)).await?;
+    events.send(turn_event::Event::Done(Done {})).await?;
+    Ok(TurnEnd::Done)
+}
+
+/// `/die`: the whole process exits abruptly, as a crashed runtime would (no graceful shutdown,
+/// no goodbye to the caller).
+async fn die() -> ! {
+    tracing::warn!(
+        exit_code = DIE_EXIT_CODE,
+        "dying mid-turn as scripted by /die"
+    );
+    tokio::time::sleep(DIE_FLUSH).await;
+    std::process::exit(DIE_EXIT_CODE)
+}
