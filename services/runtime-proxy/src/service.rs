@@ -215,6 +215,7 @@ async fn fail(events: &EventSender, message: &str, end: TurnEnd) -> TurnEnd {
     let error = TurnEvent {
         event: Some(turn_event::Event::Error(TurnError {
             message: message.to_owned(),
+            code: String::new(),
         })),
     };
     match events.send(Ok(error)).await {

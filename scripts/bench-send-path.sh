@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Send-path benchmark: a release build of the whole stack on Postgres + Redis (one process, each
+# service on its own loopback gRPC port), driven by `crawbl-load send-path`. Prints the figures.
+#   SENDERS=8 DURATION=20 scripts/bench-send-path.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/ensure-services.sh
+cargo build --release --locked -p crawbl -p crawbl-loadtest
+
+database="crawbl_bench_$(date +%s)"
+psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE $database"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+logs=$(mktemp)
+
+DATABASE_URL="postgres://postgres@127.0.0.1:5432/$database" \
+REDIS_URL="redis://127.0.0.1:6379" \
+EDGE_LISTEN="127.0.0.1:$port" AUTH_LISTEN=127.0.0.1:0 CONVERSATION_LISTEN=127.0.0.1:0 \
+RUNTIME_PROXY_LISTEN=127.0.0.1:0 RUST_LOG=warn \
+  target/release/crawbl >"$logs" 2>&1 &
+stack=$!
+cleanup() {
+  kill "$stack" 2>/dev/null || true
+  wait "$stack" 2>/dev/null || true
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $database WITH (FORCE)" || true
+  rm -f "$logs"
+}
+trap cleanup EXIT
+
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
+  sleep 0.1
+done
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
+target/release/crawbl-load send-path --edge "http://127.0.0.1:$port" \
+  --senders "${SENDERS:-8}" --seconds "${DURATION:-20}"
