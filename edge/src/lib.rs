@@ -76,7 +76,13 @@ pub async fn run(
 
 /// Runs the edge alone, configured by environment variables.
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    let telemetry = crawbl_infra::telemetry::init("crawbl-edge");
+    let result = run_from_env().await;
+    telemetry.shutdown();
+    result
+}
+
+async fn run_from_env() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let bus = EventBus::for_standalone(config.redis_url.as_deref(), "edge").await?;
     let listener = crawbl_infra::net::bind(config.listen, "EDGE_LISTEN").await?;

@@ -1,7 +1,7 @@
+use crawbl_infra::grpc::Channel;
 use crawbl_proto::auth::v1::auth_service_client::AuthServiceClient;
 use crawbl_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
-use tonic::transport::Channel;
 
 use crate::Config;
 

@@ -62,6 +62,7 @@ where
             .await;
     };
     Server::builder()
+        .layer(crate::trace::GrpcServerSpans)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -72,12 +73,32 @@ where
 }
 
 /// A lazily connecting channel to `address` (`http://host:port`): the peer may start later.
-pub fn channel(address: &str) -> anyhow::Result<tonic::transport::Channel> {
+pub fn channel(address: &str) -> anyhow::Result<Channel> {
     let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
         .with_context(|| format!("invalid gRPC address {address:?}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        endpoint.connect_lazy(),
+        PropagateTrace,
+    ))
+}
+
+/// A client channel whose calls carry the caller's trace context.
+pub type Channel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, PropagateTrace>;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PropagateTrace;
+
+impl tonic::service::Interceptor for PropagateTrace {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        crate::trace::inject_into_metadata(request.metadata_mut());
+        Ok(request)
+    }
 }
 
 /// gRPC metadata key carrying the stable, machine-readable error code (e.g. `EMAIL_TAKEN`) that

@@ -9,3 +9,4 @@ pub mod grpc;
 pub mod net;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

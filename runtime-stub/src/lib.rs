@@ -37,7 +37,7 @@ pub async fn run(
 /// The process entry point: logging, configuration, bind, announce the address, serve until a
 /// signal (or, with `RUNTIME_STUB_EXIT_WITH_PARENT`, until stdin closes).
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    let _telemetry = crawbl_infra::telemetry::init("crawbl-runtime-stub");
     let config = Config::from_env().context("reading runtime-stub configuration")?;
     let listener = crawbl_infra::net::bind(config.listen, "RUNTIME_STUB_LISTEN").await?;
     let address = listener.local_addr().context("reading the bound address")?;

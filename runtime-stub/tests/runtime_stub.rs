@@ -3,13 +3,13 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use crawbl_infra::grpc::Channel;
 use crawbl_proto::runtime::v1::agent_runtime_client::AgentRuntimeClient;
 use crawbl_proto::runtime::v1::{TurnEvent, TurnRequest, turn_event::Event};
 use crawbl_runtime_stub::{Config, LISTENING_PREFIX, ScriptedRuntime, scripted_reply};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;

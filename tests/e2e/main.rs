@@ -4,4 +4,5 @@
 mod support;
 
 mod conversations;
+mod operability;
 mod walking_skeleton;

@@ -103,7 +103,7 @@ pub async fn run(
 /// The standalone binary: logging, configuration from the environment, `AUTH_LISTEN`, and a
 /// graceful stop on SIGINT/SIGTERM.
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    let _telemetry = crawbl_infra::telemetry::init("crawbl-auth");
     let config = Config::from_env()?;
     let listener = crawbl_infra::net::bind(&config.listen, "AUTH_LISTEN").await?;
     run(config, listener, crawbl_infra::shutdown::on_signal()).await

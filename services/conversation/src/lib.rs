@@ -119,7 +119,13 @@ async fn recover_interrupted_turns(
 
 /// Runs the service alone, configured by environment variables.
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    let telemetry = crawbl_infra::telemetry::init("crawbl-conversation");
+    let result = run_from_env().await;
+    telemetry.shutdown();
+    result
+}
+
+async fn run_from_env() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let bus = EventBus::for_standalone(config.redis_url.as_deref(), "conversation").await?;
     let listener = crawbl_infra::net::bind(config.listen, "CONVERSATION_LISTEN").await?;

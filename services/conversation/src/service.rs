@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crawbl_infra::grpc::Channel;
 use crawbl_infra::grpc::status_with_code;
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationService;
 use crawbl_proto::conversation::v1::{Agent, AgentStatus};
@@ -14,7 +15,6 @@ use crawbl_proto::conversation::v1::{
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use crawbl_proto::runtimeproxy::v1::{EnsureRuntimeRequest, GetRuntimeRequest, RuntimeState};
 use sqlx::AnyPool;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::outbox::Outbox;

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use crawbl_infra::grpc::Channel;
 use crawbl_proto::conversation::v1::{
     Agent, AgentStatus, Conversation, Message, MessageStatus, ToolCall,
 };
@@ -14,7 +15,6 @@ use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use futures::StreamExt;
 use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::outbox::Outbox;
 use crate::{ConversationError, db};

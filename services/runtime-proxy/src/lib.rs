@@ -38,7 +38,7 @@ pub async fn run(
 
 /// The process entry point: logging, configuration, bind, serve until a signal.
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    let _telemetry = crawbl_infra::telemetry::init("crawbl-runtime-proxy");
     let config = Config::from_env().context("reading runtime-proxy configuration")?;
     let listener = crawbl_infra::net::bind(config.listen, "RUNTIME_PROXY_LISTEN").await?;
     run(config, listener, crawbl_infra::shutdown::on_signal()).await

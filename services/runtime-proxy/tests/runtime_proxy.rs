@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crawbl_infra::grpc::Channel;
 use crawbl_infra::grpc::stable_code;
 use crawbl_proto::runtime::v1::{TurnEvent, TurnRequest, turn_event::Event};
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
@@ -15,7 +16,6 @@ use crawbl_runtime_stub::{ScriptedRuntime, scripted_reply};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -128,6 +128,14 @@ impl Stack {
     /// Every component as its own process (`crawbl <component>`, as compose runs them) on a
     /// fresh Postgres database and the shared Redis, with `edge_count` edge nodes.
     pub async fn separate_processes(edge_count: usize) -> Self {
+        Self::separate_processes_with(edge_count, Vec::new()).await
+    }
+
+    /// [`Stack::separate_processes`] with more environment for every process.
+    pub async fn separate_processes_with(
+        edge_count: usize,
+        extra_env: Vec<(&'static str, String)>,
+    ) -> Self {
         let database_url = fresh_postgres_database().await;
         let dir = TempDir::new();
         let [auth, conversation, runtime_proxy] = [free_port(), free_port(), free_port()];
@@ -144,6 +152,7 @@ impl Stack {
             ("RUNTIME_COMMAND", format!("{CRAWBL} runtime-stub")),
             ("RUNTIME_STUB_TOKEN_DELAY_MS", "5".to_owned()),
         ];
+        let common: Vec<_> = common.into_iter().chain(extra_env).collect();
         let mut stack = Self {
             edges: Vec::new(),
             processes: Vec::new(),
