@@ -40,7 +40,10 @@ async fn main() -> anyhow::Result<()> {
 
 /// Every component in one process, each service on its own loopback gRPC port.
 async fn run_all() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    crawbl_infra::telemetry::with_telemetry("crawbl", run_all_components()).await
+}
+
+async fn run_all_components() -> anyhow::Result<()> {
     let data_dir =
         PathBuf::from(config::optional("CRAWBL_DATA_DIR").unwrap_or_else(|| "data".into()));
     let shared_database = config::optional("DATABASE_URL");

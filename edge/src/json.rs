@@ -168,6 +168,35 @@ pub struct Message {
     pub status: &'static str,
     pub created_at: String,
     pub updated_at: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A tool the agent called: `result` is absent while the tool runs.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCall {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+/// Tool arguments and results are JSON from the runtime; anything else is passed on as text.
+fn json_or_text(raw: String) -> serde_json::Value {
+    serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw))
+}
+
+impl From<conv::ToolCall> for ToolCall {
+    fn from(call: conv::ToolCall) -> Self {
+        Self {
+            call_id: call.call_id,
+            name: call.name,
+            arguments: json_or_text(call.arguments_json),
+            result: call.result_json.map(json_or_text),
+        }
+    }
 }
 
 impl From<conv::Message> for Message {
@@ -200,6 +229,7 @@ impl From<conv::Message> for Message {
             status,
             created_at: timestamp(message.created_at_ms),
             updated_at: timestamp(message.updated_at_ms),
+            tool_calls: message.tool_calls.into_iter().map(ToolCall::from).collect(),
         }
     }
 }
@@ -257,6 +287,16 @@ pub struct MessageDelta {
     pub index: u32,
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTool {
+    pub message_id: String,
+    pub conversation_id: String,
+    pub agent_id: String,
+    #[serde(flatten)]
+    pub call: ToolCall,
+}
+
 /// A bus event as a Socket.IO event: its name, its payload, and whether it is durable.
 pub struct SocketEvent {
     pub name: &'static str,
@@ -303,6 +343,16 @@ impl SocketEvent {
                     agent_id: delta.agent_id,
                     delta: delta.delta,
                     index: delta.index,
+                })?,
+                false,
+            ),
+            Kind::AgentTool(tool) => (
+                "agent.tool",
+                serde_json::to_value(AgentTool {
+                    message_id: tool.message_id,
+                    conversation_id: tool.conversation_id,
+                    agent_id: tool.agent_id,
+                    call: ToolCall::from(tool.call.unwrap_or_default()),
                 })?,
                 false,
             ),

@@ -108,7 +108,10 @@ pub async fn run(
 
 /// Runs the edge alone, configured by environment variables.
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    crawbl_infra::telemetry::with_telemetry("crawbl-edge", main_with_telemetry()).await
+}
+
+async fn main_with_telemetry() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     crawbl_infra::grpc::check_service_token_env()?;
     let bus = EventBus::for_standalone(config.redis_url.as_deref(), "edge").await?;

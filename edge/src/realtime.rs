@@ -11,6 +11,7 @@ use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide_redis::RedisAdapterCtr;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::auth::{AuthFailure, Caller, Credential, token_from_headers, verify};
@@ -141,6 +142,17 @@ pub async fn deliver_events(
 }
 
 async fn deliver(io: &SocketIo<Adapter>, event: Event) {
+    let span = tracing::info_span!(
+        "socket.emit",
+        otel.kind = "producer",
+        workspace_id = %event.workspace_id,
+        seq = event.seq,
+    );
+    crawbl_infra::trace::continue_from_map(&span, &event.trace_context);
+    emit(io, event).instrument(span).await;
+}
+
+async fn emit(io: &SocketIo<Adapter>, event: Event) {
     let Some(kind) = event.kind else { return };
     let socket_event = match SocketEvent::from_kind(kind) {
         Ok(socket_event) => socket_event,

@@ -99,6 +99,7 @@ impl EventBus {
 
     /// Publishes `event` on its workspace's channel. Events of one publisher arrive in the
     /// order they were published.
+    #[tracing::instrument(name = "bus.publish", skip_all, fields(bus = self.kind(), workspace_id = %event.workspace_id, seq = event.seq))]
     pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
         match self {
             Self::InProcess(sender) => {

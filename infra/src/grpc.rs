@@ -174,7 +174,7 @@ fn credential_required() -> tonic::Status {
     )
 }
 
-/// Client side: adds the service credential to every call.
+/// Client side: adds the service credential and the caller's trace context to every call.
 #[derive(Clone, Debug)]
 pub struct WithServiceToken(ServiceToken);
 
@@ -186,6 +186,7 @@ impl Interceptor for WithServiceToken {
         request
             .metadata_mut()
             .insert(http::header::AUTHORIZATION.as_str(), (self.0).0.clone());
+        crate::trace::inject_into_metadata(request.metadata_mut());
         Ok(request)
     }
 }
@@ -339,6 +340,7 @@ where
             .await;
     };
     Server::builder()
+        .layer(crate::trace::GrpcServerSpans)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

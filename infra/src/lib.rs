@@ -11,3 +11,4 @@ pub mod net;
 pub mod notify;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

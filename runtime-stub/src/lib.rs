@@ -57,7 +57,10 @@ pub async fn run(
 /// The process entry point: logging, configuration, bind, announce the address, serve until a
 /// signal (or, with `RUNTIME_STUB_EXIT_WITH_PARENT`, until stdin closes).
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    crawbl_infra::telemetry::with_telemetry("crawbl-runtime-stub", main_with_telemetry()).await
+}
+
+async fn main_with_telemetry() -> anyhow::Result<()> {
     let config = Config::from_env().context("reading runtime-stub configuration")?;
     // Refuse a provider that cannot work before announcing an address: the process driver then
     // reports "exited before announcing its address" at once instead of a runtime that fails later.

@@ -5,4 +5,6 @@ mod support;
 
 mod auth_and_tenancy;
 mod conversations;
+mod operability;
+mod runtime_lifecycle;
 mod walking_skeleton;

@@ -198,7 +198,10 @@ async fn maintain(auth: Auth, shutdown: CancellationToken) {
 /// The standalone binary: logging, configuration from the environment, `AUTH_LISTEN`, and a
 /// graceful stop on SIGINT/SIGTERM.
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    crawbl_infra::telemetry::with_telemetry("crawbl-auth", main_with_telemetry()).await
+}
+
+async fn main_with_telemetry() -> anyhow::Result<()> {
     crawbl_infra::grpc::check_service_token_env()?;
     let config = Config::from_env()?;
     if config.redis_url.is_none() {

@@ -119,7 +119,10 @@ async fn recover_interrupted_turns(
 
 /// Runs the service alone, configured by environment variables.
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    crawbl_infra::telemetry::with_telemetry("crawbl-conversation", main_with_telemetry()).await
+}
+
+async fn main_with_telemetry() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let bus = EventBus::for_standalone(config.redis_url.as_deref(), "conversation").await?;
     let listener = crawbl_infra::net::bind(config.listen, "CONVERSATION_LISTEN").await?;

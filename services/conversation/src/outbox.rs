@@ -45,7 +45,7 @@ impl Outbox {
         let event = Event {
             workspace_id: workspace_id.to_owned(),
             seq: 0,
-            trace_context: Default::default(),
+            trace_context: crawbl_infra::trace::current_context(),
             kind: Some(kind),
         };
         if let Err(error) = self.bus.publish(&event).await {

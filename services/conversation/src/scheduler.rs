@@ -9,12 +9,15 @@ use crawbl_proto::conversation::v1::{Conversation, Message};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::turn::{self, TurnDeps};
 
 struct Job {
     conversation: Conversation,
     user_message: Message,
+    /// The span of the send that queued the turn: the turn continues its trace.
+    span: tracing::Span,
 }
 
 struct Queue {
@@ -61,6 +64,7 @@ impl Scheduler {
         let mut job = Job {
             conversation,
             user_message,
+            span: tracing::Span::current(),
         };
         if let Some(queue) = state.queues.get(&conversation_id) {
             match queue.jobs.send(job) {
@@ -138,12 +142,19 @@ impl Scheduler {
             let reply = if cancel.is_cancelled() {
                 None
             } else {
+                let span = tracing::info_span!(
+                    parent: &job.span,
+                    "agent.turn",
+                    conversation_id = %job.conversation.id,
+                    message_id = %user_message_id,
+                );
                 turn::run(
                     self.deps.clone(),
                     job.conversation,
                     job.user_message,
                     cancel.clone(),
                 )
+                .instrument(span)
                 .await
             };
             let waiters = self.lock().waiters.remove(&user_message_id);

@@ -5,14 +5,15 @@ use std::time::Duration;
 use crawbl_infra::grpc::Channel;
 use crawbl_infra::grpc::status_with_code;
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationService;
+use crawbl_proto::conversation::v1::{Agent, AgentStatus};
 use crawbl_proto::conversation::v1::{
     Conversation, CreateConversationRequest, DeleteConversationRequest, DeleteConversationResponse,
     GetConversationRequest, ListAgentsRequest, ListAgentsResponse, ListConversationsRequest,
     ListConversationsResponse, ListEventsRequest, ListEventsResponse, ListMessagesRequest,
     ListMessagesResponse, SendMessageRequest, SendMessageResponse,
 };
-use crawbl_proto::runtimeproxy::v1::EnsureRuntimeRequest;
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
+use crawbl_proto::runtimeproxy::v1::{EnsureRuntimeRequest, GetRuntimeRequest, RuntimeState};
 use sqlx::AnyPool;
 use tonic::{Code, Request, Response, Status};
 
@@ -88,6 +89,38 @@ impl Conversations {
     }
 }
 
+impl Conversations {
+    /// Agents stored `offline` (their runtime died during a turn) are online again once
+    /// runtime-proxy has the workspace's runtime ready; it announces that, this stores it.
+    async fn refresh_offline_agents(&self, workspace_id: &str, agents: &mut [Agent]) {
+        let offline = AgentStatus::Offline as i32;
+        if !agents.iter().any(|agent| agent.status == offline) {
+            return;
+        }
+        let request = GetRuntimeRequest {
+            workspace_id: workspace_id.to_owned(),
+        };
+        let ready = match self.runtime.clone().get_runtime(request).await {
+            Ok(info) => info.into_inner().state() == RuntimeState::Ready,
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "cannot ask runtime-proxy for the runtime's state");
+                false
+            }
+        };
+        if !ready {
+            return;
+        }
+        for agent in agents.iter_mut().filter(|agent| agent.status == offline) {
+            agent.status = AgentStatus::Online as i32;
+            if let Err(error) =
+                db::set_agent_status(&self.pool, &agent.id, AgentStatus::Online).await
+            {
+                tracing::warn!(%error, agent_id = %agent.id, "could not store the agent's status");
+            }
+        }
+    }
+}
+
 fn db_error(error: sqlx::Error) -> Status {
     ConversationError::from(error).into()
 }
@@ -102,9 +135,11 @@ impl ConversationService for Conversations {
         db::ensure_default_agents(&self.pool, &workspace_id)
             .await
             .map_err(db_error)?;
-        let agents = db::list_agents(&self.pool, &workspace_id)
+        let mut agents = db::list_agents(&self.pool, &workspace_id)
             .await
             .map_err(db_error)?;
+        self.refresh_offline_agents(&workspace_id, &mut agents)
+            .await;
         Ok(Response::new(ListAgentsResponse { agents }))
     }
 
@@ -172,13 +207,15 @@ impl ConversationService for Conversations {
         // Scope first, so a conversation of another workspace is neither cancelled nor deleted.
         self.conversation(&request.workspace_id, &request.conversation_id)
             .await?;
-        self.scheduler.cancel_conversation(&request.conversation_id);
+        // Delete first, then cancel: the cancelled turn then finds its reply gone and reports
+        // nothing more about it.
         if !db::delete_conversation(&self.pool, &request.workspace_id, &request.conversation_id)
             .await
             .map_err(db_error)?
         {
             return Err(ConversationError::ConversationNotFound.into());
         }
+        self.scheduler.cancel_conversation(&request.conversation_id);
         Ok(Response::new(DeleteConversationResponse {}))
     }
 

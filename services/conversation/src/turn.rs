@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use crawbl_infra::grpc::Channel;
-use crawbl_proto::conversation::v1::{Agent, AgentStatus, Conversation, Message, MessageStatus};
-use crawbl_proto::events::v1::{AgentStatusChanged, AgentTyping, MessageDelta, event};
+use crawbl_proto::conversation::v1::{
+    Agent, AgentStatus, Conversation, Message, MessageStatus, ToolCall,
+};
+use crawbl_proto::events::v1::{AgentStatusChanged, AgentTool, AgentTyping, MessageDelta, event};
 use crawbl_proto::runtime::v1::{TurnRequest, turn_event};
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use futures::StreamExt;
@@ -43,27 +45,41 @@ pub async fn run(
             return None;
         }
     };
+    let workspace_id = conversation.workspace_id.as_str();
 
-    set_status(&deps, &conversation.workspace_id, &agent, AgentStatus::Busy).await;
+    set_status(&deps, workspace_id, &agent, AgentStatus::Busy).await;
     set_typing(&deps, &conversation, &agent, true).await;
 
-    let reply = match answer(&deps, &conversation, &agent, &user_message, &cancel).await {
-        Ok(reply) => reply,
+    let outcome = answer(&deps, &conversation, &agent, &user_message, &cancel).await;
+    let (reply, runtime_died) = match outcome {
+        Ok(Some((reply, ending))) => (Some(reply), ending == Ending::RuntimeDied),
+        Ok(None) => (None, false),
         Err(error) => {
             tracing::error!(%error, conversation_id = %conversation.id, "agent turn failed");
-            None
+            (None, false)
         }
     };
 
     set_typing(&deps, &conversation, &agent, false).await;
-    set_status(
-        &deps,
-        &conversation.workspace_id,
-        &agent,
-        AgentStatus::Online,
-    )
-    .await;
+    if runtime_died {
+        // runtime-proxy announced the agent offline and announces it online once the runtime is
+        // back; saying "online" now would contradict it.
+        store_status(&deps, &agent, AgentStatus::Offline).await;
+    } else {
+        set_status(&deps, workspace_id, &agent, AgentStatus::Online).await;
+    }
     reply
+}
+
+/// How a turn's stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// With the runtime's `done`.
+    Done,
+    /// Early: an error, a broken stream, a refusal or a cancellation.
+    Early,
+    /// Early because the runtime died (runtime-proxy's `RUNTIME_DIED`).
+    RuntimeDied,
 }
 
 /// Creates the agent's message, streams the runtime's reply into it and stores the outcome.
@@ -73,8 +89,8 @@ async fn answer(
     agent: &Agent,
     user_message: &Message,
     cancel: &CancellationToken,
-) -> Result<Option<Message>, ConversationError> {
-    let (reply, created) = db::insert_agent_message(
+) -> Result<Option<(Message, Ending)>, ConversationError> {
+    let (mut reply, created) = db::insert_agent_message(
         &deps.pool,
         &conversation.workspace_id,
         &conversation.id,
@@ -96,40 +112,39 @@ async fn answer(
             .map(|content| content.text.clone())
             .unwrap_or_default(),
     };
-    let (text, status) = stream_reply(deps, &reply, request, cancel).await;
+    let mut text = String::new();
+    let ending = stream_reply(deps, &mut reply, &mut text, request, cancel).await;
+    let status = match ending {
+        Ending::Done => MessageStatus::Delivered,
+        Ending::Early | Ending::RuntimeDied if text.is_empty() => MessageStatus::Failed,
+        Ending::Early | Ending::RuntimeDied => MessageStatus::Incomplete,
+    };
     let Some((finished, updated)) = db::finish_message(&deps.pool, reply, text, status).await?
     else {
         return Ok(None); // The conversation was deleted meanwhile.
     };
     deps.outbox.publish([updated]).await;
-    Ok(Some(finished))
+    Ok(Some((finished, ending)))
 }
 
-/// Forwards the turn to runtime-proxy and collects the reply, publishing each delta.
-/// Returns the text received and the status the message ends with.
+/// Forwards the turn to runtime-proxy, appending the reply to `text` and recording tool calls
+/// on `reply`, and publishing each delta and tool call as it comes.
 async fn stream_reply(
     deps: &TurnDeps,
-    reply: &Message,
+    reply: &mut Message,
+    text: &mut String,
     request: TurnRequest,
     cancel: &CancellationToken,
-) -> (String, MessageStatus) {
-    let mut text = String::new();
-    let ended_early = |text: &str| {
-        if text.is_empty() {
-            MessageStatus::Failed
-        } else {
-            MessageStatus::Incomplete
-        }
-    };
+) -> Ending {
     let mut runtime = deps.runtime.clone();
     let call = runtime.forward_turn(request);
     let mut stream = tokio::select! {
-        () = cancel.cancelled() => return (text, MessageStatus::Failed),
+        () = cancel.cancelled() => return Ending::Early,
         response = call => match response {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "runtime-proxy refused the turn");
-                return (text, MessageStatus::Failed);
+                return Ending::Early;
             }
         },
     };
@@ -139,7 +154,7 @@ async fn stream_reply(
         let item = tokio::select! {
             () = cancel.cancelled() => {
                 tracing::info!(message_id = %reply.id, "turn cancelled");
-                return (text.clone(), ended_early(&text));
+                return Ending::Early;
             }
             item = stream.next() => item,
         };
@@ -148,7 +163,7 @@ async fn stream_reply(
             Ok(event) => event.event,
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "turn stream broke");
-                return (text.clone(), ended_early(&text));
+                return Ending::Early;
             }
         };
         match event {
@@ -168,27 +183,67 @@ async fn stream_reply(
                     .await;
                 index += 1;
             }
-            Some(turn_event::Event::Done(_)) => return (text, MessageStatus::Delivered),
+            Some(turn_event::Event::Done(_)) => return Ending::Done,
             Some(turn_event::Event::Error(error)) => {
-                tracing::warn!(message = %error.message, "the runtime reported a failed turn");
-                return (text.clone(), ended_early(&text));
+                tracing::warn!(code = %error.code, message = %error.message, "the turn failed");
+                return if error.code == "RUNTIME_DIED" {
+                    Ending::RuntimeDied
+                } else {
+                    Ending::Early
+                };
             }
-            Some(
-                turn_event::Event::ToolCall(_)
-                | turn_event::Event::ToolResult(_)
-                | turn_event::Event::Usage(_),
-            )
-            | None => {}
+            Some(turn_event::Event::ToolCall(call)) => {
+                let call = ToolCall {
+                    call_id: call.call_id,
+                    name: call.name,
+                    arguments_json: call.arguments_json,
+                    result_json: None,
+                };
+                reply.tool_calls.push(call.clone());
+                publish_tool(deps, reply, call).await;
+            }
+            Some(turn_event::Event::ToolResult(result)) => {
+                let known = reply
+                    .tool_calls
+                    .iter_mut()
+                    .find(|call| call.call_id == result.call_id);
+                let Some(call) = known else {
+                    tracing::warn!(call_id = %result.call_id, "a tool result for no known call");
+                    continue;
+                };
+                call.result_json = Some(result.result_json);
+                let call = call.clone();
+                publish_tool(deps, reply, call).await;
+            }
+            Some(turn_event::Event::Usage(_)) | None => {}
         }
     }
     tracing::warn!("turn stream ended without done");
-    (text.clone(), ended_early(&text))
+    Ending::Early
 }
 
-async fn set_status(deps: &TurnDeps, workspace_id: &str, agent: &Agent, status: AgentStatus) {
+async fn publish_tool(deps: &TurnDeps, reply: &Message, call: ToolCall) {
+    deps.outbox
+        .publish_volatile(
+            &reply.workspace_id,
+            event::Kind::AgentTool(AgentTool {
+                message_id: reply.id.clone(),
+                conversation_id: reply.conversation_id.clone(),
+                agent_id: reply.agent_id.clone().unwrap_or_default(),
+                call: Some(call),
+            }),
+        )
+        .await;
+}
+
+async fn store_status(deps: &TurnDeps, agent: &Agent, status: AgentStatus) {
     if let Err(error) = db::set_agent_status(&deps.pool, &agent.id, status).await {
         tracing::warn!(%error, agent_id = %agent.id, "could not store the agent's status");
     }
+}
+
+async fn set_status(deps: &TurnDeps, workspace_id: &str, agent: &Agent, status: AgentStatus) {
+    store_status(deps, agent, status).await;
     deps.outbox
         .publish_volatile(
             workspace_id,

@@ -65,7 +65,10 @@ pub async fn run(
 
 /// The process entry point: logging, configuration, bind, serve until a signal.
 pub async fn main_from_env() -> anyhow::Result<()> {
-    crawbl_infra::telemetry::init_logging();
+    crawbl_infra::telemetry::with_telemetry("crawbl-runtime-proxy", main_with_telemetry()).await
+}
+
+async fn main_with_telemetry() -> anyhow::Result<()> {
     let config = Config::from_env().context("reading runtime-proxy configuration")?;
     let bus = EventBus::for_standalone(config.redis_url.as_deref(), "runtime-proxy").await?;
     let listener = crawbl_infra::net::bind(config.listen, "RUNTIME_PROXY_LISTEN").await?;

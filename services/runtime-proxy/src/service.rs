@@ -159,6 +159,7 @@ impl ProxyService {
         let mut client = AgentRuntimeClient::new(runtime.channel.clone());
         let mut request = Request::new(turn);
         request.set_timeout(self.turn_timeout);
+        crawbl_infra::trace::inject_into_metadata(request.metadata_mut());
         match tokio::time::timeout_at(deadline, client.turn(request)).await {
             Ok(response) => response.map(Response::into_inner),
             Err(_) => Err(Status::deadline_exceeded(

@@ -79,6 +79,8 @@ pub struct Options {
     /// `None`: the in-process bus.
     pub redis_url: Option<String>,
     pub token_delay_ms: u64,
+    /// More environment for the stack's process(es), e.g. runtime timeouts.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -87,6 +89,7 @@ impl Default for Options {
             database_url: None,
             redis_url: None,
             token_delay_ms: 5,
+            env: Vec::new(),
         }
     }
 }
@@ -230,6 +233,7 @@ impl Stack {
         if let Some(url) = options.redis_url {
             env.push(("REDIS_URL", url));
         }
+        env.extend(options.env);
         let mut stack = Self {
             edges: vec![format!("http://127.0.0.1:{port}")],
             internals: None,

@@ -34,7 +34,7 @@ pub async fn append_event(
     let event = Event {
         workspace_id: workspace_id.to_owned(),
         seq: u64::try_from(seq).unwrap_or_default(),
-        trace_context: Default::default(),
+        trace_context: crawbl_infra::trace::current_context(),
         kind: Some(kind),
     };
     sqlx::query(

@@ -1,4 +1,6 @@
-use crawbl_proto::conversation::v1::{Message, MessageContent, MessageRole, MessageStatus};
+use crawbl_proto::conversation::v1::{
+    Message, MessageContent, MessageRole, MessageStatus, ToolCall,
+};
 use crawbl_proto::events::v1::{Event, event};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
@@ -7,7 +9,7 @@ use super::{Cursor, append_event, new_id, now_ms, page};
 use crate::validate::NewUserMessage;
 
 const MESSAGE_COLUMNS: &str = "id, workspace_id, conversation_id, role, author_id, agent_id, \
-    local_id, content_type, text, status, created_at, updated_at";
+    local_id, content_type, text, status, created_at, updated_at, tool_calls";
 
 fn message_from_row(row: &AnyRow) -> Result<Message, sqlx::Error> {
     let role: String = row.try_get("role")?;
@@ -27,7 +29,50 @@ fn message_from_row(row: &AnyRow) -> Result<Message, sqlx::Error> {
         status: message_status_from_db(&status) as i32,
         created_at_ms: row.try_get("created_at")?,
         updated_at_ms: row.try_get("updated_at")?,
+        tool_calls: tool_calls_from_db(row.try_get("tool_calls")?)?,
     })
+}
+
+/// How tool calls are kept in the `tool_calls` column: a JSON array.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredToolCall {
+    call_id: String,
+    name: String,
+    arguments_json: String,
+    result_json: Option<String>,
+}
+
+fn tool_calls_from_db(raw: Option<String>) -> Result<Vec<ToolCall>, sqlx::Error> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    let stored: Vec<StoredToolCall> =
+        serde_json::from_str(&raw).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+    Ok(stored
+        .into_iter()
+        .map(|call| ToolCall {
+            call_id: call.call_id,
+            name: call.name,
+            arguments_json: call.arguments_json,
+            result_json: call.result_json,
+        })
+        .collect())
+}
+
+fn tool_calls_to_db(calls: &[ToolCall]) -> Option<String> {
+    if calls.is_empty() {
+        return None;
+    }
+    let stored: Vec<StoredToolCall> = calls
+        .iter()
+        .map(|call| StoredToolCall {
+            call_id: call.call_id.clone(),
+            name: call.name.clone(),
+            arguments_json: call.arguments_json.clone(),
+            result_json: call.result_json.clone(),
+        })
+        .collect();
+    serde_json::to_string(&stored).ok()
 }
 
 /// Stores a user message and its `message.new` event, unless the same author already sent one
@@ -53,6 +98,7 @@ pub async fn insert_user_message(
         status: MessageStatus::Sent as i32,
         created_at_ms: now,
         updated_at_ms: now,
+        tool_calls: Vec::new(),
     };
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
@@ -120,6 +166,7 @@ pub async fn insert_agent_message(
         status: MessageStatus::Streaming as i32,
         created_at_ms: now,
         updated_at_ms: now,
+        tool_calls: Vec::new(),
     };
     let mut tx = pool.begin().await?;
     sqlx::query(
@@ -146,7 +193,7 @@ pub async fn insert_agent_message(
     Ok((message, event))
 }
 
-/// Sets a message's final text and status and logs `message.updated`. `None` when the message
+/// Sets a message's final text, status and tool calls and logs `message.updated`. `None` when the message
 /// is gone (its conversation was deleted meanwhile).
 pub async fn finish_message(
     pool: &AnyPool,
@@ -156,16 +203,19 @@ pub async fn finish_message(
 ) -> Result<Option<(Message, Event)>, sqlx::Error> {
     let now = now_ms();
     let mut tx = pool.begin().await?;
-    let updated =
-        sqlx::query("UPDATE messages SET text = $1, status = $2, updated_at = $3 WHERE id = $4")
-            .bind(&text)
-            .bind(message_status_to_db(status))
-            .bind(now)
-            .bind(&message.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
+    let updated = sqlx::query(
+        "UPDATE messages SET text = $1, status = $2, updated_at = $3, tool_calls = $4
+         WHERE id = $5",
+    )
+    .bind(&text)
+    .bind(message_status_to_db(status))
+    .bind(now)
+    .bind(tool_calls_to_db(&message.tool_calls))
+    .bind(&message.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
     if !updated {
         tx.rollback().await?;
         return Ok(None);
