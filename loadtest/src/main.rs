@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! crawbl-load send-path --edge http://127.0.0.1:8080 [--senders 8] [--seconds 20]
+//! crawbl-load handshake --edge http://127.0.0.1:8080 [--sockets 2000] [--concurrency 64]
+//!                       [--users 10] [--cold 200]
 //! ```
 
 use std::collections::HashMap;
@@ -13,13 +15,15 @@ use crawbl_loadtest::rest::{self, Account};
 use crawbl_loadtest::sio::{self, ConnectOutcome};
 use crawbl_loadtest::stats::Percentiles;
 
-const USAGE: &str = "usage: crawbl-load send-path --edge URL [--senders N] [--seconds S]";
+const USAGE: &str = "usage: crawbl-load send-path --edge URL [--senders N] [--seconds S]
+       crawbl-load handshake --edge URL [--sockets N] [--concurrency N] [--users N] [--cold N]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("send-path") => send_path(&Flags::parse(&args[1..])?).await,
+        Some("handshake") => handshake(&Flags::parse(&args[1..])?).await,
         _ => bail!("{USAGE}"),
     }
 }
@@ -28,6 +32,10 @@ struct Flags {
     edge: String,
     senders: usize,
     seconds: u64,
+    sockets: usize,
+    concurrency: usize,
+    users: usize,
+    cold: usize,
 }
 
 impl Flags {
@@ -36,6 +44,10 @@ impl Flags {
             edge: "http://127.0.0.1:8080".to_owned(),
             senders: 8,
             seconds: 20,
+            sockets: 2000,
+            concurrency: 64,
+            users: 10,
+            cold: 200,
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -46,6 +58,10 @@ impl Flags {
                 "--edge" => flags.edge = value.trim_end_matches('/').to_owned(),
                 "--senders" => flags.senders = value.parse().context("--senders")?,
                 "--seconds" => flags.seconds = value.parse().context("--seconds")?,
+                "--sockets" => flags.sockets = value.parse().context("--sockets")?,
+                "--concurrency" => flags.concurrency = value.parse().context("--concurrency")?,
+                "--users" => flags.users = value.parse().context("--users")?,
+                "--cold" => flags.cold = value.parse().context("--cold")?,
                 other => bail!("unknown flag {other}\n{USAGE}"),
             }
         }
@@ -65,10 +81,7 @@ async fn send_path(flags: &Flags) -> anyhow::Result<()> {
     }
 
     let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let mut watcher = match sio::connect(&flags.edge, &[("x-token", &account.token)], None).await? {
-        ConnectOutcome::Connected(client) => client,
-        ConnectOutcome::Refused(message) => bail!("the watcher socket was refused: {message}"),
-    };
+    let mut watcher = connect(&flags.edge, &account.token).await?;
     let watching = {
         let arrivals = arrivals.clone();
         tokio::spawn(async move {
@@ -174,6 +187,106 @@ async fn run_sender(
         }
     }
     (accepted, failed)
+}
+
+/// Handshake authentication: opens `sockets` Socket.IO connections, `concurrency` at a time,
+/// cycling through `users` signed-up users whose memberships the edge has already cached (the
+/// steady state), then `cold` more with one new user each (each handshake also fetches that
+/// user's memberships once). Every socket stays open to the end.
+async fn handshake(flags: &Flags) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for _ in 0..flags.users.max(1) {
+        tokens.push(rest::sign_up(&http, &flags.edge).await?.token);
+    }
+    let mut open = Vec::new();
+    // One handshake per user first, so their memberships are cached as in steady state.
+    for token in &tokens {
+        open.push(connect(&flags.edge, token).await?);
+    }
+    eprintln!(
+        "handshake: {} sockets against {}",
+        flags.sockets, flags.edge
+    );
+    let (warm, sockets) =
+        open_sockets(&flags.edge, &tokens, flags.sockets, flags.concurrency).await?;
+    open.extend(sockets);
+    warm.print(&format!(
+        "warm: {} sockets, {} users, {} in flight",
+        flags.sockets,
+        tokens.len(),
+        flags.concurrency
+    ));
+    if flags.cold > 0 {
+        let mut fresh = Vec::new();
+        for _ in 0..flags.cold {
+            fresh.push(rest::sign_up(&http, &flags.edge).await?.token);
+        }
+        let (cold, sockets) =
+            open_sockets(&flags.edge, &fresh, flags.cold, flags.concurrency).await?;
+        open.extend(sockets);
+        cold.print(&format!(
+            "cold: {} sockets, one new user each (memberships fetched once), {} in flight",
+            flags.cold, flags.concurrency
+        ));
+    }
+    println!("{} sockets open at the end", open.len());
+    Ok(())
+}
+
+struct Round {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Round {
+    fn print(&self, label: &str) {
+        let rate = self.latencies.len() as f64 / self.elapsed.as_secs_f64();
+        match Percentiles::of(self.latencies.clone()) {
+            Some(percentiles) => println!("{label}: {rate:.0} connects/s; handshake {percentiles}"),
+            None => println!("{label}: no socket opened"),
+        }
+    }
+}
+
+/// Opens `count` sockets, `concurrency` at a time, cycling through `tokens`.
+async fn open_sockets(
+    edge: &str,
+    tokens: &[String],
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Round, Vec<sio::SioClient>)> {
+    use futures::StreamExt as _;
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<(Duration, sio::SioClient)>> = futures::stream::iter(0..count)
+        .map(|index| {
+            let token = &tokens[index % tokens.len()];
+            async move {
+                let begun = Instant::now();
+                let socket = connect(edge, token).await?;
+                Ok((begun.elapsed(), socket))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let mut latencies = Vec::with_capacity(count);
+    let mut sockets = Vec::with_capacity(count);
+    for result in results {
+        let (latency, socket) = result?;
+        latencies.push(latency);
+        sockets.push(socket);
+    }
+    Ok((Round { elapsed, latencies }, sockets))
+}
+
+/// A socket on `/v1` authenticated by `token` with `X-Token`, once the server acknowledged it.
+async fn connect(edge: &str, token: &str) -> anyhow::Result<sio::SioClient> {
+    match sio::connect(edge, &[("x-token", token)], None).await? {
+        ConnectOutcome::Connected(client) => Ok(client),
+        ConnectOutcome::Refused(message) => bail!("handshake refused: {message}"),
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

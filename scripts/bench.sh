@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Send-path benchmark: a release build of the whole stack on Postgres + Redis (one process, each
-# service on its own loopback gRPC port), driven by `crawbl-load send-path`. Prints the figures.
-#   SENDERS=8 DURATION=20 scripts/bench-send-path.sh
+# Runs one `crawbl-load` scenario against a release build of the whole stack on Postgres + Redis
+# (one process, each service on its own loopback gRPC port) and prints its figures.
+#   scripts/bench.sh send-path [--senders 8] [--seconds 20]
+#   scripts/bench.sh handshake [--sockets 2000] [--concurrency 64] [--users 10] [--cold 200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scenario=${1:?usage: scripts/bench.sh SCENARIO [crawbl-load flags...]}
+shift
 
-bash scripts/ensure-services.sh
+bash scripts/ensure-services.sh >/dev/null
 cargo build --release --locked -p crawbl -p crawbl-loadtest
 
 database="crawbl_bench_$(date +%s)"
@@ -32,6 +35,5 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB"
-target/release/crawbl-load send-path --edge "http://127.0.0.1:$port" \
-  --senders "${SENDERS:-8}" --seconds "${DURATION:-20}"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB, load average $(cut -d' ' -f1 /proc/loadavg)"
+target/release/crawbl-load "$scenario" --edge "http://127.0.0.1:$port" "$@"
