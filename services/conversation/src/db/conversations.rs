@@ -58,31 +58,23 @@ pub async fn list_conversations(
     limit: u32,
 ) -> Result<(Vec<Conversation>, Option<Cursor>), sqlx::Error> {
     let fetch = i64::from(limit) + 1;
-    let rows = match before {
-        None => {
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE workspace_id = $1
-                 ORDER BY updated_at DESC, id DESC LIMIT $2"
-            )))
-            .bind(workspace_id)
-            .bind(fetch)
-            .fetch_all(pool)
-            .await?
-        }
-        Some(cursor) => {
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE workspace_id = $1
-                   AND (updated_at < $2 OR (updated_at = $2 AND id < $3))
-                 ORDER BY updated_at DESC, id DESC LIMIT $4"
-            )))
-            .bind(workspace_id)
-            .bind(cursor.at_ms)
-            .bind(&cursor.id)
-            .bind(fetch)
-            .fetch_all(pool)
-            .await?
-        }
+    // No cursor reads from the newest: every row is "before" the end of time.
+    let newest = Cursor {
+        at_ms: i64::MAX,
+        id: String::new(),
     };
+    let before = before.unwrap_or(&newest);
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE workspace_id = $1
+           AND (updated_at < $2 OR (updated_at = $2 AND id < $3))
+         ORDER BY updated_at DESC, id DESC LIMIT $4"
+    )))
+    .bind(workspace_id)
+    .bind(before.at_ms)
+    .bind(&before.id)
+    .bind(fetch)
+    .fetch_all(pool)
+    .await?;
     let conversations = rows
         .iter()
         .map(conversation_from_row)

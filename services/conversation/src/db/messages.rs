@@ -299,31 +299,23 @@ pub async fn list_messages(
 ) -> Result<(Vec<Message>, Option<Cursor>), sqlx::Error> {
     // One row more than asked tells whether another page exists.
     let fetch = i64::from(limit) + 1;
-    let rows = match before {
-        None => {
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
-                 ORDER BY created_at DESC, id DESC LIMIT $2"
-            )))
-            .bind(conversation_id)
-            .bind(fetch)
-            .fetch_all(pool)
-            .await?
-        }
-        Some(cursor) => {
-            sqlx::query(AssertSqlSafe(format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
-                   AND (created_at < $2 OR (created_at = $2 AND id < $3))
-                 ORDER BY created_at DESC, id DESC LIMIT $4"
-            )))
-            .bind(conversation_id)
-            .bind(cursor.at_ms)
-            .bind(&cursor.id)
-            .bind(fetch)
-            .fetch_all(pool)
-            .await?
-        }
+    // No cursor reads from the newest: every row is "before" the end of time.
+    let newest = Cursor {
+        at_ms: i64::MAX,
+        id: String::new(),
     };
+    let before = before.unwrap_or(&newest);
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
+           AND (created_at < $2 OR (created_at = $2 AND id < $3))
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    )))
+    .bind(conversation_id)
+    .bind(before.at_ms)
+    .bind(&before.id)
+    .bind(fetch)
+    .fetch_all(pool)
+    .await?;
     let messages = rows
         .iter()
         .map(message_from_row)
