@@ -3,6 +3,8 @@
 # (one process, each service on its own loopback gRPC port) and prints its figures.
 #   scripts/bench.sh send-path [--senders 8] [--seconds 20]
 #   scripts/bench.sh handshake [--sockets 2000] [--concurrency 64] [--users 10] [--cold 200]
+#   scripts/bench.sh fan-out [--sockets 1000] [--rate 10] [--seconds 20] [--sources 4]
+#   scripts/bench.sh idle [--sockets 5000] [--sources 4]   (RSS of the whole one-process stack)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scenario=${1:?usage: scripts/bench.sh SCENARIO [crawbl-load flags...]}
@@ -36,4 +38,8 @@ for _ in $(seq 1 100); do
 done
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/ {print $2}') GiB, load average $(cut -d' ' -f1 /proc/loadavg)"
+case "$scenario" in
+  fan-out) set -- --redis redis://127.0.0.1:6379 "$@" ;;
+  idle) set -- --pid "$stack" "$@" ;;
+esac
 target/release/crawbl-load "$scenario" --edge "http://127.0.0.1:$port" "$@"

@@ -4,6 +4,9 @@
 //! crawbl-load send-path --edge http://127.0.0.1:8080 [--senders 8] [--seconds 20]
 //! crawbl-load handshake --edge http://127.0.0.1:8080 [--sockets 2000] [--concurrency 64]
 //!                       [--users 10] [--cold 200]
+//! crawbl-load fan-out   --edge URL[,URL…] --redis redis://127.0.0.1:6379 [--sockets 1000]
+//!                       [--rate 10] [--seconds 20] [--sources 4]
+//! crawbl-load idle      --edge URL --pid EDGE_PID [--sockets 5000] [--sources 4]
 //! ```
 
 use std::collections::HashMap;
@@ -16,7 +19,9 @@ use crawbl_loadtest::sio::{self, ConnectOutcome};
 use crawbl_loadtest::stats::Percentiles;
 
 const USAGE: &str = "usage: crawbl-load send-path --edge URL [--senders N] [--seconds S]
-       crawbl-load handshake --edge URL [--sockets N] [--concurrency N] [--users N] [--cold N]";
+       crawbl-load handshake --edge URL [--sockets N] [--concurrency N] [--users N] [--cold N]
+       crawbl-load fan-out --edge URL[,URL...] --redis URL [--sockets N] [--rate R] [--seconds S] [--sources N]
+       crawbl-load idle --edge URL --pid PID [--sockets N] [--sources N]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -24,12 +29,20 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("send-path") => send_path(&Flags::parse(&args[1..])?).await,
         Some("handshake") => handshake(&Flags::parse(&args[1..])?).await,
+        Some("fan-out") => fan_out::run(&Flags::parse(&args[1..])?).await,
+        Some("idle") => fan_out::idle_memory(&Flags::parse(&args[1..])?).await,
         _ => bail!("{USAGE}"),
     }
 }
 
-struct Flags {
+mod fan_out;
+
+pub(crate) struct Flags {
     edge: String,
+    redis: String,
+    rate: f64,
+    sources: u8,
+    pid: Option<u32>,
     senders: usize,
     seconds: u64,
     sockets: usize,
@@ -42,6 +55,10 @@ impl Flags {
     fn parse(args: &[String]) -> anyhow::Result<Self> {
         let mut flags = Self {
             edge: "http://127.0.0.1:8080".to_owned(),
+            redis: "redis://127.0.0.1:6379".to_owned(),
+            rate: 10.0,
+            sources: 4,
+            pid: None,
             senders: 8,
             seconds: 20,
             sockets: 2000,
@@ -56,6 +73,10 @@ impl Flags {
                 .with_context(|| format!("{flag} needs a value\n{USAGE}"))?;
             match flag.as_str() {
                 "--edge" => flags.edge = value.trim_end_matches('/').to_owned(),
+                "--redis" => flags.redis = value.clone(),
+                "--rate" => flags.rate = value.parse().context("--rate")?,
+                "--sources" => flags.sources = value.parse().context("--sources (1..=254)")?,
+                "--pid" => flags.pid = Some(value.parse().context("--pid")?),
                 "--senders" => flags.senders = value.parse().context("--senders")?,
                 "--seconds" => flags.seconds = value.parse().context("--seconds")?,
                 "--sockets" => flags.sockets = value.parse().context("--sockets")?,
@@ -209,7 +230,7 @@ async fn handshake(flags: &Flags) -> anyhow::Result<()> {
         flags.sockets, flags.edge
     );
     let (warm, sockets) =
-        open_sockets(&flags.edge, &tokens, flags.sockets, flags.concurrency).await?;
+        open_sockets(&[&flags.edge], 1, &tokens, flags.sockets, flags.concurrency).await?;
     open.extend(sockets);
     warm.print(&format!(
         "warm: {} sockets, {} users, {} in flight",
@@ -223,7 +244,7 @@ async fn handshake(flags: &Flags) -> anyhow::Result<()> {
             fresh.push(rest::sign_up(&http, &flags.edge).await?.token);
         }
         let (cold, sockets) =
-            open_sockets(&flags.edge, &fresh, flags.cold, flags.concurrency).await?;
+            open_sockets(&[&flags.edge], 1, &fresh, flags.cold, flags.concurrency).await?;
         open.extend(sockets);
         cold.print(&format!(
             "cold: {} sockets, one new user each (memberships fetched once), {} in flight",
@@ -234,7 +255,7 @@ async fn handshake(flags: &Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Round {
+pub(crate) struct Round {
     elapsed: Duration,
     latencies: Vec<Duration>,
 }
@@ -249,9 +270,11 @@ impl Round {
     }
 }
 
-/// Opens `count` sockets, `concurrency` at a time, cycling through `tokens`.
-async fn open_sockets(
-    edge: &str,
+/// Opens `count` sockets, `concurrency` at a time, cycling through `tokens` and `edges`, from
+/// the source addresses `127.0.0.1 ..= 127.0.0.{sources}` in turn.
+pub(crate) async fn open_sockets(
+    edges: &[&str],
+    sources: u8,
     tokens: &[String],
     count: usize,
     concurrency: usize,
@@ -261,9 +284,12 @@ async fn open_sockets(
     let results: Vec<anyhow::Result<(Duration, sio::SioClient)>> = futures::stream::iter(0..count)
         .map(|index| {
             let token = &tokens[index % tokens.len()];
+            let edge = edges[index % edges.len()];
+            let source =
+                std::net::Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(sources.max(1))) as u8);
             async move {
                 let begun = Instant::now();
-                let socket = connect(edge, token).await?;
+                let socket = connect_from(Some(source.into()), edge, token).await?;
                 Ok((begun.elapsed(), socket))
             }
         })
@@ -282,8 +308,16 @@ async fn open_sockets(
 }
 
 /// A socket on `/v1` authenticated by `token` with `X-Token`, once the server acknowledged it.
-async fn connect(edge: &str, token: &str) -> anyhow::Result<sio::SioClient> {
-    match sio::connect(edge, &[("x-token", token)], None).await? {
+pub(crate) async fn connect(edge: &str, token: &str) -> anyhow::Result<sio::SioClient> {
+    connect_from(None, edge, token).await
+}
+
+async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    edge: &str,
+    token: &str,
+) -> anyhow::Result<sio::SioClient> {
+    match sio::connect_from(source, edge, &[("x-token", token)], None).await? {
         ConnectOutcome::Connected(client) => Ok(client),
         ConnectOutcome::Refused(message) => bail!("handshake refused: {message}"),
     }

@@ -44,6 +44,17 @@ pub async fn connect(
     headers: &[(&str, &str)],
     auth: Option<Value>,
 ) -> anyhow::Result<ConnectOutcome> {
+    connect_from(None, base_url, headers, auth).await
+}
+
+/// [`connect`] from the local address `source` (e.g. one of several `127.0.0.x`), so one
+/// process can hold more connections to one server than one source address has ports.
+pub async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    base_url: &str,
+    headers: &[(&str, &str)],
+    auth: Option<Value>,
+) -> anyhow::Result<ConnectOutcome> {
     let url = format!(
         "{}/socket.io/?EIO=4&transport=websocket",
         base_url.replacen("http", "ws", 1)
@@ -55,7 +66,29 @@ pub async fn connect(
             value.parse()?,
         );
     }
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await?;
+    let (mut socket, _) = match source {
+        None => tokio_tungstenite::connect_async(request).await?,
+        Some(source) => {
+            let host = request.uri().host().unwrap_or("127.0.0.1").to_owned();
+            let port = request.uri().port_u16().unwrap_or(80);
+            let server = tokio::net::lookup_host((host.as_str(), port))
+                .await?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("{host} does not resolve"))?;
+            let tcp = match source {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            tcp.bind(std::net::SocketAddr::new(source, 0))?;
+            let stream = tcp.connect(server).await?;
+            stream.set_nodelay(true)?;
+            tokio_tungstenite::client_async(
+                request,
+                tokio_tungstenite::MaybeTlsStream::Plain(stream),
+            )
+            .await?
+        }
+    };
 
     let open = next_text(&mut socket).await?;
     anyhow::ensure!(

@@ -1,0 +1,173 @@
+//! Fan-out and idle-memory scenarios: many sockets in one workspace.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use crawbl_infra::bus::EventBus;
+use crawbl_loadtest::rest;
+use crawbl_loadtest::sio::SioClient;
+use crawbl_loadtest::stats::Percentiles;
+use crawbl_proto::events::v1::{Event, MessageDelta, event};
+
+use crate::{Flags, open_sockets};
+
+/// Sockets opened at once while setting up.
+const SETUP_CONCURRENCY: usize = 128;
+/// How long sockets keep listening after the last publish.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// `sockets` sockets of one workspace spread over the edges in `--edge` (comma-separated); a
+/// publisher sends `rate` volatile events per second for `seconds` straight onto the
+/// workspace's bus channel (as the services do), each carrying its publish time. Prints the
+/// delivered events per second, the delivery latency and the losses.
+pub async fn run(flags: &Flags) -> anyhow::Result<()> {
+    let edges: Vec<&str> = flags.edge.split(',').collect();
+    let http = reqwest::Client::new();
+    let account = rest::sign_up(&http, edges[0]).await?;
+    let bus = EventBus::redis(&flags.redis).await?;
+
+    eprintln!(
+        "fan-out: opening {} sockets over {} edge(s) from {} source address(es)",
+        flags.sockets,
+        edges.len(),
+        flags.sources
+    );
+    let tokens = [account.token.clone()];
+    let (round, sockets) = open_sockets(
+        &edges,
+        flags.sources,
+        &tokens,
+        flags.sockets,
+        SETUP_CONCURRENCY,
+    )
+    .await?;
+    round.print("connected");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let publishing = Duration::from_secs(flags.seconds);
+    let stop_at = Instant::now() + publishing + DRAIN;
+    let listeners: Vec<_> = sockets
+        .into_iter()
+        .map(|socket| tokio::spawn(listen(socket, stop_at)))
+        .collect();
+
+    let interval = Duration::from_secs_f64(1.0 / flags.rate.max(0.001));
+    let mut ticker = tokio::time::interval(interval);
+    let started = Instant::now();
+    let mut published = 0u64;
+    while started.elapsed() < publishing {
+        ticker.tick().await;
+        let event = Event {
+            workspace_id: account.workspace_id.clone(),
+            seq: 0,
+            trace_context: Default::default(),
+            kind: Some(event::Kind::MessageDelta(MessageDelta {
+                message_id: "fan-out".to_owned(),
+                conversation_id: "fan-out".to_owned(),
+                agent_id: "fan-out".to_owned(),
+                delta: unix_micros().to_string(),
+                index: u32::try_from(published).unwrap_or(u32::MAX),
+            })),
+        };
+        bus.publish(&event).await.context("publishing")?;
+        published += 1;
+    }
+
+    let mut latencies = Vec::new();
+    for listener in listeners {
+        latencies.extend(listener.await.context("a listener panicked")?);
+    }
+    let expected = published * flags.sockets as u64;
+    let delivered = latencies.len() as u64;
+    println!("fan-out results");
+    println!("  sockets             {}", flags.sockets);
+    println!("  edges               {}", edges.len());
+    println!(
+        "  published           {published} events at {} /s",
+        flags.rate
+    );
+    println!("  delivered           {delivered} of {expected}");
+    println!(
+        "  lost                {}",
+        expected.saturating_sub(delivered)
+    );
+    println!(
+        "  delivered per second {:.0}",
+        delivered as f64 / publishing.as_secs_f64()
+    );
+    match Percentiles::of(latencies) {
+        Some(percentiles) => println!("  publish → socket    {percentiles}"),
+        None => bail!("no event was delivered"),
+    }
+    Ok(())
+}
+
+/// The delivery latency of every fan-out event `socket` receives until `stop_at`.
+async fn listen(mut socket: SioClient, stop_at: Instant) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    loop {
+        let remaining = stop_at.saturating_duration_since(Instant::now());
+        let Some(event) = socket.next_event(remaining).await else {
+            return latencies;
+        };
+        if event.name != "message.delta" || event.payload()["messageId"] != "fan-out" {
+            continue;
+        }
+        let sent = event.payload()["delta"]
+            .as_str()
+            .and_then(|micros| micros.parse::<u64>().ok());
+        if let Some(sent) = sent {
+            latencies.push(Duration::from_micros(unix_micros().saturating_sub(sent)));
+        }
+    }
+}
+
+/// Resident memory per idle authenticated socket: the edge's (`--pid`) RSS before and after
+/// opening `sockets` sockets that then stay idle.
+pub async fn idle_memory(flags: &Flags) -> anyhow::Result<()> {
+    let pid = flags.pid.context("--pid of the edge process is required")?;
+    let http = reqwest::Client::new();
+    let account = rest::sign_up(&http, &flags.edge).await?;
+    // One socket first, so the edge's per-process and per-user state is already there.
+    let warm_up = crate::connect(&flags.edge, &account.token).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = resident_kib(pid)?;
+    let tokens = [account.token.clone()];
+    let (round, sockets) = open_sockets(
+        &[&flags.edge],
+        flags.sources,
+        &tokens,
+        flags.sockets,
+        SETUP_CONCURRENCY,
+    )
+    .await?;
+    round.print("connected");
+    // Let allocations settle and a ping round pass.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = resident_kib(pid)?;
+    let per_socket = (after.saturating_sub(before)) as f64 * 1024.0 / flags.sockets as f64;
+    println!("idle memory results");
+    println!("  sockets             {}", sockets.len());
+    println!("  edge RSS before     {before} KiB");
+    println!("  edge RSS after      {after} KiB");
+    println!("  per idle socket     {:.1} KB", per_socket / 1000.0);
+    drop((warm_up, sockets));
+    Ok(())
+}
+
+fn resident_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status: is the edge running?"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in the process status")
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
