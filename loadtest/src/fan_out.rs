@@ -3,7 +3,10 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crawbl_infra::bus::EventBus;
+use crawbl_infra::jws::SigningKey;
 use crawbl_loadtest::rest;
 use crawbl_loadtest::sio::SioClient;
 use crawbl_loadtest::stats::Percentiles;
@@ -22,9 +25,15 @@ const DRAIN: Duration = Duration::from_secs(3);
 /// delivered events per second, the delivery latency and the losses.
 pub async fn run(flags: &Flags) -> anyhow::Result<()> {
     let edges: Vec<&str> = flags.edge.split(',').collect();
-    let http = reqwest::Client::new();
-    let account = rest::sign_up(&http, edges[0]).await?;
-    let bus = EventBus::redis(&flags.redis).await?;
+    let account = match &flags.peer_seed {
+        Some(seed) => peer_account(seed)?,
+        None => rest::sign_up(&reqwest::Client::new(), edges[0]).await?,
+    };
+    let bus = if flags.publish {
+        Some(EventBus::redis(&flags.redis).await?)
+    } else {
+        None
+    };
 
     eprintln!(
         "fan-out: opening {} sockets over {} edge(s) from {} source address(es)",
@@ -55,7 +64,18 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(interval);
     let started = Instant::now();
     let mut published = 0u64;
-    while started.elapsed() < publishing {
+    if bus.is_some() {
+        eprintln!(
+            "fan-out: publishing {} events/s for {} s",
+            flags.rate, flags.seconds
+        );
+    } else {
+        eprintln!(
+            "fan-out: listening for {} s while another process publishes",
+            flags.seconds
+        );
+    }
+    while let Some(bus) = bus.as_ref().filter(|_| started.elapsed() < publishing) {
         ticker.tick().await;
         let event = Event {
             workspace_id: account.workspace_id.clone(),
@@ -73,9 +93,19 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
         published += 1;
     }
 
+    if bus.is_none() {
+        tokio::time::sleep_until((stop_at - DRAIN).into()).await;
+    }
     let mut latencies = Vec::new();
+    let mut indexes = std::collections::BTreeSet::new();
     for listener in listeners {
-        latencies.extend(listener.await.context("a listener panicked")?);
+        let (received, seen) = listener.await.context("a listener panicked")?;
+        latencies.extend(received);
+        indexes.extend(seen);
+    }
+    if bus.is_none() {
+        // The external publisher numbers its events from 0: the highest seen tells how many.
+        published = indexes.last().map_or(0, |last| u64::from(*last) + 1);
     }
     let expected = published * flags.sockets as u64;
     let delivered = latencies.len() as u64;
@@ -102,13 +132,14 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The delivery latency of every fan-out event `socket` receives until `stop_at`.
-async fn listen(mut socket: SioClient, stop_at: Instant) -> Vec<Duration> {
+/// The delivery latency and index of every fan-out event `socket` receives until `stop_at`.
+async fn listen(mut socket: SioClient, stop_at: Instant) -> (Vec<Duration>, Vec<u32>) {
     let mut latencies = Vec::new();
+    let mut indexes = Vec::new();
     loop {
         let remaining = stop_at.saturating_duration_since(Instant::now());
         let Some(event) = socket.next_event(remaining).await else {
-            return latencies;
+            return (latencies, indexes);
         };
         if event.name != "message.delta" || event.payload()["messageId"] != "fan-out" {
             continue;
@@ -118,6 +149,9 @@ async fn listen(mut socket: SioClient, stop_at: Instant) -> Vec<Duration> {
             .and_then(|micros| micros.parse::<u64>().ok());
         if let Some(sent) = sent {
             latencies.push(Duration::from_micros(unix_micros().saturating_sub(sent)));
+        }
+        if let Some(index) = event.payload()["index"].as_u64() {
+            indexes.push(u32::try_from(index).unwrap_or(u32::MAX));
         }
     }
 }
@@ -153,6 +187,47 @@ pub async fn idle_memory(flags: &Flags) -> anyhow::Result<()> {
     println!("  per idle socket     {:.1} KB", per_socket / 1000.0);
     drop((warm_up, sockets));
     Ok(())
+}
+
+/// The workspace every Node-peer token names.
+const PEER_WORKSPACE: &str = "bench";
+
+/// A seed for the peer's signing key and the public key to give the peer (`PEER_PUBLIC_KEY`).
+pub fn print_peer_key() {
+    let key = SigningKey::generate("peer");
+    println!("PEER_SEED={}", hex(&key.seed()));
+    println!(
+        "PEER_PUBLIC_KEY={}",
+        URL_SAFE_NO_PAD.encode(key.public_key().to_bytes())
+    );
+}
+
+/// A token the Node peer accepts: signed with the key from `seed_hex` like the edge's access
+/// tokens (Ed25519 JWT, audience `crawbl-edge`), naming the peer's benchmark workspace.
+fn peer_account(seed_hex: &str) -> anyhow::Result<rest::Account> {
+    let bytes: Vec<u8> = (0..seed_hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(seed_hex.get(at..at + 2).unwrap_or("zz"), 16))
+        .collect::<Result<_, _>>()
+        .context("--peer-seed must be 64 hex digits")?;
+    let seed: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("--peer-seed must be 64 hex digits"))?;
+    let expires = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
+    let claims = serde_json::json!({
+        "sub": "bench-user",
+        "aud": "crawbl-edge",
+        "exp": expires,
+        "workspaces": [PEER_WORKSPACE],
+    });
+    Ok(rest::Account {
+        token: SigningKey::from_seed("peer", &seed).sign(&claims)?,
+        workspace_id: PEER_WORKSPACE.to_owned(),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn resident_kib(pid: u32) -> anyhow::Result<u64> {

@@ -7,7 +7,12 @@
 //! crawbl-load fan-out   --edge URL[,URL…] --redis redis://127.0.0.1:6379 [--sockets 1000]
 //!                       [--rate 10] [--seconds 20] [--sources 4]
 //! crawbl-load idle      --edge URL --pid EDGE_PID [--sockets 5000] [--sources 4]
+//! crawbl-load peer-key              # a signing seed and public key for the Node peer
 //! ```
+//!
+//! Against the Node peer (`bench/node-peer`), `fan-out` takes `--peer-seed HEX` (tokens are
+//! minted with that key instead of signing up) and `--publisher external` (the peer's
+//! `publish.mjs` publishes; this tool only listens).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +26,8 @@ use crawbl_loadtest::stats::Percentiles;
 const USAGE: &str = "usage: crawbl-load send-path --edge URL [--senders N] [--seconds S]
        crawbl-load handshake --edge URL [--sockets N] [--concurrency N] [--users N] [--cold N]
        crawbl-load fan-out --edge URL[,URL...] --redis URL [--sockets N] [--rate R] [--seconds S] [--sources N]
-       crawbl-load idle --edge URL --pid PID [--sockets N] [--sources N]";
+       crawbl-load idle --edge URL --pid PID [--sockets N] [--sources N]
+       crawbl-load peer-key";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -31,6 +37,10 @@ async fn main() -> anyhow::Result<()> {
         Some("handshake") => handshake(&Flags::parse(&args[1..])?).await,
         Some("fan-out") => fan_out::run(&Flags::parse(&args[1..])?).await,
         Some("idle") => fan_out::idle_memory(&Flags::parse(&args[1..])?).await,
+        Some("peer-key") => {
+            fan_out::print_peer_key();
+            Ok(())
+        }
         _ => bail!("{USAGE}"),
     }
 }
@@ -43,6 +53,8 @@ pub(crate) struct Flags {
     rate: f64,
     sources: u8,
     pid: Option<u32>,
+    peer_seed: Option<String>,
+    publish: bool,
     senders: usize,
     seconds: u64,
     sockets: usize,
@@ -59,6 +71,8 @@ impl Flags {
             rate: 10.0,
             sources: 4,
             pid: None,
+            peer_seed: None,
+            publish: true,
             senders: 8,
             seconds: 20,
             sockets: 2000,
@@ -77,6 +91,14 @@ impl Flags {
                 "--rate" => flags.rate = value.parse().context("--rate")?,
                 "--sources" => flags.sources = value.parse().context("--sources (1..=254)")?,
                 "--pid" => flags.pid = Some(value.parse().context("--pid")?),
+                "--peer-seed" => flags.peer_seed = Some(value.clone()),
+                "--publisher" => {
+                    flags.publish = match value.as_str() {
+                        "self" => true,
+                        "external" => false,
+                        other => bail!("--publisher {other}: expected self or external"),
+                    }
+                }
                 "--senders" => flags.senders = value.parse().context("--senders")?,
                 "--seconds" => flags.seconds = value.parse().context("--seconds")?,
                 "--sockets" => flags.sockets = value.parse().context("--sockets")?,
