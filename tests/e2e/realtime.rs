@@ -126,6 +126,127 @@ async fn a_client_that_reconnects_to_the_other_node_with_since_gets_exactly_what
     assert_quiet(&mut second).await;
 }
 
+/// A durable event as if a second publisher had logged it: a system message, committed to the
+/// log (and marked published, so the relay leaves it alone) but not on the bus.
+async fn log_event(database_url: &str, user: &User, conversation: &str, seq: u64) -> Vec<u8> {
+    use crawbl_proto::conversation::v1 as conv;
+    use sqlx::Connection as _;
+    let now = chrono::Utc::now().timestamp_millis();
+    let event = crawbl_proto::events::v1::Event {
+        workspace_id: user.workspace_id.clone(),
+        seq,
+        kind: Some(crawbl_proto::events::v1::event::Kind::MessageNew(
+            conv::Message {
+                id: uuid::Uuid::now_v7().to_string(),
+                workspace_id: user.workspace_id.clone(),
+                conversation_id: conversation.to_owned(),
+                role: conv::MessageRole::System.into(),
+                content: Some(conv::MessageContent {
+                    r#type: "text".to_owned(),
+                    text: format!("logged {seq}"),
+                }),
+                status: conv::MessageStatus::Delivered.into(),
+                created_at_ms: now,
+                updated_at_ms: now,
+                ..conv::Message::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let envelope = event.encode_to_vec();
+    let mut database = sqlx::postgres::PgConnection::connect(database_url)
+        .await
+        .expect("connect to the stack's database");
+    let seq = i64::try_from(seq).expect("seq");
+    sqlx::query(
+        "INSERT INTO events (workspace_id, seq, envelope, created_at, published_at)
+         VALUES ($1, $2, $3, $4, $4)",
+    )
+    .bind(&user.workspace_id)
+    .bind(seq)
+    .bind(&envelope)
+    .bind(now)
+    .execute(&mut database)
+    .await
+    .expect("log an event");
+    sqlx::query("UPDATE workspace_sequences SET last_seq = $2 WHERE workspace_id = $1")
+        .bind(&user.workspace_id)
+        .bind(seq)
+        .execute(&mut database)
+        .await
+        .expect("advance the sequence");
+    envelope
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_delivers_durable_events_once_and_in_order_filling_gaps_from_the_log() {
+    let stack = Stack::separate_processes(1).await;
+    let database_url = stack.internals.clone().expect("internals").database_url;
+    let api = Api::new(stack.edge(0));
+    let user = api.sign_up().await;
+    let conversation = api.create_conversation(&user).await;
+    let mut socket = connect(stack.edge(0), &user, None).await;
+    api.send_and_wait(&user, &conversation, "m1", "hello").await;
+    until_online(&mut socket).await;
+
+    let mut redis = redis_connection(&redis_url()).await;
+    let channel = format!("crawbl:events:{}", user.workspace_id);
+    let mut envelopes = std::collections::BTreeMap::new();
+    for seq in 4..=9 {
+        envelopes.insert(
+            seq,
+            log_event(&database_url, &user, &conversation, seq).await,
+        );
+    }
+    let mut publish = async |seq: u64| {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&envelopes[&seq])
+            .query_async(&mut redis)
+            .await
+            .expect("PUBLISH");
+    };
+
+    // 5 arrives without 4: it waits, then 4 comes from the log, and the rest of the log with it.
+    let published = tokio::time::Instant::now();
+    publish(5).await;
+    let first = socket.next_event(WAIT).await.expect("an event");
+    assert!(
+        published.elapsed() >= Duration::from_millis(200),
+        "the gap was filled after a short wait, not at once"
+    );
+    assert_eq!(seq_of(&first), Some(4));
+    let rest = until_seq(&mut socket, 9).await;
+    assert_eq!(seqs(&rest), [5, 6, 7, 8, 9]);
+    assert_eq!(rest[0].payload()["content"]["text"], "logged 5");
+
+    // Late and repeated copies are dropped.
+    for seq in [4, 6, 9, 5] {
+        publish(seq).await;
+    }
+    assert_quiet(&mut socket).await;
+
+    // Out of order but complete: delivered in order without waiting for the log.
+    for seq in [11, 10] {
+        envelopes.insert(
+            seq,
+            log_event(&database_url, &user, &conversation, seq).await,
+        );
+    }
+    let mut publish = async |seq: u64| {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(&envelopes[&seq])
+            .query_async(&mut redis)
+            .await
+            .expect("PUBLISH");
+    };
+    publish(11).await;
+    publish(10).await;
+    assert_eq!(seqs(&until_seq(&mut socket, 11).await), [10, 11]);
+    assert_quiet(&mut socket).await;
+}
+
 async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .expect("redis url")

@@ -14,7 +14,7 @@
 //! durable event in order without reconnecting.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -76,6 +76,9 @@ pub struct Workspace {
     /// without the lock.
     delivered: AtomicU64,
     inbox: mpsc::Sender<Event>,
+    /// Set once the workspace is followed and its position known, so sockets that join a busy
+    /// workspace need not queue for its lock.
+    ready: AtomicBool,
     /// Events may have been lost on the way (bus outage, full inbox): fill from the log.
     missed: Notify,
     stop: CancellationToken,
@@ -155,6 +158,7 @@ impl Fanout {
             }),
             delivered: AtomicU64::new(0),
             inbox,
+            ready: AtomicBool::new(false),
             missed: Notify::new(),
             stop: CancellationToken::new(),
         });
@@ -200,6 +204,9 @@ impl Fanout {
 
     /// Waits until `workspace` is followed on the bus and its position known.
     pub async fn ready(&self, workspace: &Workspace) {
+        if workspace.ready.load(Ordering::Acquire) {
+            return;
+        }
         let mut state = workspace.state.lock().await;
         self.init(workspace, &mut state).await;
     }
@@ -264,6 +271,7 @@ impl Fanout {
             }
         }
         state.ready = true;
+        workspace.ready.store(true, Ordering::Release);
     }
 
     async fn accept(&self, workspace: &Workspace, state: &mut State, event: Event) {
@@ -425,6 +433,10 @@ impl Fanout {
         }
         if replay.reset && emit::reset_to_socket(socket, workspace_id).await.is_err() {
             return false;
+        }
+        if !presence.counts_in(workspace_id) {
+            // Taken out of the workspace meanwhile (membership removed, unsubscribed).
+            return true;
         }
         socket.join(workspace.room.clone());
         presence.joined(workspace_id);

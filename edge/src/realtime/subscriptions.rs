@@ -111,8 +111,11 @@ pub async fn subscribe(
                 }
                 None => {
                     presence.track(workspace_id).await;
-                    socket.join(workspace_room(workspace_id));
-                    presence.joined(workspace_id);
+                    // Unless taken out of the workspace meanwhile.
+                    if presence.counts_in(workspace_id) {
+                        socket.join(workspace_room(workspace_id));
+                        presence.joined(workspace_id);
+                    }
                 }
             }
         }
