@@ -50,6 +50,8 @@ const MAX_HELD: usize = 10_000;
 /// Bus events queued for one workspace's worker; past this they are dropped, and durable ones
 /// come back from the log.
 const INBOX: usize = 4096;
+/// Events a worker delivers per turn of its lock.
+const BATCH: usize = 64;
 /// Attempts to read the log for a replay before the socket is told to refetch instead.
 const REPLAY_ATTEMPTS: u32 = 3;
 
@@ -554,8 +556,10 @@ async fn work(fanout: Arc<Fanout>, workspace: Arc<Workspace>, mut events: mpsc::
                 let mut state = workspace.state.lock().await;
                 fanout.init(&workspace, &mut state).await;
                 fanout.accept(&workspace, &mut state, event).await;
-                // Whatever queued up meanwhile, under the same lock.
-                while let Ok(event) = events.try_recv() {
+                // Some of what queued up meanwhile, under the same lock (bounded, so replays
+                // waiting for the lock get their turn).
+                for _ in 1..BATCH {
+                    let Ok(event) = events.try_recv() else { break };
                     fanout.accept(&workspace, &mut state, event).await;
                 }
                 state
