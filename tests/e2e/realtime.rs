@@ -904,10 +904,6 @@ async fn malformed_packets_and_wrong_payloads_never_break_the_edge() {
         "4".to_owned(),
         "".to_owned(),
         "\u{0}\u{1}garbage".to_owned(),
-        format!(
-            "42/v1,[\"workspace.subscribe\", \"{}\"]",
-            "x".repeat(70 * 1024)
-        ),
     ];
     for frame in frames {
         let socket = connect(stack.edge(0), &user, None).await;
@@ -928,6 +924,14 @@ async fn malformed_packets_and_wrong_payloads_never_break_the_edge() {
             ),
         }
     }
+    // A packet over 64 KiB ends the connection.
+    let mut oversized = connect(stack.edge(0), &user, None).await;
+    oversized.send_raw(format!(
+        "42/v1,[\"workspace.subscribe\", \"{}\"]",
+        "x".repeat(70 * 1024)
+    ));
+    assert!(oversized.disconnected_within(WAIT).await);
+
     // Wrong payloads get an error ack.
     let socket = connect(stack.edge(0), &user, None).await;
     let answer = socket

@@ -37,7 +37,9 @@ use crate::cluster::{
 
 pub const NAMESPACE: &str = "/v1";
 /// Largest packet a client may send; clients send little more than acks and subscriptions.
-const MAX_CLIENT_PAYLOAD_BYTES: u64 = 64 * 1024;
+/// Bounds a long-polling request's body and a websocket message (and frame) alike: socketioxide
+/// applies `max_payload` to polling only and lets websocket messages grow to 64 MiB.
+const MAX_CLIENT_PACKET_BYTES: usize = 64 * 1024;
 /// Packets waiting to go out to one socket. A full buffer drops volatile events for that socket
 /// and gets it disconnected on the next durable one (see [`emit`]).
 pub const MAX_BUFFERED_PACKETS: usize = 128;
@@ -60,7 +62,9 @@ pub async fn layer(
 ) -> anyhow::Result<(SocketIoLayer<Adapter>, SocketIo<Adapter>)> {
     let (layer, io) = SocketIo::builder()
         .with_state(state)
-        .max_payload(MAX_CLIENT_PAYLOAD_BYTES)
+        .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
+        .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
+        .ws_max_frame_size(MAX_CLIENT_PACKET_BYTES)
         .max_buffer_size(MAX_BUFFERED_PACKETS)
         .with_adapter::<Adapter>(adapter)
         .build_layer();
