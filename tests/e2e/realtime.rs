@@ -247,6 +247,49 @@ async fn a_node_delivers_durable_events_once_and_in_order_filling_gaps_from_the_
     assert_quiet(&mut socket).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_older_than_the_log_keeps_gets_sync_reset_then_live_events() {
+    use sqlx::Connection as _;
+    let stack = Stack::separate_processes(1).await;
+    let database_url = stack.internals.clone().expect("internals").database_url;
+    let api = Api::new(stack.edge(0));
+    let user = api.sign_up().await;
+    let conversation = api.create_conversation(&user).await;
+    api.send_and_wait(&user, &conversation, "m1", "soon forgotten")
+        .await;
+    // Retention pruned the first two events.
+    let mut database = sqlx::postgres::PgConnection::connect(&database_url)
+        .await
+        .expect("connect to the stack's database");
+    sqlx::query("DELETE FROM events WHERE workspace_id = $1 AND seq <= 2")
+        .bind(&user.workspace_id)
+        .execute(&mut database)
+        .await
+        .expect("prune");
+
+    let mut kept = connect(
+        stack.edge(0),
+        &user,
+        Some(json!({"since": {user.workspace_id.clone(): 2}})),
+    )
+    .await;
+    assert_eq!(seqs(&until_seq(&mut kept, 3).await), [3]);
+
+    let mut pruned = connect(
+        stack.edge(0),
+        &user,
+        Some(json!({"since": {user.workspace_id.clone(): 0}})),
+    )
+    .await;
+    let reset = pruned.next_event(WAIT).await.expect("sync.reset");
+    assert_eq!(reset.name, "sync.reset");
+    assert_eq!(reset.payload(), &json!({"workspaceId": user.workspace_id}));
+    assert_quiet(&mut pruned).await;
+    api.send_and_wait(&user, &conversation, "m2", "live").await;
+    assert_eq!(seqs(&until_seq(&mut pruned, 6).await), [4, 5, 6]);
+    assert_eq!(seqs(&until_seq(&mut kept, 6).await), [4, 5, 6]);
+}
+
 async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .expect("redis url")
