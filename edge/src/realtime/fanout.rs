@@ -50,6 +50,8 @@ const MAX_HELD: usize = 10_000;
 /// Bus events queued for one workspace's worker; past this they are dropped, and durable ones
 /// come back from the log.
 const INBOX: usize = 4096;
+/// How long one read of the event log may take.
+const LOG_TIMEOUT: Duration = Duration::from_secs(5);
 /// Events a worker delivers per turn of its lock.
 const BATCH: usize = 64;
 /// Attempts to read the log for a replay before the socket is told to refetch instead.
@@ -453,15 +455,19 @@ impl Fanout {
         after: u64,
         limit: u32,
     ) -> Result<ListEventsResponse, tonic::Status> {
-        self.conversations
-            .clone()
-            .list_events(ListEventsRequest {
-                workspace_id: workspace_id.to_owned(),
-                after,
-                limit,
-            })
-            .await
-            .map(tonic::Response::into_inner)
+        let request = ListEventsRequest {
+            workspace_id: workspace_id.to_owned(),
+            after,
+            limit,
+        };
+        let mut conversations = self.conversations.clone();
+        // A hung service must not hang handshakes and deliveries with it.
+        match tokio::time::timeout(LOG_TIMEOUT, conversations.list_events(request)).await {
+            Ok(result) => result.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(
+                "the event log did not answer in time",
+            )),
+        }
     }
 
     /// The newest `seq` of the workspace.
