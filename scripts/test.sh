@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every check and test of the repository, as CI runs them: formatting, lints, then all tests
-# against real Postgres and Redis (started or installed first when they are not running).
+# against real Postgres and Redis (started or installed first when they are not running), and
+# the JavaScript Socket.IO client (Node.js and npm must be installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,13 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "postgres and redis"
 bash scripts/ensure-services.sh
+
+step "javascript client packages (tests/js)"
+command -v node >/dev/null && command -v npm >/dev/null || {
+    echo "node and npm are needed: the end-to-end tests check the contract with the npm socket.io-client" >&2
+    exit 1
+}
+(cd tests/js && npm ci --no-audit --no-fund)
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -55,7 +55,11 @@ async fn run_all_components() -> anyhow::Result<()> {
             )
         })
     };
-    let bus = EventBus::from_url(config::optional("REDIS_URL").as_deref()).await?;
+    let bus = EventBus::from_url(
+        config::optional("REDIS_URL").as_deref(),
+        crawbl_infra::bus::Channels::from_env()?,
+    )
+    .await?;
     // Every component in this process shares one service credential: CRAWBL_SERVICE_TOKEN, or a
     // random one (nothing outside this process needs to call the internal APIs).
     crawbl_infra::grpc::check_service_token_env()?;

@@ -26,7 +26,7 @@ use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::sync::mpsc;
 
-use crate::realtime::{NAMESPACE, workspace_room};
+use crate::realtime::{self, NAMESPACE, workspace_room};
 
 /// The Socket.IO adapter of every edge node.
 pub type Adapter = CustomRedisAdapter<Emitter, ClusterDriver>;
@@ -98,21 +98,22 @@ impl Sockets {
         }
     }
 
-    fn namespace(&self) -> Option<BroadcastOperators<Adapter>> {
+    pub(crate) fn namespace(&self) -> Option<BroadcastOperators<Adapter>> {
         self.0.get()?.of(NAMESPACE)
     }
 
-    /// Applies `change` on every edge node through the adapter. When Redis cannot be reached the
-    /// change is still applied here (the adapter would skip this node too), and the other nodes
-    /// apply it when they hear of it from auth (see `access::follow`).
+    /// Applies `change` on every edge node through the adapter, then to this node's sockets
+    /// directly (which also keeps track of the workspaces they count in). When Redis cannot be
+    /// reached the other nodes apply the change when they hear of it from auth (see
+    /// `access::follow`).
     pub async fn apply(&self, change: &SocketChange) {
         let Some(namespace) = self.namespace() else {
             return;
         };
         if let Err(error) = apply(namespace, change).await {
             tracing::warn!(%error, ?change, "cannot reach other edge nodes; applying the change here only");
-            self.apply_locally(change).await;
         }
+        self.apply_locally(change).await;
     }
 
     /// Applies `change` to this node's sockets only.
@@ -120,8 +121,20 @@ impl Sockets {
         let Some(namespace) = self.namespace() else {
             return;
         };
-        if let Err(error) = apply(namespace.local(), change).await {
-            tracing::warn!(%error, ?change, "cannot apply a socket change");
+        match change {
+            SocketChange::JoinWorkspace {
+                user_id,
+                workspace_id,
+            } => realtime::join_here(namespace, user_id, workspace_id).await,
+            SocketChange::LeaveWorkspace {
+                user_id,
+                workspace_id,
+            } => realtime::leave_here(namespace, user_id, workspace_id),
+            SocketChange::DisconnectSession(_) | SocketChange::DisconnectApiKey(_) => {
+                if let Err(error) = apply(namespace.local(), change).await {
+                    tracing::warn!(%error, ?change, "cannot apply a socket change");
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ mod routes;
 mod state;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use crawbl_infra::bus::EventBus;
@@ -32,6 +33,9 @@ pub struct Config {
     /// Redis for events, auth's change announcements and the Socket.IO adapter between edge
     /// nodes; `None`: the in-process bus, and this node alone.
     pub redis_url: Option<String>,
+    /// How long an agent may show as typing without any sign of its turn before the edge says
+    /// `isTyping: false` itself.
+    pub typing_ttl: Duration,
 }
 
 impl Config {
@@ -45,6 +49,7 @@ impl Config {
             runtime_proxy_url: config::optional("RUNTIME_PROXY_URL")
                 .unwrap_or_else(|| "http://127.0.0.1:50053".to_owned()),
             redis_url: config::optional("REDIS_URL"),
+            typing_ttl: Duration::from_millis(config::parse_or("AGENT_TYPING_TTL_MS", 60_000)?),
         })
     }
 }
@@ -67,7 +72,8 @@ pub async fn run(
     auth_changes: Notifier,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = AppState::connect(&config)?;
+    let (follows, deliveries) = bus.subscriber();
+    let state = AppState::connect(&config, follows)?;
     let adapter = cluster::adapter(config.redis_url.as_deref()).await?;
     let (socket_layer, io) = realtime::layer(state.clone(), adapter).await?;
     state.sockets.set(io.clone());
@@ -78,13 +84,15 @@ pub async fn run(
         auth_changes.subscribe(),
         shutdown.clone(),
     ));
+    let state_realtime = state.realtime.clone();
     let app = routes::router(state)
         .layer(socket_layer)
         .into_make_service_with_connect_info::<SocketAddr>();
 
     let delivery = tokio::spawn(realtime::deliver_events(
         io,
-        bus.subscribe(),
+        state_realtime,
+        deliveries,
         shutdown.clone(),
     ));
 
@@ -114,7 +122,12 @@ pub async fn main_from_env() -> anyhow::Result<()> {
 async fn main_with_telemetry() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     crawbl_infra::grpc::check_service_token_env()?;
-    let bus = EventBus::for_standalone(config.redis_url.as_deref(), "edge").await?;
+    let bus = EventBus::for_standalone(
+        config.redis_url.as_deref(),
+        crawbl_infra::bus::Channels::from_env()?,
+        "edge",
+    )
+    .await?;
     let changes = auth_changes(config.redis_url.as_deref()).await?;
     let listener = crawbl_infra::net::bind(config.listen, "EDGE_LISTEN").await?;
     run(

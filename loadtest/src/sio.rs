@@ -1,12 +1,15 @@
 //! A small Socket.IO v5 client over Engine.IO v4 websockets, speaking the protocol as
 //! `socket.io-client` does: open packet, namespace connect with an auth payload, ping/pong,
-//! events with any number of arguments, `connect_error`.
+//! events with any number of arguments both ways, acks, `connect_error`.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -25,10 +28,25 @@ impl ServerEvent {
     }
 }
 
+/// Acks awaited, by ack id.
+type PendingAcks = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<Value>>>>>;
+
 pub struct SioClient {
     events: mpsc::UnboundedReceiver<ServerEvent>,
     /// Packets to send; dropping it closes the websocket.
-    _outgoing: mpsc::UnboundedSender<String>,
+    outgoing: mpsc::UnboundedSender<String>,
+    acks: PendingAcks,
+    next_ack_id: AtomicU64,
+}
+
+/// What [`SioClient::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    Event(ServerEvent),
+    /// Nothing arrived in time.
+    Quiet,
+    /// The server disconnected the socket or the connection closed.
+    Ended,
 }
 
 #[derive(Debug)]
@@ -117,7 +135,11 @@ pub async fn connect_from(
 
     let (events_tx, events) = mpsc::unbounded_channel();
     let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<String>();
+    let acks = PendingAcks::default();
+    let acks_to_answer = acks.clone();
     tokio::spawn(async move {
+        // However the connection ends, acks still awaited fail at once.
+        let _unanswered = FailPendingAcks(acks_to_answer.clone());
         loop {
             tokio::select! {
                 frame = socket.next() => {
@@ -129,6 +151,14 @@ pub async fn connect_from(
                         // The server disconnected this socket: the event stream ends.
                         let _ = socket.close(None).await;
                         return;
+                    } else if let Some((id, args)) = parse_ack(text.as_str()) {
+                        let waiting = acks_to_answer
+                            .lock()
+                            .ok()
+                            .and_then(|mut acks| acks.remove(&id));
+                        if let Some(waiting) = waiting {
+                            let _ = waiting.send(args);
+                        }
                     } else if let Some(event) = parse_event(text.as_str())
                         && events_tx.send(event).is_err()
                     {
@@ -144,8 +174,32 @@ pub async fn connect_from(
     });
     Ok(ConnectOutcome::Connected(SioClient {
         events,
-        _outgoing: outgoing,
+        outgoing,
+        acks,
+        next_ack_id: AtomicU64::new(0),
     }))
+}
+
+/// Drops every awaited ack when the connection's task ends.
+struct FailPendingAcks(PendingAcks);
+
+impl Drop for FailPendingAcks {
+    fn drop(&mut self) {
+        if let Ok(mut acks) = self.0.lock() {
+            acks.clear();
+        }
+    }
+}
+
+/// `43/v1,<id>[args…]`
+fn parse_ack(packet: &str) -> Option<(u64, Vec<Value>)> {
+    let body = packet.strip_prefix(&format!("43{NAMESPACE},"))?;
+    let split = body.find('[')?;
+    let id = body[..split].parse().ok()?;
+    let Value::Array(args) = serde_json::from_str(&body[split..]).ok()? else {
+        return None;
+    };
+    Some((id, args))
 }
 
 fn parse_event(packet: &str) -> Option<ServerEvent> {
@@ -200,7 +254,44 @@ impl std::fmt::Debug for SioClient {
 }
 
 impl SioClient {
-    /// The next event, or `None` if none arrives within `wait`.
+    /// Sends an event with `args` (no ack asked).
+    pub fn emit(&self, event: &str, args: &[Value]) {
+        let mut packet = vec![Value::String(event.to_owned())];
+        packet.extend_from_slice(args);
+        self.send_raw(format!("42{NAMESPACE},{}", Value::Array(packet)));
+    }
+
+    /// Sends an event with `args` and waits up to `wait` for the server's ack; its arguments.
+    pub async fn emit_with_ack(
+        &self,
+        event: &str,
+        args: &[Value],
+        wait: Duration,
+    ) -> anyhow::Result<Vec<Value>> {
+        let id = self.next_ack_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, answer) = oneshot::channel();
+        self.acks
+            .lock()
+            .map_err(|_| anyhow::anyhow!("ack table poisoned"))?
+            .insert(id, sender);
+        let mut packet = vec![Value::String(event.to_owned())];
+        packet.extend_from_slice(args);
+        anyhow::ensure!(
+            self.send_raw(format!("42{NAMESPACE},{id}{}", Value::Array(packet))),
+            "the connection ended before {event} was sent"
+        );
+        tokio::time::timeout(wait, answer)
+            .await
+            .map_err(|_| anyhow::anyhow!("no ack for {event} within {wait:?}"))?
+            .map_err(|_| anyhow::anyhow!("the connection ended before the ack for {event}"))
+    }
+
+    /// Sends a raw Engine.IO text frame, e.g. a malformed packet; false when the connection
+    /// has ended.
+    pub fn send_raw(&self, frame: String) -> bool {
+        self.outgoing.send(frame).is_ok()
+    }
+
     /// Whether the server ends this socket (disconnects it or closes its connection) within
     /// `wait`; events that arrive before are dropped.
     pub async fn disconnected_within(&mut self, wait: Duration) -> bool {
@@ -214,6 +305,16 @@ impl SioClient {
         }
     }
 
+    /// The next event, or whether the wait ran out or the socket ended.
+    pub async fn next(&mut self, wait: Duration) -> Next {
+        match tokio::time::timeout(wait, self.events.recv()).await {
+            Err(_) => Next::Quiet,
+            Ok(None) => Next::Ended,
+            Ok(Some(event)) => Next::Event(event),
+        }
+    }
+
+    /// The next event, or `None` if none arrives within `wait` (or the socket ended).
     pub async fn next_event(&mut self, wait: Duration) -> Option<ServerEvent> {
         tokio::time::timeout(wait, self.events.recv())
             .await

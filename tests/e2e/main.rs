@@ -6,5 +6,6 @@ mod support;
 mod auth_and_tenancy;
 mod conversations;
 mod operability;
+mod realtime;
 mod runtime_lifecycle;
 mod walking_skeleton;

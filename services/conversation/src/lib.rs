@@ -124,7 +124,12 @@ pub async fn main_from_env() -> anyhow::Result<()> {
 
 async fn main_with_telemetry() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    let bus = EventBus::for_standalone(config.redis_url.as_deref(), "conversation").await?;
+    let bus = EventBus::for_standalone(
+        config.redis_url.as_deref(),
+        crawbl_infra::bus::Channels::from_env()?,
+        "conversation",
+    )
+    .await?;
     let listener = crawbl_infra::net::bind(config.listen, "CONVERSATION_LISTEN").await?;
     run(config, listener, bus, crawbl_infra::shutdown::on_signal()).await
 }

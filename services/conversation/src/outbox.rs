@@ -47,6 +47,7 @@ impl Outbox {
             seq: 0,
             trace_context: crawbl_infra::trace::current_context(),
             kind: Some(kind),
+            ..Event::default()
         };
         if let Err(error) = self.bus.publish(&event).await {
             tracing::debug!(

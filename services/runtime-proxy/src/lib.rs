@@ -70,7 +70,12 @@ pub async fn main_from_env() -> anyhow::Result<()> {
 
 async fn main_with_telemetry() -> anyhow::Result<()> {
     let config = Config::from_env().context("reading runtime-proxy configuration")?;
-    let bus = EventBus::for_standalone(config.redis_url.as_deref(), "runtime-proxy").await?;
+    let bus = EventBus::for_standalone(
+        config.redis_url.as_deref(),
+        crawbl_infra::bus::Channels::from_env()?,
+        "runtime-proxy",
+    )
+    .await?;
     let listener = crawbl_infra::net::bind(config.listen, "RUNTIME_PROXY_LISTEN").await?;
     run(config, listener, bus, crawbl_infra::shutdown::on_signal()).await
 }

@@ -110,6 +110,38 @@ impl Api {
         .await
     }
 
+    /// Sends a text message and waits until the agent's reply has ended (`?wait=true`); panics
+    /// unless it answers 201.
+    pub async fn send_and_wait(
+        &self,
+        user: &User,
+        conversation_id: &str,
+        local_id: &str,
+        text: &str,
+    ) -> Value {
+        let (status, body) = self
+            .post(
+                &format!(
+                    "/v1/workspaces/{}/conversations/{conversation_id}/messages?wait=true",
+                    user.workspace_id
+                ),
+                Some(&user.token),
+                json!({"localId": local_id, "content": {"type": "text", "text": text}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "send {local_id}: {body}");
+        body["data"].clone()
+    }
+
+    /// Creates another workspace of `user`; returns its id.
+    pub async fn create_workspace(&self, user: &User, name: &str) -> String {
+        let (status, body) = self
+            .post("/v1/workspaces", Some(&user.token), json!({"name": name}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "create workspace: {body}");
+        body["data"]["id"].as_str().expect("id").to_owned()
+    }
+
     /// Every message of a conversation, following `nextCursor` with pages of `limit`.
     pub async fn all_messages(&self, user: &User, conversation_id: &str, limit: u32) -> Vec<Value> {
         let base = format!(

@@ -1,6 +1,7 @@
 //! Starting stacks of real processes and talking to them.
 
 pub mod api;
+pub mod js;
 pub mod redis_server;
 
 pub use crawbl_loadtest::sio;
@@ -122,7 +123,8 @@ pub struct Stack {
     /// Separate processes only: the gRPC services, the shared service credential and the
     /// Postgres database.
     pub internals: Option<Internals>,
-    processes: Vec<Child>,
+    /// Each process with its name (`auth`, `edge-0`, …).
+    processes: Vec<(String, Child)>,
     dir: TempDir,
 }
 
@@ -248,10 +250,27 @@ impl Stack {
     /// Kills every process at once (SIGKILL, no graceful shutdown) and hands back the folder
     /// with the data, to start again on it.
     pub async fn kill(mut self) -> TempDir {
-        for child in &mut self.processes {
+        for (_, child) in &mut self.processes {
             let _ = child.kill().await;
         }
         self.dir
+    }
+
+    /// Kills edge node `index` of a stack of separate processes at once (SIGKILL: no graceful
+    /// shutdown, its sockets just drop).
+    pub async fn kill_edge(&mut self, index: usize) {
+        let name = format!("edge-{index}");
+        let (_, child) = self
+            .processes
+            .iter_mut()
+            .find(|(process, _)| *process == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        child.kill().await.expect("kill the edge");
+    }
+
+    /// Where the stack's logs are, for failure messages.
+    pub fn logs(&self) -> std::path::Display<'_> {
+        self.dir.path().display()
     }
 
     pub fn edge(&self, index: usize) -> &str {
@@ -277,7 +296,7 @@ impl Stack {
         let child = command
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {name}: {error}"));
-        self.processes.push(child);
+        self.processes.push((name.to_owned(), child));
     }
 
     async fn wait_for_edges(&mut self) {
@@ -302,7 +321,7 @@ impl Stack {
     }
 
     fn assert_all_running(&mut self) {
-        for child in &mut self.processes {
+        for (_, child) in &mut self.processes {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "a stack process exited early ({status}); logs in {}",

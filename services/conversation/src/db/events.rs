@@ -36,6 +36,7 @@ pub async fn append_event(
         seq: u64::try_from(seq).unwrap_or_default(),
         trace_context: crawbl_infra::trace::current_context(),
         kind: Some(kind),
+        ..Event::default()
     };
     sqlx::query(
         "INSERT INTO events (workspace_id, seq, envelope, created_at, published_at)

@@ -1,0 +1,270 @@
+//! Socket.IO on namespace `/v1`: handshake authentication, workspace rooms, replay on reconnect,
+//! and delivery of bus events to the sockets of this node (see [`fanout`]).
+
+mod emit;
+mod fanout;
+mod presence;
+mod sequencer;
+mod since;
+mod subscriptions;
+mod typing;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crawbl_infra::bus::Delivery;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::Deserialize;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::{SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::operators::BroadcastOperators;
+use socketioxide_redis::RedisAdapterCtr;
+use tokio_util::sync::CancellationToken;
+
+pub use fanout::Fanout;
+use presence::Presence;
+use since::{Since, SinceError};
+
+use crate::AppState;
+use crate::auth::{AuthFailure, Caller, Credential, token_from_headers, verify};
+use crate::cluster::{
+    Adapter, ClusterDriver, api_key_room, following_room, session_room, user_room,
+};
+
+pub const NAMESPACE: &str = "/v1";
+/// Largest packet a client may send; clients send little more than acks and subscriptions.
+/// Bounds a long-polling request's body and a websocket message (and frame) alike: socketioxide
+/// applies `max_payload` to polling only and lets websocket messages grow to 64 MiB.
+const MAX_CLIENT_PACKET_BYTES: usize = 64 * 1024;
+/// Packets waiting to go out to one socket. A full buffer drops volatile events for that socket
+/// and gets it disconnected on the next durable one (see [`emit`]).
+pub const MAX_BUFFERED_PACKETS: usize = 128;
+/// How often every socket's rooms are checked against what the node follows: rooms can change
+/// through the adapter (another node adding a member), which this node hears of from auth too,
+/// but not if that announcement was lost.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+const WORKSPACE_ROOM_PREFIX: &str = "workspace:";
+
+/// The room of a workspace's sockets.
+pub fn workspace_room(workspace_id: &str) -> String {
+    format!("{WORKSPACE_ROOM_PREFIX}{workspace_id}")
+}
+
+/// The Socket.IO layer for the router and the handle to emit through, with `adapter` between
+/// edge nodes (see [`crate::cluster`]).
+pub async fn layer(
+    state: AppState,
+    adapter: RedisAdapterCtr<ClusterDriver>,
+) -> anyhow::Result<(SocketIoLayer<Adapter>, SocketIo<Adapter>)> {
+    let (layer, io) = SocketIo::builder()
+        .with_state(state)
+        .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
+        .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
+        .ws_max_frame_size(MAX_CLIENT_PACKET_BYTES)
+        .max_buffer_size(MAX_BUFFERED_PACKETS)
+        .with_adapter::<Adapter>(adapter)
+        .build_layer();
+    io.ns(NAMESPACE, on_connect.with(authenticate))
+        .await
+        .map_err(|error| anyhow::anyhow!("starting the Socket.IO namespace: {error}"))?;
+    Ok((layer, io))
+}
+
+/// The handshake's `auth` payload (browsers cannot set headers on a WebSocket).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct HandshakeAuth {
+    token: Option<String>,
+    /// Join only this workspace's room instead of every workspace of the user.
+    workspace_id: Option<String>,
+    /// `{"<workspaceId>": <seq>}`: replay what came after, then join (see [`since`]).
+    since: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error(transparent)]
+    Auth(#[from] AuthFailure),
+    #[error("invalid auth payload: expected an object like {{\"token\": \"…\"}}")]
+    BadPayload,
+    #[error("invalid auth payload: {0}")]
+    BadSince(#[from] SinceError),
+    #[error("invalid auth payload: since names {0}, which is not auth.workspaceId")]
+    SinceNotJoined(String),
+    #[error("workspace not found")]
+    NotAMember,
+}
+
+/// Workspaces whose rooms the socket joins only after its replay, in the connect handler
+/// (socketioxide cannot emit before the client is told it is connected).
+#[derive(Clone)]
+struct PendingReplay(Since);
+
+async fn authenticate(
+    socket: SocketRef<Adapter>,
+    State(state): State<AppState>,
+    TryData(auth): TryData<HandshakeAuth>,
+) -> Result<(), HandshakeError> {
+    let auth = auth.map_err(|_| HandshakeError::BadPayload)?;
+    let since = since::parse(&auth.since)?;
+    let token = token_from_headers(&socket.req_parts().headers)
+        .map(str::to_owned)
+        .or(auth.token);
+    let caller = verify(&state, token.as_deref()).await?;
+    let user_id = caller.user_id();
+    let is_member = |id: &str| caller.workspaces.iter().any(|w| w.id == id);
+    if since.keys().any(|id| !is_member(id)) {
+        return Err(HandshakeError::NotAMember);
+    }
+    let (workspaces, mut rooms) = match &auth.workspace_id {
+        Some(workspace_id) => {
+            if !is_member(workspace_id) {
+                return Err(HandshakeError::NotAMember);
+            }
+            if let Some(other) = since.keys().find(|id| *id != workspace_id) {
+                return Err(HandshakeError::SinceNotJoined(other.clone()));
+            }
+            (vec![workspace_id.clone()], Vec::new())
+        }
+        None => {
+            let workspaces = caller.workspaces.iter().map(|w| w.id.clone()).collect();
+            // Follows every workspace of the user, including ones they are added to later.
+            (workspaces, vec![following_room(user_id)])
+        }
+    };
+    // Rooms that let logout, key revocation and membership removal reach this socket.
+    rooms.push(user_room(user_id));
+    rooms.push(match &caller.identity.credential {
+        Credential::Session(session_id) => session_room(session_id),
+        Credential::ApiKey(api_key_id) => api_key_room(api_key_id),
+    });
+    let presence = Presence::new(state.realtime.clone());
+    let live: Vec<&String> = workspaces
+        .iter()
+        .filter(|id| !since.contains_key(*id))
+        .collect();
+    futures::future::join_all(live.iter().map(|id| presence.track(id))).await;
+    for workspace_id in &live {
+        rooms.push(workspace_room(workspace_id));
+        presence.joined(workspace_id);
+    }
+    // Joined before the client hears it is connected, so it misses nothing sent after that.
+    socket.join(rooms);
+    socket.extensions.insert(caller);
+    socket.extensions.insert(presence);
+    if !since.is_empty() {
+        socket.extensions.insert(PendingReplay(since));
+    }
+    Ok(())
+}
+
+async fn on_connect(socket: SocketRef<Adapter>, State(state): State<AppState>) {
+    socket.on("workspace.subscribe", subscriptions::subscribe);
+    socket.on("workspace.unsubscribe", subscriptions::unsubscribe);
+    let user_id = socket
+        .extensions
+        .get::<Caller>()
+        .map(|caller| caller.identity.user_id)
+        .unwrap_or_default();
+    tracing::debug!(socket = %socket.id, %user_id, "socket connected");
+
+    let Some(PendingReplay(since)) = socket.extensions.remove::<PendingReplay>() else {
+        return;
+    };
+    let Some(presence) = Presence::of(&socket) else {
+        return;
+    };
+    for (workspace_id, seq) in since {
+        if !state
+            .realtime
+            .replay_and_join(&socket, &presence, &workspace_id, seq)
+            .await
+        {
+            return;
+        }
+    }
+}
+
+/// Hands every bus delivery to [`Fanout`] until `shutdown`, and keeps the sockets' rooms and
+/// the followed workspaces in step.
+pub async fn deliver_events(
+    io: SocketIo<Adapter>,
+    fanout: std::sync::Arc<Fanout>,
+    mut deliveries: BoxStream<'static, Delivery>,
+    shutdown: CancellationToken,
+) {
+    let mut reconcile = tokio::time::interval(RECONCILE_INTERVAL);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            delivery = deliveries.next() => match delivery {
+                Some(delivery) => fanout.route(delivery),
+                None => {
+                    tracing::error!("the event bus subscription ended; no more live events");
+                    deliveries = futures::stream::pending().boxed();
+                }
+            },
+            _ = reconcile.tick() => {
+                if let Some(namespace) = io.of(NAMESPACE) {
+                    reconcile_all(namespace).await;
+                }
+            }
+        }
+    }
+}
+
+/// Puts this node's sockets of a user who joined a workspace into its room (they followed all
+/// of the user's workspaces).
+pub async fn join_here(namespace: BroadcastOperators<Adapter>, user_id: &str, workspace_id: &str) {
+    let sockets = namespace.local().to(following_room(user_id)).sockets();
+    for socket in sockets {
+        let Some(presence) = Presence::of(&socket) else {
+            continue;
+        };
+        presence.track(workspace_id).await;
+        socket.join(workspace_room(workspace_id));
+        presence.joined(workspace_id);
+    }
+}
+
+/// Takes this node's sockets of a user who left a workspace out of its room.
+pub fn leave_here(namespace: BroadcastOperators<Adapter>, user_id: &str, workspace_id: &str) {
+    let sockets = namespace.local().to(user_room(user_id)).sockets();
+    for socket in sockets {
+        socket.leave(workspace_room(workspace_id));
+        if let Some(presence) = Presence::of(&socket) {
+            presence.untrack(workspace_id);
+        }
+    }
+}
+
+/// Makes what each socket counts in match the rooms it is in.
+async fn reconcile_all(namespace: BroadcastOperators<Adapter>) {
+    for socket in namespace.local().sockets() {
+        let Some(presence) = Presence::of(&socket) else {
+            continue;
+        };
+        let rooms: HashSet<String> = socket
+            .rooms()
+            .iter()
+            .filter_map(|room| room.strip_prefix(WORKSPACE_ROOM_PREFIX))
+            .map(str::to_owned)
+            .collect();
+        for workspace_id in &rooms {
+            if !presence.counts_in(workspace_id) {
+                presence.track(workspace_id).await;
+                presence.joined(workspace_id);
+            }
+        }
+        for workspace_id in presence.joined_workspaces() {
+            if !rooms.contains(&workspace_id) {
+                presence.untrack(&workspace_id);
+            }
+        }
+    }
+}
