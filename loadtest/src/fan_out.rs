@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use crawbl_infra::bus::EventBus;
+use crawbl_infra::bus::{Channels, EventBus};
 use crawbl_infra::jws::SigningKey;
 use crawbl_loadtest::rest;
 use crawbl_loadtest::sio::SioClient;
@@ -30,7 +30,7 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
         None => rest::sign_up(&reqwest::Client::new(), edges[0]).await?,
     };
     let bus = if flags.publish {
-        Some(EventBus::redis(&flags.redis).await?)
+        Some(EventBus::redis(&flags.redis, Channels::from_env()?).await?)
     } else {
         None
     };
@@ -81,6 +81,7 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
             workspace_id: account.workspace_id.clone(),
             seq: 0,
             trace_context: Default::default(),
+            origin: String::new(),
             kind: Some(event::Kind::MessageDelta(MessageDelta {
                 message_id: "fan-out".to_owned(),
                 conversation_id: "fan-out".to_owned(),
