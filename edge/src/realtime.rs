@@ -158,6 +158,10 @@ async fn emit(io: &SocketIo<Adapter>, event: Event) {
         Ok(socket_event) => socket_event,
         Err(error) => {
             tracing::warn!(%error, "cannot encode an event for sockets");
+            crawbl_infra::metrics::events()
+                .dropped
+                .with(&["unencodable"])
+                .inc();
             return;
         }
     };
@@ -179,7 +183,12 @@ async fn emit(io: &SocketIo<Adapter>, event: Event) {
         room.emit(socket_event.name, &(&socket_event.payload, position))
             .await
     };
-    if let Err(error) = result {
-        tracing::warn!(%error, event = socket_event.name, "emitting an event failed");
+    let metrics = crawbl_infra::metrics::events();
+    match result {
+        Ok(()) => metrics.delivered.with(&[socket_event.name]).inc(),
+        Err(error) => {
+            tracing::warn!(%error, event = socket_event.name, "emitting an event failed");
+            metrics.dropped.with(&["emit_failed"]).inc();
+        }
     }
 }

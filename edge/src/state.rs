@@ -4,13 +4,15 @@ use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use std::sync::Arc;
 
 use crawbl_infra::grpc::Channel;
+use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::access::Access;
 use crate::cluster::Sockets;
+use crate::health::Readiness;
 
 /// What every handler shares: clients of the services (cheap to clone), who may do what
-/// ([`Access`]), and the sockets of every edge node ([`Sockets`]).
+/// ([`Access`]), the sockets of every edge node ([`Sockets`]) and what `/readyz` asks.
 #[derive(Clone)]
 pub struct AppState {
     pub auth: AuthServiceClient<Channel>,
@@ -18,15 +20,18 @@ pub struct AppState {
     pub runtimes: RuntimeProxyClient<Channel>,
     pub access: Arc<Access>,
     pub sockets: Sockets,
+    pub readiness: Arc<Readiness>,
 }
 
 impl AppState {
     /// Clients connect lazily, so the edge starts even when a service is not up yet.
-    pub fn connect(config: &Config) -> anyhow::Result<Self> {
+    /// `shutdown` makes the node report itself not ready while it drains.
+    pub fn connect(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let auth = AuthServiceClient::new(crawbl_infra::grpc::channel(&config.auth_url)?);
         Ok(Self {
             access: Arc::new(Access::new(auth.clone())),
             sockets: Sockets::default(),
+            readiness: Arc::new(Readiness::new(config, shutdown)?),
             auth,
             conversations: ConversationServiceClient::new(crawbl_infra::grpc::channel(
                 &config.conversation_url,

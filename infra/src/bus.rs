@@ -15,6 +15,7 @@ use futures::stream::BoxStream;
 use prost::Message as _;
 use redis::aio::ConnectionManager;
 use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 
 /// Events an in-process subscriber may fall behind by before it starts losing them.
@@ -101,6 +102,16 @@ impl EventBus {
     /// order they were published.
     #[tracing::instrument(name = "bus.publish", skip_all, fields(bus = self.kind(), workspace_id = %event.workspace_id, seq = event.seq))]
     pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+        let published = self.publish_unmetered(event).await;
+        let metrics = crate::metrics::events();
+        match &published {
+            Ok(()) => metrics.published.inc(),
+            Err(_) => metrics.publish_failures.inc(),
+        }
+        published
+    }
+
+    async fn publish_unmetered(&self, event: &Event) -> anyhow::Result<()> {
         match self {
             Self::InProcess(sender) => {
                 // No subscriber yet is not an error: nobody is listening.
@@ -148,6 +159,11 @@ impl EventBus {
                         Ok(event) => Some(event),
                         Err(error) => {
                             tracing::warn!(%error, "in-process event subscriber fell behind");
+                            let BroadcastStreamRecvError::Lagged(missed) = error;
+                            crate::metrics::events()
+                                .dropped
+                                .with(&["lagged"])
+                                .add(missed);
                             None
                         }
                     }
@@ -164,11 +180,15 @@ impl EventBus {
 
 async fn relay_from_redis(client: redis::Client, sender: mpsc::Sender<Event>) {
     let mut backoff = Duration::from_millis(100);
+    let mut subscribed_before = false;
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.psubscribe(format!("{CHANNEL_PREFIX}*")).await {
                 Ok(()) => {
                     tracing::info!("subscribed to workspace events on Redis");
+                    if std::mem::replace(&mut subscribed_before, true) {
+                        crate::metrics::redis_reconnected("events");
+                    }
                     backoff = Duration::from_millis(100);
                     let mut messages = pubsub.into_on_message();
                     while let Some(message) = messages.next().await {
@@ -179,6 +199,10 @@ async fn relay_from_redis(client: redis::Client, sender: mpsc::Sender<Event>) {
                                 }
                             }
                             Err(error) => {
+                                crate::metrics::events()
+                                    .dropped
+                                    .with(&["undecodable"])
+                                    .inc();
                                 tracing::warn!(%error, channel = message.get_channel_name(), "dropping an undecodable event");
                             }
                         }

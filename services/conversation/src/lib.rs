@@ -126,5 +126,7 @@ async fn main_with_telemetry() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let bus = EventBus::for_standalone(config.redis_url.as_deref(), "conversation").await?;
     let listener = crawbl_infra::net::bind(config.listen, "CONVERSATION_LISTEN").await?;
-    run(config, listener, bus, crawbl_infra::shutdown::on_signal()).await
+    let shutdown = crawbl_infra::shutdown::on_signal();
+    crawbl_infra::metrics::exporter::serve_from_env(&shutdown).await?;
+    run(config, listener, bus, shutdown).await
 }
