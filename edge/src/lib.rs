@@ -83,7 +83,7 @@ pub async fn run(
     let adapter = cluster::adapter(config.redis_url.as_deref()).await?;
     let (socket_layer, io) = realtime::layer(state.clone(), adapter).await?;
     state.sockets.set(io.clone());
-    metrics::watch_sockets(state.sockets.clone());
+    metrics::register(state.sockets.clone());
     let sockets = state.sockets.clone();
     let keys = tokio::spawn(state.access.keys().maintain(shutdown.clone()));
     let follower = tokio::spawn(access::follow(

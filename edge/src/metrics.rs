@@ -70,9 +70,12 @@ pub async fn record_request(
     response
 }
 
-/// Counts this node's sockets and workspace rooms at every scrape (a walk over the local
-/// sockets: cheap next to a scrape interval, and nothing to keep in step on connect/disconnect).
-pub fn watch_sockets(sockets: Sockets) {
+/// Registers the edge's families, and counts this node's sockets and workspace rooms at every
+/// scrape (a walk over the local sockets: cheap next to a scrape interval, and nothing to keep
+/// in step on connect and disconnect).
+pub fn register(sockets: Sockets) {
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&REQUEST_SECONDS);
     registry().on_scrape("edge_sockets", move || {
         let local = sockets.local();
         let workspace_rooms: BTreeSet<String> = local

@@ -17,7 +17,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub fn response() -> axum::response::Response {
     (
         [(http::header::CONTENT_TYPE, CONTENT_TYPE)],
-        super::registry().render(),
+        super::render(),
     )
         .into_response()
 }

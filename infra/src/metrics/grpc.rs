@@ -34,6 +34,12 @@ static HANDLING_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+/// Registers the families (they appear at the first call otherwise).
+pub(super) fn register() {
+    LazyLock::force(&HANDLED);
+    LazyLock::force(&HANDLING_SECONDS);
+}
+
 /// Tower layer for gRPC servers recording `crawbl_grpc_server_handled_total` and
 /// `crawbl_grpc_server_handling_seconds`.
 #[derive(Clone, Copy, Default)]

@@ -26,6 +26,15 @@ pub fn registry() -> &'static Registry {
     &REGISTRY
 }
 
+/// Every metric of the process in the text format. The shared families are registered first,
+/// so they are exposed (at zero) before anything happened: dashboards and alerts find them.
+pub fn render() -> String {
+    grpc::register();
+    LazyLock::force(&EVENTS);
+    LazyLock::force(&REDIS_RECONNECTS);
+    registry().render()
+}
+
 /// Events on the bus, from publish to the emit to sockets.
 pub struct EventMetrics {
     /// Published on the bus by a service (`crawbl_events_published_total`).
