@@ -55,6 +55,7 @@ pub struct CreateApiKey {
 /// `POST /v1/api-keys` `{"name"}` → 201 with the key (the only time it is shown).
 #[utoipa::path(
     post,
+    operation_id = "createApiKey",
     path = "/api-keys",
     tag = "api-keys",
     request_body = CreateApiKey,
@@ -92,6 +93,7 @@ pub async fn create(
 /// `GET /v1/api-keys`: the caller's live keys, newest first.
 #[utoipa::path(
     get,
+    operation_id = "listApiKeys",
     path = "/api-keys",
     tag = "api-keys",
     responses((status = 200, description = "the caller's live keys", body = Page<ApiKey>)),
@@ -120,6 +122,7 @@ pub async fn list(
 /// sockets are disconnected; 404 for keys that are not the caller's.
 #[utoipa::path(
     delete,
+    operation_id = "revokeApiKey",
     path = "/api-keys/{api_key_id}",
     tag = "api-keys",
     params(("api_key_id" = String, Path)),

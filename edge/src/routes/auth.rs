@@ -28,10 +28,13 @@ pub struct SignUp {
 /// `POST /v1/auth/sign-up` → 201 with a session; the user's first workspace comes with it.
 #[utoipa::path(
     post,
+    operation_id = "signUp",
     path = "/auth/sign-up",
     tag = "auth",
     request_body = SignUp,
-    responses((status = 201, description = "signed up: a session and the first workspace", body = Data<Session>)),
+    responses(
+        (status = 201, description = "signed up: a session and the first workspace", body = Data<Session>),
+    ),
 )]
 pub async fn sign_up(
     State(state): State<AppState>,
@@ -80,10 +83,14 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
 /// too many failures for the account or from the address.
 #[utoipa::path(
     post,
+    operation_id = "signIn",
     path = "/auth/sign-in",
     tag = "auth",
     request_body = SignIn,
-    responses((status = 200, description = "a new session", body = Data<Session>), (status = 429, description = "`RATE_LIMITED` (with `Retry-After`)", body = ErrorBody)),
+    responses(
+        (status = 200, description = "a new session", body = Data<Session>),
+        (status = 429, description = "`RATE_LIMITED` (with `Retry-After`)", body = ErrorBody),
+    ),
 )]
 pub async fn sign_in(
     State(state): State<AppState>,
@@ -117,10 +124,13 @@ pub struct Refresh {
 /// refresh token used twice revokes its session (401 `REFRESH_TOKEN_REUSED`).
 #[utoipa::path(
     post,
+    operation_id = "refresh",
     path = "/auth/refresh",
     tag = "auth",
     request_body = Refresh,
-    responses((status = 200, description = "the session with a new refresh token", body = Data<Session>)),
+    responses(
+        (status = 200, description = "the session with a new refresh token", body = Data<Session>),
+    ),
 )]
 pub async fn refresh(
     State(state): State<AppState>,
@@ -143,6 +153,7 @@ pub async fn refresh(
 /// session is revoked: its tokens are refused on every edge node and its sockets disconnected.
 #[utoipa::path(
     post,
+    operation_id = "logout",
     path = "/auth/logout",
     tag = "auth",
     responses((status = 204, description = "the session is revoked")),

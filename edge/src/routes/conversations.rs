@@ -18,10 +18,13 @@ use crate::json::{Conversation, Data, Page};
 /// active first.
 #[utoipa::path(
     get,
+    operation_id = "listConversations",
     path = "/workspaces/{workspace_id}/conversations",
     tag = "conversations",
     params(("workspace_id" = String, Path, description = "a workspace of the caller"), PageQuery),
-    responses((status = 200, description = "most recently active first", body = Page<Conversation>)),
+    responses(
+        (status = 200, description = "most recently active first", body = Page<Conversation>),
+    ),
     security(("bearer" = []), ("xToken" = [])),
 )]
 pub async fn list(
@@ -62,6 +65,7 @@ pub struct CreateConversation {
 /// `POST /v1/workspaces/{w}/conversations` `{"title"?, "agentId"?}` → 201.
 #[utoipa::path(
     post,
+    operation_id = "createConversation",
     path = "/workspaces/{workspace_id}/conversations",
     tag = "conversations",
     request_body = CreateConversation,
@@ -97,9 +101,13 @@ pub async fn create(
 /// `GET /v1/workspaces/{w}/conversations/{c}`.
 #[utoipa::path(
     get,
+    operation_id = "getConversation",
     path = "/workspaces/{workspace_id}/conversations/{conversation_id}",
     tag = "conversations",
-    params(("workspace_id" = String, Path, description = "a workspace of the caller"), ("conversation_id" = String, Path)),
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+    ),
     responses((status = 200, description = "the conversation", body = Data<Conversation>)),
     security(("bearer" = []), ("xToken" = [])),
 )]
@@ -126,9 +134,13 @@ pub async fn get(
 /// `DELETE /v1/workspaces/{w}/conversations/{c}` → 204; its running turn is cancelled.
 #[utoipa::path(
     delete,
+    operation_id = "deleteConversation",
     path = "/workspaces/{workspace_id}/conversations/{conversation_id}",
     tag = "conversations",
-    params(("workspace_id" = String, Path, description = "a workspace of the caller"), ("conversation_id" = String, Path)),
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+    ),
     responses((status = 204, description = "deleted; its running turn is cancelled")),
     security(("bearer" = []), ("xToken" = [])),
 )]

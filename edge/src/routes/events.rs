@@ -34,10 +34,14 @@ pub struct LoggedEvent {
 /// when events after `seq` were pruned: refetch conversations and messages instead.
 #[utoipa::path(
     get,
+    operation_id = "listEvents",
     path = "/workspaces/{workspace_id}/events",
     tag = "events",
     params(("workspace_id" = String, Path, description = "a workspace of the caller"), EventsQuery),
-    responses((status = 200, description = "durable events after `after`, oldest first", body = Page<LoggedEvent>), (status = 410, description = "`EVENTS_EXPIRED`: refetch instead", body = ErrorBody)),
+    responses(
+        (status = 200, description = "durable events after `after`, oldest first", body = Page<LoggedEvent>),
+        (status = 410, description = "`EVENTS_EXPIRED`: refetch instead", body = ErrorBody),
+    ),
     security(("bearer" = []), ("xToken" = [])),
 )]
 pub async fn list(

@@ -53,6 +53,7 @@ fn owner_required(status: tonic::Status) -> ApiError {
 /// `GET /v1/workspaces/{w}/members`, earliest first.
 #[utoipa::path(
     get,
+    operation_id = "listMembers",
     path = "/workspaces/{workspace_id}/members",
     tag = "members",
     params(("workspace_id" = String, Path, description = "a workspace of the caller")),
@@ -93,11 +94,15 @@ pub struct AddMember {
 /// sockets join the workspace's room at once.
 #[utoipa::path(
     post,
+    operation_id = "addMember",
     path = "/workspaces/{workspace_id}/members",
     tag = "members",
     request_body = AddMember,
     params(("workspace_id" = String, Path, description = "a workspace of the caller")),
-    responses((status = 201, description = "the new member", body = Data<Member>), (status = 403, description = "`OWNER_REQUIRED`", body = ErrorBody)),
+    responses(
+        (status = 201, description = "the new member", body = Data<Member>),
+        (status = 403, description = "`OWNER_REQUIRED`", body = ErrorBody),
+    ),
     security(("bearer" = []), ("xToken" = [])),
 )]
 pub async fn add(
@@ -141,10 +146,17 @@ pub async fn add(
 /// room on every edge node at once, and their next request to it is a 404.
 #[utoipa::path(
     delete,
+    operation_id = "removeMember",
     path = "/workspaces/{workspace_id}/members/{user_id}",
     tag = "members",
-    params(("workspace_id" = String, Path, description = "a workspace of the caller"), ("user_id" = String, Path)),
-    responses((status = 204, description = "removed"), (status = 403, description = "`OWNER_REQUIRED`", body = ErrorBody)),
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("user_id" = String, Path),
+    ),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 403, description = "`OWNER_REQUIRED`", body = ErrorBody),
+    ),
     security(("bearer" = []), ("xToken" = [])),
 )]
 pub async fn remove(

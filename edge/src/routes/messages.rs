@@ -14,9 +14,14 @@ use crate::json::{Data, Message, Page};
 /// `GET …/messages?before=<cursor>&limit=<1..100>`, newest first.
 #[utoipa::path(
     get,
+    operation_id = "listMessages",
     path = "/workspaces/{workspace_id}/conversations/{conversation_id}/messages",
     tag = "messages",
-    params(("workspace_id" = String, Path, description = "a workspace of the caller"), ("conversation_id" = String, Path), PageQuery),
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+        PageQuery,
+    ),
     responses((status = 200, description = "newest first", body = Page<Message>)),
     security(("bearer" = []), ("xToken" = [])),
 )]
@@ -89,11 +94,19 @@ pub enum SendAnswer {
 /// both messages, for clients without a socket.
 #[utoipa::path(
     post,
+    operation_id = "sendMessage",
     path = "/workspaces/{workspace_id}/conversations/{conversation_id}/messages",
     tag = "messages",
     request_body = SendMessage,
-    params(("workspace_id" = String, Path, description = "a workspace of the caller"), ("conversation_id" = String, Path), SendQuery),
-    responses((status = 201, description = "the user's message at once; with `?wait=true`, both messages when the turn ends", body = Data<SendAnswer>), (status = 503, description = "`RUNTIME_NOT_READY` (with `Retry-After`)", body = ErrorBody)),
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+        SendQuery,
+    ),
+    responses(
+        (status = 201, description = "the user's message at once; with `?wait=true`, both messages when the turn ends", body = Data<SendAnswer>),
+        (status = 503, description = "`RUNTIME_NOT_READY` (with `Retry-After`)", body = ErrorBody),
+    ),
     security(("bearer" = []), ("xToken" = [])),
 )]
 pub async fn send(

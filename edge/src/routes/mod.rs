@@ -163,6 +163,16 @@ mod tests {
         );
         let operations = documented_operations(&document);
         assert!(operations.len() >= 25, "only {operations:?}");
+        let mut operation_ids = std::collections::BTreeSet::new();
+        for item in document["paths"].as_object().expect("paths").values() {
+            for operation in item.as_object().expect("path item").values() {
+                let id = operation["operationId"].as_str().expect("an operationId");
+                assert!(
+                    operation_ids.insert(id.to_owned()),
+                    "operationId {id} twice"
+                );
+            }
+        }
 
         let shutdown = tokio_util::sync::CancellationToken::new();
         let state =

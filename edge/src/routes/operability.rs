@@ -14,6 +14,7 @@ use crate::health::ReadinessReport;
 /// `GET /healthz`: the process is up (says nothing about its dependencies).
 #[utoipa::path(
     get,
+    operation_id = "healthz",
     path = "/healthz",
     tag = "operability",
     responses((status = 200, description = "alive", body = String, content_type = "text/plain")),
@@ -26,6 +27,7 @@ pub async fn healthz() -> &'static str {
 /// with each dependency's state either way.
 #[utoipa::path(
     get,
+    operation_id = "readyz",
     path = "/readyz",
     tag = "operability",
     responses(
@@ -38,7 +40,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     let status = if report.is_ready() {
         StatusCode::OK
     } else {
-        tracing::info!(?report, "not ready");
+        tracing::debug!(?report, "not ready");
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(report))
@@ -48,9 +50,12 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
 /// all-in-one launcher, every component's).
 #[utoipa::path(
     get,
+    operation_id = "metrics",
     path = "/metrics",
     tag = "operability",
-    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"),
+    ),
 )]
 pub async fn metrics() -> Response {
     crawbl_infra::metrics::exporter::response()
@@ -63,9 +68,12 @@ pub struct OpenApiJson(pub Arc<str>);
 /// `GET /v1/openapi.json`: this document.
 #[utoipa::path(
     get,
+    operation_id = "openapiDocument",
     path = "/openapi.json",
     tag = "operability",
-    responses((status = 200, description = "the OpenAPI 3 document of every REST route", content_type = "application/json")),
+    responses(
+        (status = 200, description = "the OpenAPI 3 document of every REST route", content_type = "application/json"),
+    ),
 )]
 pub async fn openapi_json(Extension(OpenApiJson(document)): Extension<OpenApiJson>) -> Response {
     (

@@ -15,6 +15,7 @@ use crate::json::{Data, User};
 /// `GET /v1/users/me`.
 #[utoipa::path(
     get,
+    operation_id = "getMe",
     path = "/users/me",
     tag = "users",
     responses((status = 200, description = "the caller", body = Data<User>)),
@@ -44,6 +45,7 @@ pub struct UpdateMe {
 /// `PATCH /v1/users/me` `{"displayName"?}` → the updated user.
 #[utoipa::path(
     patch,
+    operation_id = "updateMe",
     path = "/users/me",
     tag = "users",
     request_body = UpdateMe,

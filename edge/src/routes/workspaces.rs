@@ -17,6 +17,7 @@ use crate::json::{Agent, Data, Page, Runtime, Workspace};
 /// `GET /v1/workspaces`: the caller's workspaces, oldest membership first.
 #[utoipa::path(
     get,
+    operation_id = "listWorkspaces",
     path = "/workspaces",
     tag = "workspaces",
     responses((status = 200, description = "the caller's workspaces", body = Page<Workspace>)),
@@ -44,10 +45,13 @@ pub struct CreateWorkspace {
 /// created on first use; the caller's sockets that follow all their workspaces join its room.
 #[utoipa::path(
     post,
+    operation_id = "createWorkspace",
     path = "/workspaces",
     tag = "workspaces",
     request_body = CreateWorkspace,
-    responses((status = 201, description = "the new workspace, owned by the caller", body = Data<Workspace>)),
+    responses(
+        (status = 201, description = "the new workspace, owned by the caller", body = Data<Workspace>),
+    ),
     security(("bearer" = []), ("xToken" = [])),
 )]
 pub async fn create(
@@ -83,10 +87,13 @@ pub async fn create(
 /// `GET /v1/workspaces/{id}`, with the state of the workspace's agent runtime.
 #[utoipa::path(
     get,
+    operation_id = "getWorkspace",
     path = "/workspaces/{workspace_id}",
     tag = "workspaces",
     params(("workspace_id" = String, Path, description = "a workspace of the caller")),
-    responses((status = 200, description = "the workspace with its runtime state", body = Data<Workspace>)),
+    responses(
+        (status = 200, description = "the workspace with its runtime state", body = Data<Workspace>),
+    ),
     security(("bearer" = []), ("xToken" = [])),
 )]
 pub async fn get(
@@ -110,10 +117,13 @@ pub async fn get(
 /// `GET /v1/workspaces/{id}/agents`, each with its live status.
 #[utoipa::path(
     get,
+    operation_id = "listAgents",
     path = "/workspaces/{workspace_id}/agents",
     tag = "workspaces",
     params(("workspace_id" = String, Path, description = "a workspace of the caller")),
-    responses((status = 200, description = "the agents with their live status", body = Page<Agent>)),
+    responses(
+        (status = 200, description = "the agents with their live status", body = Page<Agent>),
+    ),
     security(("bearer" = []), ("xToken" = [])),
 )]
 pub async fn agents(
