@@ -26,7 +26,6 @@ use crawbl_infra::notify::Notifier;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use routes::openapi_document;
 pub use state::AppState;
 
 /// How long sockets get to close at shutdown before the edge stops waiting for them.
@@ -107,12 +106,13 @@ pub async fn run(
     let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .into_future();
-    let closing = close_sockets_at_shutdown(sockets, shutdown.clone());
+    let closing = tokio::spawn(close_sockets_at_shutdown(sockets, shutdown.clone()));
     let bound = crawbl_infra::shutdown::DRAIN_BOUND;
-    let (served, ()) = tokio::join!(
-        crawbl_infra::shutdown::drain_within(server, &shutdown, bound),
-        closing
-    );
+    let served = crawbl_infra::shutdown::drain_within(server, &shutdown, bound).await;
+    shutdown.cancel();
+    if let Err(error) = closing.await {
+        tracing::warn!(%error, "closing sockets ended abnormally");
+    }
     match served {
         Some(served) => served.context("serving the edge")?,
         None => tracing::warn!(
@@ -120,7 +120,6 @@ pub async fn run(
             "requests still in flight at the end of the drain were cut off"
         ),
     }
-    shutdown.cancel();
     if let Err(error) = delivery.await {
         tracing::warn!(%error, "event delivery task ended abnormally");
     }

@@ -57,12 +57,6 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(operability::metrics))
 }
 
-/// The OpenAPI document of every route, as JSON.
-pub fn openapi_document() -> anyhow::Result<String> {
-    let (_, openapi) = documented_routes().split_for_parts();
-    crate::openapi::to_json(openapi)
-}
-
 pub fn router(state: AppState) -> anyhow::Result<Router> {
     let (routes, openapi) = documented_routes().split_for_parts();
     let document = OpenApiJson(Arc::from(crate::openapi::to_json(openapi)?));
@@ -123,6 +117,12 @@ mod tests {
     use tower::ServiceExt as _;
 
     use super::*;
+
+    /// The OpenAPI document of every route, as the edge serves it.
+    fn openapi_document() -> anyhow::Result<String> {
+        let (_, openapi) = documented_routes().split_for_parts();
+        crate::openapi::to_json(openapi)
+    }
 
     fn unreachable_services() -> crate::Config {
         // Port 9 (discard) on loopback: nothing listens, calls fail at once.
