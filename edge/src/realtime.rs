@@ -158,10 +158,7 @@ async fn emit(io: &SocketIo<Adapter>, event: Event) {
         Ok(socket_event) => socket_event,
         Err(error) => {
             tracing::warn!(%error, "cannot encode an event for sockets");
-            crawbl_infra::metrics::events()
-                .dropped
-                .with(&["unencodable"])
-                .inc();
+            crawbl_infra::metrics::events_dropped("unencodable", 1);
             return;
         }
     };
@@ -183,12 +180,14 @@ async fn emit(io: &SocketIo<Adapter>, event: Event) {
         room.emit(socket_event.name, &(&socket_event.payload, position))
             .await
     };
-    let metrics = crawbl_infra::metrics::events();
     match result {
-        Ok(()) => metrics.delivered.with(&[socket_event.name]).inc(),
+        Ok(()) => crawbl_infra::metrics::events()
+            .delivered
+            .with(&[socket_event.name])
+            .inc(),
         Err(error) => {
             tracing::warn!(%error, event = socket_event.name, "emitting an event failed");
-            metrics.dropped.with(&["emit_failed"]).inc();
+            crawbl_infra::metrics::events_dropped("emit_failed", 1);
         }
     }
 }

@@ -160,10 +160,7 @@ impl EventBus {
                         Err(error) => {
                             tracing::warn!(%error, "in-process event subscriber fell behind");
                             let BroadcastStreamRecvError::Lagged(missed) = error;
-                            crate::metrics::events()
-                                .dropped
-                                .with(&["lagged"])
-                                .add(missed);
+                            crate::metrics::events_dropped("lagged", missed);
                             None
                         }
                     }
@@ -199,10 +196,7 @@ async fn relay_from_redis(client: redis::Client, sender: mpsc::Sender<Event>) {
                                 }
                             }
                             Err(error) => {
-                                crate::metrics::events()
-                                    .dropped
-                                    .with(&["undecodable"])
-                                    .inc();
+                                crate::metrics::events_dropped("undecodable", 1);
                                 tracing::warn!(%error, channel = message.get_channel_name(), "dropping an undecodable event");
                             }
                         }

@@ -82,6 +82,11 @@ pub fn events() -> &'static EventMetrics {
     &EVENTS
 }
 
+/// Counts `count` events lost on the way to sockets for `reason` (see [`EventMetrics::dropped`]).
+pub fn events_dropped(reason: &str, count: u64) {
+    EVENTS.dropped.with(&[reason]).add(count);
+}
+
 static REDIS_RECONNECTS: LazyLock<CounterVec> = LazyLock::new(|| {
     registry().counter_vec(
         "crawbl_redis_reconnects_total",
