@@ -73,8 +73,8 @@ fn add_error_responses(openapi: &mut utoipa::openapi::OpenApi) {
     let error = ResponseBuilder::new()
         .description(
             "an error: 400 invalid input, 401 unauthenticated, 404 not found (or not a \
-                 member), 409 conflict, 413 body too large, 422 semantic error, 429 rate limited, \
-                 503 unavailable (with `Retry-After`)",
+             member), 409 conflict, 413 body too large, 422 semantic error, 429 rate limited, \
+             503 unavailable (with `Retry-After`)",
         )
         .content(
             "application/json",
