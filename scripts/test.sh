@@ -17,6 +17,27 @@ command -v node >/dev/null && command -v npm >/dev/null || {
 }
 (cd tests/js && npm ci --no-audit --no-fund)
 
+step "compose file"
+if docker compose version >/dev/null 2>&1; then
+  docker compose -f compose/docker-compose.yml config --quiet
+  echo "docker compose config: ok"
+else
+  echo "note: \`docker compose\` is not available here, so \`docker compose config\` is skipped"
+fi
+# What compose cannot tell: every component is there and wired as the README says.
+python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
+python3 scripts/check-compose.py compose/docker-compose.yml
+
+step "grpcurl (the README's gRPC examples run in the end-to-end tests)"
+# grpcurl-rs: a grpcurl-compatible CLI from crates.io, built once (a few minutes) and then kept
+# in ~/.cargo/bin. A grpcurl already on PATH is used as it is.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v grpcurl >/dev/null; then
+  cargo install grpcurl-rs --version 0.2.1 --locked
+fi
+echo "using $(command -v grpcurl)"
+export CRAWBL_REQUIRE_GRPCURL=1
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

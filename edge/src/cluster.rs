@@ -21,6 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
 use socketioxide::SocketIo;
 use socketioxide::adapter::Emitter;
+use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
@@ -100,6 +101,22 @@ impl Sockets {
 
     pub(crate) fn namespace(&self) -> Option<BroadcastOperators<Adapter>> {
         self.0.get()?.of(NAMESPACE)
+    }
+
+    /// This node's sockets.
+    pub fn local(&self) -> Vec<SocketRef<Adapter>> {
+        self.namespace()
+            .map(|namespace| namespace.local().sockets())
+            .unwrap_or_default()
+    }
+
+    /// Closes this node's connections at shutdown without a Socket.IO disconnect: clients see
+    /// their transport close, which Socket.IO clients answer by reconnecting (through the load
+    /// balancer, to another node), whereas a server disconnect tells them not to come back.
+    pub async fn close_for_shutdown(&self) {
+        if let Some(io) = self.0.get() {
+            io.close().await;
+        }
     }
 
     /// Applies `change` on every edge node through the adapter, then to this node's sockets
@@ -373,6 +390,7 @@ async fn heartbeat(connection: ConnectionManager) {
         match timeout(redis::cmd("PING").query_async::<String>(&mut connection)).await {
             Ok(_) if was_down => {
                 tracing::info!("adapter connection to Redis is back");
+                crawbl_infra::metrics::redis_reconnected("socket_adapter");
                 was_down = false;
             }
             Ok(_) => {}

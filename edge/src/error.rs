@@ -6,8 +6,26 @@ use std::borrow::Cow;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 use tonic::Code;
+use utoipa::ToSchema;
+
+/// The body of every error answer: `{"error": {"code", "message", "requestId"}}`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// A stable, machine-readable code, e.g. `EMPTY_MESSAGE` or `RUNTIME_NOT_READY`.
+    pub code: String,
+    /// For people; 5xx answers never carry internal details.
+    pub message: String,
+    /// Quote it when reporting a problem: the server's log has the same id.
+    pub request_id: String,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -94,9 +112,13 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(%request_id, status = %self.status, code = %self.code, "request refused");
         }
-        let body = json!({
-            "error": { "code": self.code, "message": self.message, "requestId": request_id }
-        });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into_owned(),
+                message: self.message,
+                request_id,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after_secs {
             response

@@ -6,15 +6,16 @@ use crawbl_proto::conversation::v1 as conv;
 use crawbl_proto::events::v1 as events;
 use crawbl_proto::runtimeproxy::v1::RuntimeState;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// `{"data": …}`
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Data<T> {
     pub data: T,
 }
 
 /// `{"data": [...], "nextCursor": …}`; the cursor is `null` on the last page.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     pub data: Vec<T>,
@@ -28,7 +29,7 @@ pub fn timestamp(unix_ms: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: String,
@@ -46,12 +47,14 @@ impl From<auth::User> for User {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Workspace {
     pub id: String,
     pub name: String,
+    /// `owner | member`
     pub role: String,
+    /// Only in `GET /v1/workspaces/{workspaceId}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Runtime>,
 }
@@ -67,7 +70,7 @@ impl From<auth::Workspace> for Workspace {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Runtime {
     /// `provisioning | ready | failed | stopped`
     pub state: &'static str,
@@ -86,7 +89,7 @@ impl From<RuntimeState> for Runtime {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
     pub access_token: String,
@@ -120,7 +123,7 @@ fn agent_status(status: i32) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
     pub id: String,
@@ -128,6 +131,7 @@ pub struct Agent {
     pub slug: String,
     pub name: String,
     pub description: String,
+    /// `online | busy | offline`
     pub status: &'static str,
 }
 
@@ -144,19 +148,21 @@ impl From<conv::Agent> for Agent {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Content {
+    /// `text`
     #[serde(rename = "type")]
     pub kind: String,
     pub text: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: String,
     pub workspace_id: String,
     pub conversation_id: String,
+    /// `user | agent | system`
     pub role: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub author_id: Option<String>,
@@ -165,7 +171,9 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_id: Option<String>,
     pub content: Content,
+    /// `sent | streaming | delivered | incomplete | failed`
     pub status: &'static str,
+    /// RFC 3339
     pub created_at: String,
     pub updated_at: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -173,7 +181,7 @@ pub struct Message {
 }
 
 /// A tool the agent called: `result` is absent while the tool runs.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ToolCall {
     pub call_id: String,
@@ -234,7 +242,7 @@ impl From<conv::Message> for Message {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Conversation {
     pub id: String,

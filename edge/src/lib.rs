@@ -7,8 +7,11 @@ mod access;
 mod auth;
 mod cluster;
 mod error;
+mod health;
 mod json;
 mod keys;
+mod metrics;
+mod openapi;
 mod realtime;
 mod routes;
 mod state;
@@ -24,6 +27,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use state::AppState;
+
+/// How long sockets get to close at shutdown before the edge stops waiting for them.
+const SOCKET_CLOSE_BOUND: Duration = Duration::from_secs(5);
 
 pub struct Config {
     pub listen: SocketAddr,
@@ -65,6 +71,10 @@ pub async fn auth_changes(redis_url: Option<&str>) -> anyhow::Result<Notifier> {
 /// Serves REST and Socket.IO on `listener` until `shutdown`, delivering events from `bus` and
 /// applying auth's changes heard on `auth_changes`. With `config.redis_url`, socket changes
 /// (logout, revocations, membership) reach every edge node through the Socket.IO Redis adapter.
+///
+/// At shutdown the node stops accepting, reports itself not ready, closes every socket's
+/// connection (clients reconnect, through the load balancer, to another node) and gives the
+/// REST requests in flight [`crawbl_infra::shutdown::DRAIN_BOUND`] to finish.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -73,10 +83,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (follows, deliveries) = bus.subscriber();
-    let state = AppState::connect(&config, follows)?;
+    let state = AppState::connect(&config, follows, shutdown.clone())?;
     let adapter = cluster::adapter(config.redis_url.as_deref()).await?;
     let (socket_layer, io) = realtime::layer(state.clone(), adapter).await?;
     state.sockets.set(io.clone());
+    metrics::register(state.sockets.clone());
+    let sockets = state.sockets.clone();
     let keys = tokio::spawn(state.access.keys().maintain(shutdown.clone()));
     let follower = tokio::spawn(access::follow(
         state.access.clone(),
@@ -85,7 +97,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let state_realtime = state.realtime.clone();
-    let app = routes::router(state)
+    let app = routes::router(state)?
         .layer(socket_layer)
         .into_make_service_with_connect_info::<SocketAddr>();
 
@@ -98,11 +110,23 @@ pub async fn run(
 
     let address = listener.local_addr().ok();
     tracing::info!(?address, bus = bus.kind(), "edge listening");
-    axum::serve(listener, app)
+    let server = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("serving the edge")?;
+        .into_future();
+    let closing = tokio::spawn(close_sockets_at_shutdown(sockets, shutdown.clone()));
+    let bound = crawbl_infra::shutdown::DRAIN_BOUND;
+    let served = crawbl_infra::shutdown::drain_within(server, &shutdown, bound).await;
     shutdown.cancel();
+    if let Err(error) = closing.await {
+        tracing::warn!(%error, "closing sockets ended abnormally");
+    }
+    match served {
+        Some(served) => served.context("serving the edge")?,
+        None => tracing::warn!(
+            bound_ms = bound.as_millis(),
+            "requests still in flight at the end of the drain were cut off"
+        ),
+    }
     if let Err(error) = delivery.await {
         tracing::warn!(%error, "event delivery task ended abnormally");
     }
@@ -112,6 +136,23 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// Once shutdown starts, closes every socket of this node (see
+/// [`cluster::Sockets::close_for_shutdown`]).
+async fn close_sockets_at_shutdown(sockets: cluster::Sockets, shutdown: CancellationToken) {
+    shutdown.cancelled().await;
+    let count = sockets.local().len();
+    if tokio::time::timeout(SOCKET_CLOSE_BOUND, sockets.close_for_shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sockets still open after the close bound");
+    }
+    tracing::info!(
+        count,
+        "closed sockets for shutdown; clients reconnect elsewhere"
+    );
 }
 
 /// Runs the edge alone, configured by environment variables.

@@ -5,15 +5,17 @@ use std::sync::Arc;
 
 use crawbl_infra::bus::Follows;
 use crawbl_infra::grpc::Channel;
+use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::access::Access;
 use crate::cluster::Sockets;
+use crate::health::Readiness;
 use crate::realtime::Fanout;
 
 /// What every handler shares: clients of the services (cheap to clone), who may do what
-/// ([`Access`]), the sockets of every edge node ([`Sockets`]), and the delivery of events to
-/// this node's sockets ([`Fanout`]).
+/// ([`Access`]), the sockets of every edge node ([`Sockets`]), the delivery of events to this
+/// node's sockets ([`Fanout`]) and what `/readyz` asks ([`Readiness`]).
 #[derive(Clone)]
 pub struct AppState {
     pub auth: AuthServiceClient<Channel>,
@@ -22,12 +24,18 @@ pub struct AppState {
     pub access: Arc<Access>,
     pub sockets: Sockets,
     pub realtime: Arc<Fanout>,
+    pub readiness: Arc<Readiness>,
 }
 
 impl AppState {
     /// Clients connect lazily, so the edge starts even when a service is not up yet. `follows`
-    /// picks the workspaces whose bus events this node receives.
-    pub fn connect(config: &Config, follows: Follows) -> anyhow::Result<Self> {
+    /// picks the workspaces whose bus events this node receives; `shutdown` makes the node
+    /// report itself not ready while it drains.
+    pub fn connect(
+        config: &Config,
+        follows: Follows,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let auth = AuthServiceClient::new(crawbl_infra::grpc::channel(&config.auth_url)?);
         let conversations =
             ConversationServiceClient::new(crawbl_infra::grpc::channel(&config.conversation_url)?);
@@ -41,6 +49,7 @@ impl AppState {
                 config.typing_ttl,
             ),
             sockets,
+            readiness: Arc::new(Readiness::new(config, shutdown)?),
             auth,
             conversations,
             runtimes: RuntimeProxyClient::new(crawbl_infra::grpc::channel(

@@ -26,6 +26,21 @@ where
     }
 }
 
+/// The variable parsed as `T`, or `None` when it is unset.
+pub fn parse_optional<T>(name: &str) -> anyhow::Result<Option<T>>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    optional(name)
+        .map(|raw| {
+            raw.trim()
+                .parse()
+                .map_err(|error| anyhow!("{name}={raw:?} is not valid: {error}"))
+        })
+        .transpose()
+}
+
 /// The variable's value; fails with a message naming it when unset.
 pub fn required(name: &str) -> anyhow::Result<String> {
     optional(name).with_context(|| format!("{name} must be set"))

@@ -91,6 +91,7 @@ pub async fn connect(url: &str, migrations: Migrations) -> anyhow::Result<AnyPoo
         .run(&pool)
         .await
         .with_context(|| format!("applying {} migrations", migrations.service))?;
+    crate::metrics::watch_pool(migrations.service, &pool);
     Ok(pool)
 }
 

@@ -330,24 +330,37 @@ where
     let address = listener.local_addr().ok();
     tracing::info!(service = S::NAME, ?address, "grpc server listening");
 
-    let stop = async move {
-        shutdown.cancelled().await;
-        health_reporter
-            .set_service_status(S::NAME, ServingStatus::NotServing)
-            .await;
-        health_reporter
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+    let stop = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            health_reporter
+                .set_service_status(S::NAME, ServingStatus::NotServing)
+                .await;
+            health_reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        }
     };
-    Server::builder()
+    let server = Server::builder()
         .layer(crate::trace::GrpcServerSpans)
+        .layer(crate::metrics::GrpcServerMetrics)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-        .await
-        .with_context(|| format!("serving {}", S::NAME))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    match crate::shutdown::drain_within(server, &shutdown, crate::shutdown::DRAIN_BOUND).await {
+        Some(served) => served.with_context(|| format!("serving {}", S::NAME)),
+        None => {
+            tracing::warn!(
+                service = S::NAME,
+                bound_ms = crate::shutdown::DRAIN_BOUND.as_millis(),
+                "grpc calls still in flight at the end of the drain were cut off"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// A lazily connecting channel to the internal service at `address` (`http://host:port`) whose
@@ -488,6 +501,112 @@ mod tests {
         let token = token();
         assert_eq!(format!("{token:?}"), "ServiceToken(***)");
         assert_eq!(token.expose(), "0123456789abcdef-secret");
+    }
+
+    /// A runtime that answers every turn with one event, for serving tests.
+    struct OneEventRuntime;
+
+    #[tonic::async_trait]
+    impl crawbl_proto::runtime::v1::agent_runtime_server::AgentRuntime for OneEventRuntime {
+        type TurnStream = futures::stream::BoxStream<
+            'static,
+            Result<crawbl_proto::runtime::v1::TurnEvent, tonic::Status>,
+        >;
+
+        async fn turn(
+            &self,
+            _request: tonic::Request<crawbl_proto::runtime::v1::TurnRequest>,
+        ) -> Result<tonic::Response<Self::TurnStream>, tonic::Status> {
+            use futures::StreamExt as _;
+            let event = crawbl_proto::runtime::v1::TurnEvent::default();
+            Ok(tonic::Response::new(
+                futures::stream::once(async { Ok(event) }).boxed(),
+            ))
+        }
+    }
+
+    fn handled(service: &str, method: &str, code: &str) -> u64 {
+        let wanted = format!(
+            "crawbl_grpc_server_handled_total{{grpc_service=\"{service}\",grpc_method=\"{method}\",grpc_code=\"{code}\"}} "
+        );
+        crate::metrics::registry()
+            .render()
+            .lines()
+            .find_map(|line| line.strip_prefix(&wanted))
+            .map_or(0, |value| value.parse().expect("a count"))
+    }
+
+    #[tokio::test]
+    async fn health_turns_not_serving_at_shutdown_and_calls_are_counted_by_code() {
+        use crawbl_proto::runtime::v1::TurnRequest;
+        use crawbl_proto::runtime::v1::agent_runtime_client::AgentRuntimeClient;
+        use crawbl_proto::runtime::v1::agent_runtime_server::AgentRuntimeServer;
+        use futures::StreamExt as _;
+        use tonic_health::pb::health_check_response::ServingStatus as Status;
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        let token = ServiceToken::generate();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_with_token(
+            listener,
+            AgentRuntimeServer::new(OneEventRuntime),
+            token.clone(),
+            shutdown.clone(),
+        ));
+
+        let service = "crawbl.runtime.v1.AgentRuntime";
+        let (ok_before, refused_before) = (
+            handled(service, "Turn", "OK"),
+            handled(service, "Turn", "UNAUTHENTICATED"),
+        );
+        let mut runtime =
+            AgentRuntimeClient::new(channel_with_token(&address, token).expect("channel"));
+        let mut events = runtime
+            .turn(TurnRequest::default())
+            .await
+            .expect("turn")
+            .into_inner();
+        while events.message().await.expect("stream").is_some() {}
+        let mut stranger =
+            AgentRuntimeClient::new(channel_without_credential(&address).expect("channel"));
+        let refused = stranger.turn(TurnRequest::default()).await;
+        assert_eq!(
+            refused.err().map(|status| status.code()),
+            Some(tonic::Code::Unauthenticated)
+        );
+        assert_eq!(handled(service, "Turn", "OK"), ok_before + 1);
+        assert_eq!(
+            handled(service, "Turn", "UNAUTHENTICATED"),
+            refused_before + 1
+        );
+
+        // A watcher connected before shutdown hears the flip on its open stream.
+        let mut health = HealthClient::new(channel_without_credential(&address).expect("channel"));
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let first = watch.next().await.expect("an update").expect("ok");
+        assert_eq!(first.status(), Status::Serving);
+        shutdown.cancel();
+        let flipped = tokio::time::timeout(std::time::Duration::from_secs(5), watch.next())
+            .await
+            .expect("the flip within 5 s")
+            .expect("an update")
+            .expect("ok");
+        assert_eq!(flipped.status(), Status::NotServing);
+        // The open watch is a call in flight: the server ends once it is gone.
+        drop(watch);
+        let served = tokio::time::timeout(std::time::Duration::from_secs(5), server)
+            .await
+            .expect("the server stops once its calls are done")
+            .expect("no panic");
+        assert!(served.is_ok(), "{served:?}");
     }
 
     #[test]

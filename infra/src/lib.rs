@@ -1,5 +1,5 @@
 //! Infrastructure every Crawbl component shares: configuration from the environment, logging,
-//! shutdown, gRPC serving with health and reflection, database pools, and the event bus.
+//! metrics, shutdown, gRPC serving with health and reflection, database pools, and the event bus.
 //! Nothing here knows about users, conversations or agents.
 
 pub mod bus;
@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod grpc;
 pub mod jws;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod shutdown;

@@ -130,11 +130,15 @@ impl Notifier {
 
 async fn relay_from_redis(client: redis::Client, channel: String, sender: mpsc::Sender<Notice>) {
     let mut backoff = Duration::from_millis(100);
+    let mut subscribed_before = false;
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
                     tracing::info!(%channel, "subscribed on Redis");
+                    if std::mem::replace(&mut subscribed_before, true) {
+                        crate::metrics::redis_reconnected("notifier");
+                    }
                     backoff = Duration::from_millis(100);
                     if sender.send(Notice::Resync).await.is_err() {
                         return;

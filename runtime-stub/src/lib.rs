@@ -77,6 +77,7 @@ async fn main_with_telemetry() -> anyhow::Result<()> {
     );
 
     let shutdown = crawbl_infra::shutdown::on_signal();
+    crawbl_infra::metrics::exporter::serve_from_env(&shutdown).await?;
     if config.exit_with_parent {
         exit_when_stdin_closes(shutdown.clone());
     }

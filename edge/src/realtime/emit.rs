@@ -75,12 +75,16 @@ async fn emit_to_room(namespace: &BroadcastOperators<Adapter>, room: &str, event
         // Emitted like the others, not `volatile()`: socketioxide's volatile flag uses a side
         // channel that reorders them against durable ones, and the spec fixes a turn's order.
         match room.emit(socket_event.name, &socket_event.payload).await {
-            Ok(()) => {}
+            Ok(()) => crawbl_infra::metrics::events()
+                .delivered
+                .with(&[socket_event.name])
+                .inc(),
             Err(BroadcastError::Socket(errors)) => {
                 let full = errors
                     .iter()
                     .filter(|error| matches!(error, SocketError::InternalChannelFull))
                     .count();
+                crawbl_infra::metrics::events_dropped("buffer_full", full as u64);
                 tracing::debug!(
                     sockets = full,
                     event = socket_event.name,
@@ -100,8 +104,12 @@ async fn emit_to_room(namespace: &BroadcastOperators<Adapter>, room: &str, event
     let arguments = (&socket_event.payload, &position);
     for socket in room.sockets() {
         match socket.emit(socket_event.name, &arguments) {
-            Ok(()) => {}
+            Ok(()) => crawbl_infra::metrics::events()
+                .delivered
+                .with(&[socket_event.name])
+                .inc(),
             Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                crawbl_infra::metrics::events_dropped("socket_evicted", 1);
                 evict(&socket, &workspace_id, seq);
             }
             // Not connected yet (still in its handshake) or already going.

@@ -445,7 +445,9 @@ impl Fanout {
         socket.join(workspace.room.clone());
         presence.joined(workspace_id);
         drop(state);
-        tracing::debug!(socket = %socket.id, workspace_id, since, replayed = replay.sent.saturating_sub(since), reset = replay.reset, "replayed and joined");
+        let replayed = replay.sent.saturating_sub(since);
+        crawbl_infra::metrics::events().replayed.add(replayed);
+        tracing::debug!(socket = %socket.id, workspace_id, since, replayed, reset = replay.reset, "replayed and joined");
         true
     }
 

@@ -121,8 +121,10 @@ impl Sequencer {
                 self.last = Some(event.seq);
                 progressed = true;
                 out.push(event);
+            } else {
+                // Anything else is a duplicate: dropped.
+                crawbl_infra::metrics::events_dropped("duplicate", 1);
             }
-            // Anything else is a duplicate: dropped.
         }
         if self.held.is_empty() {
             self.waiting_since = None;

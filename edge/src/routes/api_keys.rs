@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crawbl_proto::auth::v1 as pb;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
@@ -14,7 +15,7 @@ use crate::error::ApiError;
 use crate::json::{Data, Page, timestamp};
 
 /// An API key as listed: never the key itself, only its first characters.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKey {
     pub id: String,
@@ -37,7 +38,7 @@ impl From<pb::ApiKey> for ApiKey {
 }
 
 /// A new key, with the key itself: shown this once.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreatedApiKey {
     #[serde(flatten)]
@@ -45,13 +46,22 @@ pub struct CreatedApiKey {
     pub key: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
     name: String,
 }
 
 /// `POST /v1/api-keys` `{"name"}` → 201 with the key (the only time it is shown).
+#[utoipa::path(
+    post,
+    operation_id = "createApiKey",
+    path = "/api-keys",
+    tag = "api-keys",
+    request_body = CreateApiKey,
+    responses((status = 201, description = "the key, shown this once", body = Data<CreatedApiKey>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -81,6 +91,14 @@ pub async fn create(
 }
 
 /// `GET /v1/api-keys`: the caller's live keys, newest first.
+#[utoipa::path(
+    get,
+    operation_id = "listApiKeys",
+    path = "/api-keys",
+    tag = "api-keys",
+    responses((status = 200, description = "the caller's live keys", body = Page<ApiKey>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -102,6 +120,15 @@ pub async fn list(
 
 /// `DELETE /v1/api-keys/{id}` → 204. The key is refused at once on every edge node and its
 /// sockets are disconnected; 404 for keys that are not the caller's.
+#[utoipa::path(
+    delete,
+    operation_id = "revokeApiKey",
+    path = "/api-keys/{api_key_id}",
+    tag = "api-keys",
+    params(("api_key_id" = String, Path)),
+    responses((status = 204, description = "revoked; its sockets are disconnected")),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,16 +7,17 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use crawbl_proto::auth::v1::{LogoutRequest, RefreshRequest, SignInRequest, SignUpRequest};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
 use crate::access::API_KEY_PREFIX;
 use crate::auth::{AuthFailure, token_from_headers};
 use crate::cluster::SocketChange;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::json::{Data, Session};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignUp {
     email: String,
@@ -25,6 +26,16 @@ pub struct SignUp {
 }
 
 /// `POST /v1/auth/sign-up` → 201 with a session; the user's first workspace comes with it.
+#[utoipa::path(
+    post,
+    operation_id = "signUp",
+    path = "/auth/sign-up",
+    tag = "auth",
+    request_body = SignUp,
+    responses(
+        (status = 201, description = "signed up: a session and the first workspace", body = Data<Session>),
+    ),
+)]
 pub async fn sign_up(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<SignUp>,
@@ -47,7 +58,7 @@ pub async fn sign_up(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct SignIn {
     email: String,
     password: String,
@@ -70,6 +81,17 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
 
 /// `POST /v1/auth/sign-in` → 200 with a session; 429 `RATE_LIMITED` with `Retry-After` after
 /// too many failures for the account or from the address.
+#[utoipa::path(
+    post,
+    operation_id = "signIn",
+    path = "/auth/sign-in",
+    tag = "auth",
+    request_body = SignIn,
+    responses(
+        (status = 200, description = "a new session", body = Data<Session>),
+        (status = 429, description = "`RATE_LIMITED` (with `Retry-After`)", body = ErrorBody),
+    ),
+)]
 pub async fn sign_in(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -92,7 +114,7 @@ pub async fn sign_in(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Refresh {
     refresh_token: String,
@@ -100,6 +122,16 @@ pub struct Refresh {
 
 /// `POST /v1/auth/refresh` `{"refreshToken"}` → 200 with a session and a new refresh token. A
 /// refresh token used twice revokes its session (401 `REFRESH_TOKEN_REUSED`).
+#[utoipa::path(
+    post,
+    operation_id = "refresh",
+    path = "/auth/refresh",
+    tag = "auth",
+    request_body = Refresh,
+    responses(
+        (status = 200, description = "the session with a new refresh token", body = Data<Session>),
+    ),
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Refresh>,
@@ -119,6 +151,14 @@ pub async fn refresh(
 
 /// `POST /v1/auth/logout` with the session's access token (it may have expired) → 204. The
 /// session is revoked: its tokens are refused on every edge node and its sockets disconnected.
+#[utoipa::path(
+    post,
+    operation_id = "logout",
+    path = "/auth/logout",
+    tag = "auth",
+    responses((status = 204, description = "the session is revoked")),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -6,6 +6,7 @@ use crawbl_proto::conversation::v1::{
     ListConversationsRequest,
 };
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::extract::{ApiJson, ApiQuery, PageQuery};
 use crate::AppState;
@@ -15,6 +16,17 @@ use crate::json::{Conversation, Data, Page};
 
 /// `GET /v1/workspaces/{w}/conversations?before=<cursor>&limit=<1..100>`, most recently
 /// active first.
+#[utoipa::path(
+    get,
+    operation_id = "listConversations",
+    path = "/workspaces/{workspace_id}/conversations",
+    tag = "conversations",
+    params(("workspace_id" = String, Path, description = "a workspace of the caller"), PageQuery),
+    responses(
+        (status = 200, description = "most recently active first", body = Page<Conversation>),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -43,7 +55,7 @@ pub async fn list(
     }))
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, ToSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CreateConversation {
     title: Option<String>,
@@ -51,6 +63,16 @@ pub struct CreateConversation {
 }
 
 /// `POST /v1/workspaces/{w}/conversations` `{"title"?, "agentId"?}` → 201.
+#[utoipa::path(
+    post,
+    operation_id = "createConversation",
+    path = "/workspaces/{workspace_id}/conversations",
+    tag = "conversations",
+    request_body = CreateConversation,
+    params(("workspace_id" = String, Path, description = "a workspace of the caller")),
+    responses((status = 201, description = "the new conversation", body = Data<Conversation>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -77,6 +99,18 @@ pub async fn create(
 }
 
 /// `GET /v1/workspaces/{w}/conversations/{c}`.
+#[utoipa::path(
+    get,
+    operation_id = "getConversation",
+    path = "/workspaces/{workspace_id}/conversations/{conversation_id}",
+    tag = "conversations",
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+    ),
+    responses((status = 200, description = "the conversation", body = Data<Conversation>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -98,6 +132,18 @@ pub async fn get(
 }
 
 /// `DELETE /v1/workspaces/{w}/conversations/{c}` → 204; its running turn is cancelled.
+#[utoipa::path(
+    delete,
+    operation_id = "deleteConversation",
+    path = "/workspaces/{workspace_id}/conversations/{conversation_id}",
+    tag = "conversations",
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+    ),
+    responses((status = 204, description = "deleted; its running turn is cancelled")),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

@@ -2,22 +2,26 @@ use axum::Json;
 use axum::extract::{Path, State};
 use crawbl_proto::conversation::v1::ListEventsRequest;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::extract::ApiQuery;
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::json::{Page, SocketEvent};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// The last `seq` the client has (0: from the start).
     #[serde(default)]
     after: u64,
+    /// 1 to 1000.
     limit: Option<u32>,
 }
 
 /// One durable event as the log serves it: the Socket.IO event's name and payload, numbered.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LoggedEvent {
     seq: u64,
     #[serde(rename = "type")]
@@ -28,6 +32,18 @@ pub struct LoggedEvent {
 /// `GET /v1/workspaces/{w}/events?after=<seq>&limit=<1..1000>`: the workspace's durable events
 /// after `seq`, oldest first. `nextCursor` is the `after` of the next page. 410 `EVENTS_EXPIRED`
 /// when events after `seq` were pruned: refetch conversations and messages instead.
+#[utoipa::path(
+    get,
+    operation_id = "listEvents",
+    path = "/workspaces/{workspace_id}/events",
+    tag = "events",
+    params(("workspace_id" = String, Path, description = "a workspace of the caller"), EventsQuery),
+    responses(
+        (status = 200, description = "durable events after `after`, oldest first", body = Page<LoggedEvent>),
+        (status = 410, description = "`EVENTS_EXPIRED`: refetch instead", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -58,9 +58,12 @@ where
 }
 
 /// `?before=<cursor>&limit=<n>` of a newest-first listing.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// The `nextCursor` of the previous page.
     pub before: Option<String>,
+    /// 1 to 100 (default 50).
     pub limit: Option<u32>,
 }
 

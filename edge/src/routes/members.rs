@@ -8,15 +8,16 @@ use axum::http::StatusCode;
 use crawbl_proto::auth::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
+use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
 use crate::auth::Caller;
 use crate::cluster::SocketChange;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::json::{Data, Page, User, timestamp};
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub user: User,
@@ -50,6 +51,15 @@ fn owner_required(status: tonic::Status) -> ApiError {
 }
 
 /// `GET /v1/workspaces/{w}/members`, earliest first.
+#[utoipa::path(
+    get,
+    operation_id = "listMembers",
+    path = "/workspaces/{workspace_id}/members",
+    tag = "members",
+    params(("workspace_id" = String, Path, description = "a workspace of the caller")),
+    responses((status = 200, description = "the members, earliest first", body = Page<Member>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -72,7 +82,7 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
     email: String,
@@ -82,6 +92,19 @@ pub struct AddMember {
 
 /// `POST /v1/workspaces/{w}/members` `{"email", "role"?}` → 201 with the member. Their open
 /// sockets join the workspace's room at once.
+#[utoipa::path(
+    post,
+    operation_id = "addMember",
+    path = "/workspaces/{workspace_id}/members",
+    tag = "members",
+    request_body = AddMember,
+    params(("workspace_id" = String, Path, description = "a workspace of the caller")),
+    responses(
+        (status = 201, description = "the new member", body = Data<Member>),
+        (status = 403, description = "`OWNER_REQUIRED`", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn add(
     State(state): State<AppState>,
     caller: Caller,
@@ -121,6 +144,21 @@ pub async fn add(
 
 /// `DELETE /v1/workspaces/{w}/members/{userId}` → 204. The user's sockets leave the workspace's
 /// room on every edge node at once, and their next request to it is a 404.
+#[utoipa::path(
+    delete,
+    operation_id = "removeMember",
+    path = "/workspaces/{workspace_id}/members/{user_id}",
+    tag = "members",
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("user_id" = String, Path),
+    ),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 403, description = "`OWNER_REQUIRED`", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn remove(
     State(state): State<AppState>,
     caller: Caller,

@@ -1,17 +1,30 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use crawbl_proto::conversation::v1::{ListMessagesRequest, MessageContent, SendMessageRequest};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiJson, ApiQuery, PageQuery};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::json::{Data, Message, Page};
 
 /// `GET …/messages?before=<cursor>&limit=<1..100>`, newest first.
+#[utoipa::path(
+    get,
+    operation_id = "listMessages",
+    path = "/workspaces/{workspace_id}/conversations/{conversation_id}/messages",
+    tag = "messages",
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+        PageQuery,
+    ),
+    responses((status = 200, description = "newest first", body = Page<Message>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -37,45 +50,72 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SendMessage {
     local_id: String,
     content: Content,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Content {
     #[serde(rename = "type")]
     kind: String,
     text: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SendQuery {
+    /// Answer when the agent's turn ends, with both messages.
     #[serde(default)]
     wait: bool,
 }
 
 /// The body of `?wait=true`: the user's message and the agent's reply once the turn ended
 /// (`null` if the turn produced none).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Exchange {
     message: Message,
     reply: Option<Message>,
+}
+
+/// What a send answers: the user's message, or with `?wait=true` the [`Exchange`].
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SendAnswer {
+    Message(Box<Message>),
+    Exchange(Box<Exchange>),
 }
 
 /// `POST …/messages` `{"localId", "content": {"type": "text", "text"}}` → 201 with the user
 /// message at once; the agent's reply arrives as events. A retry with the same `localId`
 /// returns the same message. With `?wait=true` the answer comes when the turn ends and holds
 /// both messages, for clients without a socket.
+#[utoipa::path(
+    post,
+    operation_id = "sendMessage",
+    path = "/workspaces/{workspace_id}/conversations/{conversation_id}/messages",
+    tag = "messages",
+    request_body = SendMessage,
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+        SendQuery,
+    ),
+    responses(
+        (status = 201, description = "the user's message at once; with `?wait=true`, both messages when the turn ends", body = Data<SendAnswer>),
+        (status = 503, description = "`RUNTIME_NOT_READY` (with `Retry-After`)", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     Path((workspace_id, conversation_id)): Path<(String, String)>,
     ApiQuery(query): ApiQuery<SendQuery>,
     ApiJson(body): ApiJson<SendMessage>,
-) -> Result<Response, ApiError> {
+) -> Result<(StatusCode, Json<Data<SendAnswer>>), ApiError> {
     caller.workspace(&workspace_id)?;
     let response = state
         .conversations
@@ -98,14 +138,13 @@ pub async fn send(
             .message
             .ok_or_else(|| tonic::Status::internal("send returned no message"))?,
     );
-    let response = if query.wait {
-        let exchange = Exchange {
+    let answer = if query.wait {
+        SendAnswer::Exchange(Box::new(Exchange {
             message,
             reply: response.reply.map(Message::from),
-        };
-        (StatusCode::CREATED, Json(Data { data: exchange })).into_response()
+        }))
     } else {
-        (StatusCode::CREATED, Json(Data { data: message })).into_response()
+        SendAnswer::Message(Box::new(message))
     };
-    Ok(response)
+    Ok((StatusCode::CREATED, Json(Data { data: answer })))
 }

@@ -7,65 +7,68 @@ mod events;
 mod extract;
 mod members;
 mod messages;
+mod operability;
 mod users;
 mod workspaces;
 
-use axum::Router;
+use std::sync::Arc;
+
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
 use tracing::Instrument as _;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::openapi::ApiDoc;
+use operability::OpenApiJson;
 
 /// Largest request body accepted (SPEC §8).
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
-        .route("/auth/sign-up", post(auth::sign_up))
-        .route("/auth/sign-in", post(auth::sign_in))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/auth/logout", post(auth::logout))
-        .route("/users/me", get(users::get).patch(users::update))
-        .route("/api-keys", get(api_keys::list).post(api_keys::create))
-        .route("/api-keys/{api_key_id}", delete(api_keys::revoke))
-        .route(
-            "/workspaces",
-            get(workspaces::list).post(workspaces::create),
-        )
-        .route("/workspaces/{workspace_id}", get(workspaces::get))
-        .route(
-            "/workspaces/{workspace_id}/members",
-            get(members::list).post(members::add),
-        )
-        .route(
-            "/workspaces/{workspace_id}/members/{user_id}",
-            delete(members::remove),
-        )
-        .route("/workspaces/{workspace_id}/agents", get(workspaces::agents))
-        .route(
-            "/workspaces/{workspace_id}/conversations",
-            get(conversations::list).post(conversations::create),
-        )
-        .route(
-            "/workspaces/{workspace_id}/conversations/{conversation_id}",
-            get(conversations::get).delete(conversations::delete),
-        )
-        .route(
-            "/workspaces/{workspace_id}/conversations/{conversation_id}/messages",
-            get(messages::list).post(messages::send),
-        )
-        .route("/workspaces/{workspace_id}/events", get(events::list));
-    Router::new()
+/// Every REST route with its OpenAPI description: one list, so the document and the router
+/// cannot drift apart. (`routes!` takes handlers of one path, one call per path.)
+fn documented_routes() -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(auth::sign_up))
+        .routes(routes!(auth::sign_in))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::logout))
+        .routes(routes!(users::get, users::update))
+        .routes(routes!(api_keys::list, api_keys::create))
+        .routes(routes!(api_keys::revoke))
+        .routes(routes!(workspaces::list, workspaces::create))
+        .routes(routes!(workspaces::get))
+        .routes(routes!(members::list, members::add))
+        .routes(routes!(members::remove))
+        .routes(routes!(workspaces::agents))
+        .routes(routes!(conversations::list, conversations::create))
+        .routes(routes!(conversations::get, conversations::delete))
+        .routes(routes!(messages::list, messages::send))
+        .routes(routes!(events::list))
+        .routes(routes!(operability::openapi_json));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/v1", v1)
-        .route("/healthz", get(healthz))
+        .routes(routes!(operability::healthz))
+        .routes(routes!(operability::readyz))
+        .routes(routes!(operability::metrics))
+}
+
+pub fn router(state: AppState) -> anyhow::Result<Router> {
+    let (routes, openapi) = documented_routes().split_for_parts();
+    let document = OpenApiJson(Arc::from(crate::openapi::to_json(openapi)?));
+    Ok(routes
         .route_layer(axum::middleware::from_fn(trace_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Outside the route layer, so unmatched requests are counted too.
+        .layer(axum::middleware::from_fn(crate::metrics::record_request))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .layer(Extension(document))
+        .with_state(state))
 }
 
 /// Runs each request in an `http.request` span that continues the caller's trace (W3C
@@ -96,10 +99,6 @@ async fn trace_request(
     response
 }
 
-async fn healthz() -> &'static str {
-    "ok"
-}
-
 async fn not_found() -> ApiError {
     ApiError::not_found("ROUTE_NOT_FOUND", "no such route")
 }
@@ -110,4 +109,111 @@ async fn method_not_allowed() -> ApiError {
         "METHOD_NOT_ALLOWED",
         "method not allowed on this route",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    /// The OpenAPI document of every route, as the edge serves it.
+    fn openapi_document() -> anyhow::Result<String> {
+        let (_, openapi) = documented_routes().split_for_parts();
+        crate::openapi::to_json(openapi)
+    }
+
+    fn unreachable_services() -> crate::Config {
+        // Port 9 (discard) on loopback: nothing listens, calls fail at once.
+        crate::Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            auth_url: "http://127.0.0.1:9".to_owned(),
+            conversation_url: "http://127.0.0.1:9".to_owned(),
+            runtime_proxy_url: "http://127.0.0.1:9".to_owned(),
+            redis_url: None,
+            typing_ttl: std::time::Duration::from_secs(60),
+        }
+    }
+
+    /// Every (method, path) of the document.
+    fn documented_operations(document: &serde_json::Value) -> Vec<(String, String)> {
+        let paths = document["paths"].as_object().expect("paths");
+        paths
+            .iter()
+            .flat_map(|(path, item)| {
+                item.as_object()
+                    .expect("path item")
+                    .keys()
+                    .filter(|key| ["get", "post", "put", "patch", "delete"].contains(&key.as_str()))
+                    .map(move |method| (method.to_uppercase(), path.clone()))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_documented_operation_is_served_by_the_router() {
+        let document: serde_json::Value =
+            serde_json::from_str(&openapi_document().expect("document")).expect("json");
+        assert!(
+            document["openapi"]
+                .as_str()
+                .is_some_and(|version| version.starts_with("3.")),
+            "{}",
+            document["openapi"]
+        );
+        let operations = documented_operations(&document);
+        assert!(operations.len() >= 25, "only {operations:?}");
+        let mut operation_ids = std::collections::BTreeSet::new();
+        for item in document["paths"].as_object().expect("paths").values() {
+            for operation in item.as_object().expect("path item").values() {
+                let id = operation["operationId"].as_str().expect("an operationId");
+                assert!(
+                    operation_ids.insert(id.to_owned()),
+                    "operationId {id} twice"
+                );
+            }
+        }
+
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (follows, _deliveries) = crawbl_infra::bus::EventBus::in_process().subscriber();
+        let state = AppState::connect(&unreachable_services(), follows, shutdown)
+            .expect("state with lazy clients");
+        let router = router(state).expect("router");
+        for (method, path) in operations {
+            // Path parameters as plain words; no credentials: the route still answers with its
+            // own refusal (401, 400…), never the router's 404/405.
+            let concrete = path.replace(['{', '}'], "");
+            let request = axum::http::Request::builder()
+                .method(method.as_str())
+                .uri(&concrete)
+                .header("content-type", "application/json")
+                .body(Body::from("{}"))
+                .expect("request");
+            let response = router.clone().oneshot(request).await.expect("infallible");
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
+            let body = String::from_utf8_lossy(&body);
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED && !body.contains("ROUTE_NOT_FOUND"),
+                "{method} {path} is documented but not served: {status} {body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn protected_operations_declare_their_credentials_and_errors() {
+        let document: serde_json::Value =
+            serde_json::from_str(&openapi_document().expect("document")).expect("json");
+        let schemes = &document["components"]["securitySchemes"];
+        assert!(schemes["bearer"].is_object() && schemes["xToken"].is_object());
+        let me = &document["paths"]["/v1/users/me"]["get"];
+        assert!(me["security"].is_array(), "{me:#}");
+        assert!(me["responses"]["default"].is_object(), "{me:#}");
+        let sign_up = &document["paths"]["/v1/auth/sign-up"]["post"];
+        assert!(sign_up.get("security").is_none(), "{sign_up:#}");
+        assert!(sign_up["requestBody"].is_object(), "{sign_up:#}");
+    }
 }

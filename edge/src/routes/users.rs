@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use crawbl_proto::auth::v1::{GetUserRequest, UpdateUserRequest};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
@@ -12,6 +13,14 @@ use crate::error::ApiError;
 use crate::json::{Data, User};
 
 /// `GET /v1/users/me`.
+#[utoipa::path(
+    get,
+    operation_id = "getMe",
+    path = "/users/me",
+    tag = "users",
+    responses((status = 200, description = "the caller", body = Data<User>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -27,13 +36,22 @@ pub async fn get(
     Ok(Json(Data { data: user.into() }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateMe {
     display_name: Option<String>,
 }
 
 /// `PATCH /v1/users/me` `{"displayName"?}` → the updated user.
+#[utoipa::path(
+    patch,
+    operation_id = "updateMe",
+    path = "/users/me",
+    tag = "users",
+    request_body = UpdateMe,
+    responses((status = 200, description = "the updated caller", body = Data<User>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,

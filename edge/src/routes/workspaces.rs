@@ -5,6 +5,7 @@ use crawbl_proto::auth::v1::CreateWorkspaceRequest;
 use crawbl_proto::conversation::v1::ListAgentsRequest;
 use crawbl_proto::runtimeproxy::v1::GetRuntimeRequest;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
@@ -14,6 +15,14 @@ use crate::error::ApiError;
 use crate::json::{Agent, Data, Page, Runtime, Workspace};
 
 /// `GET /v1/workspaces`: the caller's workspaces, oldest membership first.
+#[utoipa::path(
+    get,
+    operation_id = "listWorkspaces",
+    path = "/workspaces",
+    tag = "workspaces",
+    responses((status = 200, description = "the caller's workspaces", body = Page<Workspace>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn list(caller: Caller) -> Json<Page<Workspace>> {
     Json(Page {
         data: caller
@@ -26,7 +35,7 @@ pub async fn list(caller: Caller) -> Json<Page<Workspace>> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
     name: String,
@@ -34,6 +43,17 @@ pub struct CreateWorkspace {
 
 /// `POST /v1/workspaces` `{"name"}` → 201 with the workspace, owned by the caller. Its agents are
 /// created on first use; the caller's sockets that follow all their workspaces join its room.
+#[utoipa::path(
+    post,
+    operation_id = "createWorkspace",
+    path = "/workspaces",
+    tag = "workspaces",
+    request_body = CreateWorkspace,
+    responses(
+        (status = 201, description = "the new workspace, owned by the caller", body = Data<Workspace>),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -65,6 +85,17 @@ pub async fn create(
 }
 
 /// `GET /v1/workspaces/{id}`, with the state of the workspace's agent runtime.
+#[utoipa::path(
+    get,
+    operation_id = "getWorkspace",
+    path = "/workspaces/{workspace_id}",
+    tag = "workspaces",
+    params(("workspace_id" = String, Path, description = "a workspace of the caller")),
+    responses(
+        (status = 200, description = "the workspace with its runtime state", body = Data<Workspace>),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -84,6 +115,17 @@ pub async fn get(
 }
 
 /// `GET /v1/workspaces/{id}/agents`, each with its live status.
+#[utoipa::path(
+    get,
+    operation_id = "listAgents",
+    path = "/workspaces/{workspace_id}/agents",
+    tag = "workspaces",
+    params(("workspace_id" = String, Path, description = "a workspace of the caller")),
+    responses(
+        (status = 200, description = "the agents with their live status", body = Page<Agent>),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
 pub async fn agents(
     State(state): State<AppState>,
     caller: Caller,

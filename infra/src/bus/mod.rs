@@ -219,14 +219,20 @@ impl EventBus {
     /// order they were published.
     #[tracing::instrument(name = "bus.publish", skip_all, fields(bus = self.kind(), workspace_id = %event.workspace_id, seq = event.seq))]
     pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
-        match self {
+        let published = match self {
             Self::InProcess(sender) => {
                 // No subscriber yet is not an error: nobody is listening.
                 let _ = sender.send(event.clone());
                 Ok(())
             }
             Self::Redis(bus) => bus.publish(event).await,
+        };
+        let metrics = crate::metrics::events();
+        match &published {
+            Ok(()) => metrics.published.inc(),
+            Err(_) => metrics.publish_failures.inc(),
         }
+        published
     }
 
     /// Every event of every workspace published from now on, for as long as the stream is held

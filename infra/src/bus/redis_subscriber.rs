@@ -64,6 +64,7 @@ pub(super) async fn run(
                 Ok(new_link) => {
                     let followed = subscription_count(&subscription.followed);
                     if outage_reported {
+                        crate::metrics::redis_reconnected("events");
                         tracing::info!(
                             workspaces = followed,
                             "event subscription to Redis is back"

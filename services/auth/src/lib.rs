@@ -212,11 +212,7 @@ async fn main_with_telemetry() -> anyhow::Result<()> {
     }
     let changes = notifier(config.redis_url.as_deref()).await?;
     let listener = crawbl_infra::net::bind(&config.listen, "AUTH_LISTEN").await?;
-    run(
-        config,
-        listener,
-        changes,
-        crawbl_infra::shutdown::on_signal(),
-    )
-    .await
+    let shutdown = crawbl_infra::shutdown::on_signal();
+    crawbl_infra::metrics::exporter::serve_from_env(&shutdown).await?;
+    run(config, listener, changes, shutdown).await
 }

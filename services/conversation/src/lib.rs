@@ -131,5 +131,7 @@ async fn main_with_telemetry() -> anyhow::Result<()> {
     )
     .await?;
     let listener = crawbl_infra::net::bind(config.listen, "CONVERSATION_LISTEN").await?;
-    run(config, listener, bus, crawbl_infra::shutdown::on_signal()).await
+    let shutdown = crawbl_infra::shutdown::on_signal();
+    crawbl_infra::metrics::exporter::serve_from_env(&shutdown).await?;
+    run(config, listener, bus, shutdown).await
 }

@@ -8,9 +8,12 @@
 
 mod config;
 mod driver;
+mod metrics;
 mod registry;
 mod service;
 mod status;
+
+use std::time::Duration;
 
 use anyhow::Context;
 use crawbl_infra::bus::EventBus;
@@ -26,8 +29,16 @@ use registry::{Registry, Timeouts};
 use service::ProxyService;
 use status::StatusEvents;
 
+/// How long turns in flight at shutdown may go on before they are ended with `SHUTTING_DOWN`.
+/// Shorter than the conversation service's own grace (10 s), so that service still records how
+/// each turn ended before it stops.
+pub const TURN_DRAIN: Duration = Duration::from_secs(8);
+
 /// Serves `RuntimeProxy` (with health and reflection) on `listener` until `shutdown` is
 /// cancelled, then stops every runtime it started. `agent.status` events go to `bus`.
+///
+/// At shutdown the server stops accepting calls at once; turns in flight go on for up to
+/// [`TURN_DRAIN`] (most finish), then the rest end with `SHUTTING_DOWN` and runtimes are stopped.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -48,19 +59,36 @@ pub async fn run(
         provision: config.provision_timeout,
         idle: config.idle_timeout,
     };
-    // A child token: provisioning stops and turns in flight end (with `SHUTTING_DOWN`) as soon as
-    // shutdown starts; runtimes are stopped once the server has drained.
-    let stopping = shutdown.child_token();
+    // Cancelled `TURN_DRAIN` after shutdown starts (or once the server has drained, whichever
+    // is first): provisioning stops and the turns still in flight end with `SHUTTING_DOWN`.
+    let stopping = CancellationToken::new();
+    tokio::spawn(stop_after_drain(shutdown.clone(), stopping.clone()));
     let registry = Registry::new(
         config.driver,
         timeouts,
         StatusEvents::start(bus),
         stopping.clone(),
     );
+    metrics::watch(&registry);
     let service = ProxyService::new(registry.clone(), config.turn_timeout, stopping);
     let served = crawbl_infra::grpc::serve(listener, service, shutdown).await;
     registry.shutdown().await;
     served
+}
+
+/// Cancels `stopping` [`TURN_DRAIN`] after `shutdown`, unless it was cancelled before.
+async fn stop_after_drain(shutdown: CancellationToken, stopping: CancellationToken) {
+    let drained = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(TURN_DRAIN).await;
+    };
+    tokio::select! {
+        () = stopping.cancelled() => {}
+        () = drained => {
+            tracing::info!("ending the turns still in flight after the shutdown drain");
+            stopping.cancel();
+        }
+    }
 }
 
 /// The process entry point: logging, configuration, bind, serve until a signal.
@@ -77,5 +105,7 @@ async fn main_with_telemetry() -> anyhow::Result<()> {
     )
     .await?;
     let listener = crawbl_infra::net::bind(config.listen, "RUNTIME_PROXY_LISTEN").await?;
-    run(config, listener, bus, crawbl_infra::shutdown::on_signal()).await
+    let shutdown = crawbl_infra::shutdown::on_signal();
+    crawbl_infra::metrics::exporter::serve_from_env(&shutdown).await?;
+    run(config, listener, bus, shutdown).await
 }

@@ -82,6 +82,34 @@ pub struct Timeouts {
     pub idle: Option<Duration>,
 }
 
+/// Workspaces by their runtime's state, and the turns in flight.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    pub provisioning: usize,
+    pub ready: usize,
+    pub failed: usize,
+    pub stopped: usize,
+    pub turns: usize,
+}
+
+/// A [`Registry`] that may be gone.
+pub struct WeakRegistry(Weak<Inner>);
+
+impl WeakRegistry {
+    pub fn upgrade(&self) -> Option<Registry> {
+        self.0.upgrade().map(|inner| Registry { inner })
+    }
+}
+
+fn slot_state(slot: Option<&Slot>) -> RuntimeState {
+    match slot {
+        None | Some(Slot::Stopped) => RuntimeState::Stopped,
+        Some(Slot::Provisioning(_)) => RuntimeState::Provisioning,
+        Some(Slot::Ready(runtime)) if runtime.exit_status().is_none() => RuntimeState::Ready,
+        Some(Slot::Ready(_) | Slot::Failed(_)) => RuntimeState::Failed,
+    }
+}
+
 /// Shared handle to every workspace's runtime.
 #[derive(Clone)]
 pub struct Registry {
@@ -169,15 +197,33 @@ impl Registry {
     /// The workspace's state, without starting anything.
     pub fn state(&self, workspace_id: &str) -> RuntimeState {
         let workspaces = self.inner.lock();
-        match workspaces
-            .get(workspace_id)
-            .map(|workspace| &workspace.slot)
-        {
-            None | Some(Slot::Stopped) => RuntimeState::Stopped,
-            Some(Slot::Provisioning(_)) => RuntimeState::Provisioning,
-            Some(Slot::Ready(runtime)) if runtime.exit_status().is_none() => RuntimeState::Ready,
-            Some(Slot::Ready(_) | Slot::Failed(_)) => RuntimeState::Failed,
+        slot_state(
+            workspaces
+                .get(workspace_id)
+                .map(|workspace| &workspace.slot),
+        )
+    }
+
+    /// How many known workspaces are in each state, and how many turns are in flight.
+    pub fn census(&self) -> Census {
+        let workspaces = self.inner.lock();
+        let mut census = Census::default();
+        for workspace in workspaces.values() {
+            let count = match slot_state(Some(&workspace.slot)) {
+                RuntimeState::Provisioning => &mut census.provisioning,
+                RuntimeState::Ready => &mut census.ready,
+                RuntimeState::Failed => &mut census.failed,
+                RuntimeState::Stopped | RuntimeState::Unspecified => &mut census.stopped,
+            };
+            *count += 1;
+            census.turns += workspace.active_turns;
         }
+        census
+    }
+
+    /// A handle that does not keep the registry alive (for metrics).
+    pub fn downgrade(&self) -> WeakRegistry {
+        WeakRegistry(Arc::downgrade(&self.inner))
     }
 
     /// Counts a turn of `agent_id` in the workspace until the guard is dropped: remembers the

@@ -1071,7 +1071,42 @@ async fn an_idle_runtime_is_stopped_but_never_in_the_middle_of_a_turn() {
 }
 
 #[tokio::test]
-async fn shutdown_ends_turns_in_flight_and_kills_every_runtime_process() {
+async fn shutdown_lets_a_turn_in_flight_finish_within_the_drain() {
+    let dir = TempDir::new();
+    let mut proxy = start_proxy(
+        real_runtime(&dir.0, 50),
+        Duration::from_secs(20),
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut stream = proxy
+        .client
+        .forward_turn(turn("ws-busy", "assistant", &"word ".repeat(20)))
+        .await
+        .expect("forward turn")
+        .into_inner();
+    assert!(matches!(
+        next_event(&mut stream).await,
+        Some(Event::Delta(_))
+    ));
+    let pid = pid(&dir.0, "ws-busy");
+
+    let started = Instant::now();
+    let (events, ()) = tokio::join!(collect(stream), proxy.stop());
+    assert!(
+        started.elapsed() < crawbl_runtime_proxy::TURN_DRAIN,
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(events.last(), Some(Event::Done(_))), "{events:?}");
+    assert!(
+        process_is_gone(pid),
+        "runtime {pid} still runs after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_turns_still_running_after_the_drain_and_kills_every_runtime_process() {
     let dir = TempDir::new();
     let mut proxy = start_proxy(
         real_runtime(&dir.0, 50),
@@ -1080,9 +1115,10 @@ async fn shutdown_ends_turns_in_flight_and_kills_every_runtime_process() {
     )
     .await;
     ensure(&mut proxy.client, "ws-other").await.expect("ensure");
+    // 400 tokens at 50 ms: twenty seconds, far longer than the drain.
     let mut stream = proxy
         .client
-        .forward_turn(turn("ws-busy", "assistant", &"word ".repeat(200)))
+        .forward_turn(turn("ws-busy", "assistant", &"word ".repeat(400)))
         .await
         .expect("forward turn")
         .into_inner();
@@ -1093,12 +1129,13 @@ async fn shutdown_ends_turns_in_flight_and_kills_every_runtime_process() {
     let pids = [pid(&dir.0, "ws-busy"), pid(&dir.0, "ws-other")];
 
     let started = Instant::now();
-    proxy.stop().await;
+    let (rest, ()) = tokio::join!(collect(stream), proxy.stop());
+    let took = started.elapsed();
+    let drain = crawbl_runtime_proxy::TURN_DRAIN;
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "a ten-second turn does not hold up shutdown"
+        took >= drain - Duration::from_millis(500) && took < drain + Duration::from_secs(5),
+        "the turn was ended after the drain, not held up to its own end: took {took:?}"
     );
-    let rest = collect(stream).await;
     assert_error_code(&rest, codes::SHUTTING_DOWN);
     for pid in pids {
         assert!(

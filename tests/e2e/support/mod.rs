@@ -273,6 +273,40 @@ impl Stack {
         self.dir.path().display()
     }
 
+    /// Sends SIGTERM to every process (as an orchestrator stopping the stack does) and waits up
+    /// to `bound` for each to exit; panics if one is still running then. Hands back how each
+    /// exited and the folder with the data, to start again on it.
+    pub async fn terminate(mut self, bound: Duration) -> (Vec<std::process::ExitStatus>, TempDir) {
+        for (_, child) in &self.processes {
+            let pid = child.id().expect("a running process has a pid");
+            let sent = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await
+                .expect("run kill");
+            assert!(sent.success(), "kill -TERM {pid} failed");
+        }
+        let mut statuses = Vec::new();
+        for (_, child) in &mut self.processes {
+            let status = tokio::time::timeout(bound, child.wait())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "still running {bound:?} after SIGTERM; logs in {}",
+                        self.dir.path().display()
+                    )
+                })
+                .expect("wait for the process");
+            statuses.push(status);
+        }
+        (statuses, self.dir)
+    }
+
+    /// The folder with the stack's data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn edge(&self, index: usize) -> &str {
         &self.edges[index]
     }

@@ -1,4 +1,4 @@
-//! What operators rely on (issue 7): one trace across every hop.
+//! One trace follows a message across every hop (issue 7).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
