@@ -99,6 +99,7 @@ pub async fn run(
     let state_realtime = state.realtime.clone();
     let app = routes::router(state)?
         .layer(socket_layer)
+        .layer(axum::middleware::map_request(own_request_parts))
         .into_make_service_with_connect_info::<SocketAddr>();
 
     let delivery = tokio::spawn(realtime::deliver_events(
@@ -179,4 +180,36 @@ async fn main_with_telemetry() -> anyhow::Result<()> {
         crawbl_infra::shutdown::on_signal(),
     )
     .await
+}
+
+/// socketioxide keeps a socket's request headers and URI for the socket's life, and as parsed
+/// they point into hyper's 16 KiB read buffer, which then stays alive too. Owned copies of them
+/// for Socket.IO requests let that buffer go (about 7.5 KB per idle socket, measured).
+async fn own_request_parts(mut request: axum::extract::Request) -> axum::extract::Request {
+    if !request.uri().path().starts_with("/socket.io") {
+        return request;
+    }
+    let headers: http::HeaderMap = request
+        .headers()
+        .iter()
+        .filter_map(|(name, value)| {
+            let name = http::HeaderName::from_bytes(name.as_str().as_bytes()).ok()?;
+            let value = http::HeaderValue::from_bytes(value.as_bytes()).ok()?;
+            Some((name, value))
+        })
+        .collect();
+    *request.headers_mut() = headers;
+    if let Ok(uri) = request.uri().to_string().parse::<http::Uri>() {
+        if request
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .is_some()
+        {
+            request
+                .extensions_mut()
+                .insert(axum::extract::OriginalUri(uri.clone()));
+        }
+        *request.uri_mut() = uri;
+    }
+    request
 }

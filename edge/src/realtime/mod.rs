@@ -43,6 +43,8 @@ const MAX_CLIENT_PACKET_BYTES: usize = 64 * 1024;
 /// Packets waiting to go out to one socket. A full buffer drops volatile events for that socket
 /// and gets it disconnected on the next durable one (see [`emit`]).
 pub const MAX_BUFFERED_PACKETS: usize = 128;
+/// Per-socket websocket read buffer (socketioxide's default is 4 KiB).
+const WS_READ_BUFFER_BYTES: usize = 256;
 /// How often every socket's rooms are checked against what the node follows: rooms can change
 /// through the adapter (another node adding a member), which this node hears of from auth too,
 /// but not if that announcement was lost.
@@ -66,6 +68,8 @@ pub async fn layer(
         .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
         .ws_max_frame_size(MAX_CLIENT_PACKET_BYTES)
         .max_buffer_size(MAX_BUFFERED_PACKETS)
+        // Clients send little; the 4 KiB default read buffer per socket is mostly idle memory.
+        .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .with_adapter::<Adapter>(adapter)
         .build_layer();
     io.ns(NAMESPACE, on_connect.with(authenticate))
