@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind};
+use redis::{PushInfo, PushKind};
 use socketioxide::SocketIo;
 use socketioxide::adapter::Emitter;
 use socketioxide::extract::SocketRef;
@@ -266,15 +266,7 @@ impl RedisDriver {
     /// Connects to `url` (RESP3 is forced: push messages need it).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let redacted = crawbl_infra::db::redact(url);
-        let info = url
-            .into_connection_info()
-            .with_context(|| format!("invalid REDIS_URL {redacted:?}"))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(settings))
-            .with_context(|| format!("invalid REDIS_URL {redacted:?}"))?;
+        let client = crawbl_infra::redis_client::resp3_client(url)?;
         let handlers = Handlers::default();
         let dispatch_to = handlers.clone();
         let config = ConnectionManagerConfig::new()

@@ -194,6 +194,33 @@ impl Interceptor for WithServiceToken {
 /// A channel to an internal service whose calls carry the service credential.
 pub type Channel = InterceptedService<tonic::transport::Channel, WithServiceToken>;
 
+/// A tonic service the functions below can host (what `Server::add_service` asks of one).
+pub trait GrpcService:
+    tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Serves `service` on `listener` until `shutdown` is cancelled, refusing calls without the
 /// process's service credential ([`service_token`]) with `UNAUTHENTICATED`. `grpc.health.v1`
 /// reports the service (and the server as a whole, name "") as serving, and not serving once
@@ -205,15 +232,7 @@ pub async fn serve<S>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: GrpcService,
     S::Future: Send + 'static,
 {
     serve_with_token(listener, service, service_token().clone(), shutdown).await
@@ -227,15 +246,7 @@ pub async fn serve_with_token<S>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: GrpcService,
     S::Future: Send + 'static,
 {
     let guarded = Guarded {
@@ -297,15 +308,7 @@ pub async fn serve_without_credential<S>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: GrpcService,
     S::Future: Send + 'static,
 {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

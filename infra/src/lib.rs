@@ -10,6 +10,7 @@ pub mod jws;
 pub mod metrics;
 pub mod net;
 pub mod notify;
+pub mod redis_client;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

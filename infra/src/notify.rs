@@ -45,16 +45,8 @@ impl Notifier {
 
     /// The Redis channel `channel` at `url`; fails when Redis cannot be reached.
     pub async fn redis(url: &str, channel: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .with_context(|| format!("invalid REDIS_URL {:?}", crate::db::redact(url)))?;
-        let publisher = ConnectionManager::new(client.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to Redis at {:?}; is it running?",
-                    crate::db::redact(url)
-                )
-            })?;
+        let client = crate::redis_client::client(url)?;
+        let publisher = crate::redis_client::connection_manager(&client, url).await?;
         Ok(Self::Redis {
             client,
             publisher,

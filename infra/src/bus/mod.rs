@@ -28,7 +28,6 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use prost::Message as _;
 use redis::aio::ConnectionManager;
-use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream, UnboundedReceiverStream};
 
@@ -161,15 +160,8 @@ impl EventBus {
 
     /// Connects to Redis at `url`; fails when it cannot be reached.
     pub async fn redis(url: &str, channels: Channels) -> anyhow::Result<Self> {
-        let client = resp3_client(url)?;
-        let publisher = ConnectionManager::new(client.clone())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to Redis at {:?}; is it running?",
-                    crate::db::redact(url)
-                )
-            })?;
+        let client = crate::redis_client::resp3_client(url)?;
+        let publisher = crate::redis_client::connection_manager(&client, url).await?;
         Ok(Self::Redis(Arc::new(RedisBus {
             client,
             publisher,
@@ -347,20 +339,6 @@ fn own_events(
             }
         })
         .boxed()
-}
-
-/// A client for `url` that speaks RESP3 (push messages need it), whatever the URL says.
-fn resp3_client(url: &str) -> anyhow::Result<redis::Client> {
-    let redacted = crate::db::redact(url);
-    let info = url
-        .into_connection_info()
-        .with_context(|| format!("invalid REDIS_URL {redacted:?}"))?;
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
-        .with_context(|| format!("invalid REDIS_URL {redacted:?}"))
 }
 
 /// A random id for this bus instance (process and construction), for [`Event::origin`].
