@@ -1,18 +1,19 @@
 //! `crawbl-load`: benchmark scenarios against a running stack; each prints its figures.
 //!
 //! ```text
-//! crawbl-load send-path --edge http://127.0.0.1:8080 [--senders 8] [--seconds 20]
-//! crawbl-load handshake --edge http://127.0.0.1:8080 [--sockets 2000] [--concurrency 64]
-//!                       [--users 10] [--cold 200]
-//! crawbl-load fan-out   --edge URL[,URL…] --redis redis://127.0.0.1:6379 [--sockets 1000]
-//!                       [--rate 10] [--seconds 20] [--sources 4]
-//! crawbl-load idle      --edge URL --pid EDGE_PID [--sockets 5000] [--sources 4]
+//! crawbl-load send-path --edge URL [--senders 8] [--seconds 20]
+//! crawbl-load handshake --edge URL [--sockets 2000] [--concurrency 64] [--users 10] [--cold 200]
+//! crawbl-load fan-out   --edge URL[,URL…] [--redis URL | --publish-command CMD] [--sockets 1000]
+//!                       [--rate 10] [--seconds 20] [--sources 4] [--pids PID,…]
+//! crawbl-load idle      --edge URL[,URL…] --pids PID,… [--sockets 5000] [--settle 30]
+//! crawbl-load storm     --edge A,B --kill-pid PID_OF_A [--sockets 10000] [--rate 2] [--seconds 10]
 //! crawbl-load peer-key              # a signing seed and public key for the Node peer
 //! ```
 //!
-//! Against the Node peer (`bench/node-peer`), `fan-out` takes `--peer-seed HEX` (tokens are
-//! minted with that key instead of signing up) and `--publisher external` (the peer's
-//! `publish.mjs` publishes; this tool only listens).
+//! Scenarios with many sockets spread them over worker processes ([`workers`]). Against the
+//! Node peer (`bench/node-peer`) or the raw floor (`bench/floor`), `--peer-seed HEX` mints the
+//! tokens instead of signing up, and `--publish-command` publishes the fan-out events (run with
+//! `PUBLISH_RATE` and `PUBLISH_SECONDS` set). `--label` names the target in the `RESULT` line.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,9 +26,11 @@ use crawbl_loadtest::stats::Percentiles;
 
 const USAGE: &str = "usage: crawbl-load send-path --edge URL [--senders N] [--seconds S]
        crawbl-load handshake --edge URL [--sockets N] [--concurrency N] [--users N] [--cold N]
-       crawbl-load fan-out --edge URL[,URL...] --redis URL [--sockets N] [--rate R] [--seconds S] [--sources N]
-       crawbl-load idle --edge URL --pid PID [--sockets N] [--sources N]
-       crawbl-load peer-key";
+       crawbl-load fan-out --edge URL[,URL...] [--redis URL | --publish-command CMD] [--sockets N] [--rate R] [--seconds S] [--sources N] [--pids PID,...]
+       crawbl-load idle --edge URL[,URL...] --pids PID,... [--sockets N] [--settle S]
+       crawbl-load storm --edge A,B --kill-pid PID [--sockets N] [--rate R] [--seconds S]
+       crawbl-load peer-key
+  common: [--peer-seed HEX] [--label NAME] [--sources N]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -37,6 +40,8 @@ async fn main() -> anyhow::Result<()> {
         Some("handshake") => handshake(&Flags::parse(&args[1..])?).await,
         Some("fan-out") => fan_out::run(&Flags::parse(&args[1..])?).await,
         Some("idle") => fan_out::idle_memory(&Flags::parse(&args[1..])?).await,
+        Some("storm") => fan_out::storm(&Flags::parse(&args[1..])?).await,
+        Some("worker") => workers::run(&Flags::parse(&args[1..])?).await,
         Some("peer-key") => {
             fan_out::print_peer_key();
             Ok(())
@@ -46,21 +51,30 @@ async fn main() -> anyhow::Result<()> {
 }
 
 mod fan_out;
+mod workers;
 
 pub(crate) struct Flags {
     edge: String,
     redis: String,
     rate: f64,
     sources: u8,
-    pid: Option<u32>,
+    pids: Vec<u32>,
+    kill_pid: Option<u32>,
     peer_seed: Option<String>,
-    publish: bool,
+    publish_command: Option<String>,
+    label: String,
+    settle: u64,
     senders: usize,
     seconds: u64,
     sockets: usize,
     concurrency: usize,
     users: usize,
     cold: usize,
+    // Set by a scenario for its worker processes.
+    token: Option<String>,
+    workspace: Option<String>,
+    failover: Option<String>,
+    first_source: u8,
 }
 
 impl Flags {
@@ -70,15 +84,22 @@ impl Flags {
             redis: "redis://127.0.0.1:6379".to_owned(),
             rate: 10.0,
             sources: 4,
-            pid: None,
+            pids: Vec::new(),
+            kill_pid: None,
             peer_seed: None,
-            publish: true,
+            publish_command: None,
+            label: "crawbl".to_owned(),
+            settle: 30,
             senders: 8,
             seconds: 20,
             sockets: 2000,
             concurrency: 64,
             users: 10,
             cold: 200,
+            token: None,
+            workspace: None,
+            failover: None,
+            first_source: 1,
         };
         let mut args = args.iter();
         while let Some(flag) = args.next() {
@@ -90,21 +111,28 @@ impl Flags {
                 "--redis" => flags.redis = value.clone(),
                 "--rate" => flags.rate = value.parse().context("--rate")?,
                 "--sources" => flags.sources = value.parse().context("--sources (1..=254)")?,
-                "--pid" => flags.pid = Some(value.parse().context("--pid")?),
-                "--peer-seed" => flags.peer_seed = Some(value.clone()),
-                "--publisher" => {
-                    flags.publish = match value.as_str() {
-                        "self" => true,
-                        "external" => false,
-                        other => bail!("--publisher {other}: expected self or external"),
-                    }
+                "--pids" => {
+                    flags.pids = value
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .context("--pids PID,PID,…")?;
                 }
+                "--kill-pid" => flags.kill_pid = Some(value.parse().context("--kill-pid")?),
+                "--peer-seed" => flags.peer_seed = Some(value.clone()),
+                "--publish-command" => flags.publish_command = Some(value.clone()),
+                "--label" => flags.label = value.clone(),
+                "--settle" => flags.settle = value.parse().context("--settle")?,
                 "--senders" => flags.senders = value.parse().context("--senders")?,
                 "--seconds" => flags.seconds = value.parse().context("--seconds")?,
                 "--sockets" => flags.sockets = value.parse().context("--sockets")?,
                 "--concurrency" => flags.concurrency = value.parse().context("--concurrency")?,
                 "--users" => flags.users = value.parse().context("--users")?,
                 "--cold" => flags.cold = value.parse().context("--cold")?,
+                "--token" => flags.token = Some(value.clone()),
+                "--workspace" => flags.workspace = Some(value.clone()),
+                "--failover" => flags.failover = Some(value.trim_end_matches('/').to_owned()),
+                "--first-source" => flags.first_source = value.parse().context("--first-source")?,
                 other => bail!("unknown flag {other}\n{USAGE}"),
             }
         }
@@ -117,10 +145,14 @@ impl Flags {
 /// REST call to that message's `message.new`.
 async fn send_path(flags: &Flags) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    let account = rest::sign_up(&http, &flags.edge).await?;
+    let account = fan_out::account(flags, &flags.edge).await?;
     let mut conversations = Vec::new();
-    for _ in 0..flags.senders {
-        conversations.push(rest::create_conversation(&http, &flags.edge, &account).await?);
+    for sender in 0..flags.senders {
+        conversations.push(match flags.peer_seed {
+            // The peer keeps no conversations: any id is one.
+            Some(_) => format!("bench-{sender}"),
+            None => rest::create_conversation(&http, &flags.edge, &account).await?,
+        });
     }
 
     let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -176,7 +208,7 @@ async fn send_path(flags: &Flags) -> anyhow::Result<()> {
         .filter_map(|(local_id, start)| arrivals.get(local_id).map(|at| *at - *start))
         .collect();
     let lost = sent.len() - latencies.len();
-    println!("send-path results");
+    println!("send-path results ({})", flags.label);
     println!("  senders           {}", flags.senders);
     println!("  duration          {:.1} s", elapsed.as_secs_f64());
     println!("  sends accepted    {}", sent.len());
@@ -186,10 +218,19 @@ async fn send_path(flags: &Flags) -> anyhow::Result<()> {
     );
     println!("  send errors       {errors}");
     println!("  message.new lost  {lost}");
-    match Percentiles::of(latencies) {
-        Some(percentiles) => println!("  REST → message.new at another socket: {percentiles}"),
-        None => println!("  no message.new arrived"),
-    }
+    let latency = Percentiles::of(latencies).context("no message.new arrived")?;
+    println!("  REST → message.new at another socket: {latency}");
+    fan_out::print_result(
+        "send-path",
+        flags,
+        serde_json::json!({
+            "sendsPerSecond": (sent.len() as f64 / elapsed.as_secs_f64()).round(),
+            "p50Ms": fan_out::millis(latency.p50),
+            "p99Ms": fan_out::millis(latency.p99),
+            "lost": lost,
+            "errors": errors,
+        }),
+    );
     Ok(())
 }
 
@@ -220,7 +261,7 @@ async fn run_sender(
         )
         .await
         {
-            Ok(()) => accepted.push((local_id, start)),
+            Ok(_) => accepted.push((local_id, start)),
             Err(error) => {
                 failed += 1;
                 if failed <= 3 {
@@ -277,7 +318,7 @@ async fn handshake(flags: &Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) struct Round {
+struct Round {
     elapsed: Duration,
     latencies: Vec<Duration>,
 }
@@ -294,7 +335,7 @@ impl Round {
 
 /// Opens `count` sockets, `concurrency` at a time, cycling through `tokens` and `edges`, from
 /// the source addresses `127.0.0.1 ..= 127.0.0.{sources}` in turn.
-pub(crate) async fn open_sockets(
+async fn open_sockets(
     edges: &[&str],
     sources: u8,
     tokens: &[String],
@@ -330,7 +371,7 @@ pub(crate) async fn open_sockets(
 }
 
 /// A socket on `/v1` authenticated by `token` with `X-Token`, once the server acknowledged it.
-pub(crate) async fn connect(edge: &str, token: &str) -> anyhow::Result<sio::SioClient> {
+async fn connect(edge: &str, token: &str) -> anyhow::Result<sio::SioClient> {
     connect_from(None, edge, token).await
 }
 

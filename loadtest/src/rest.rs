@@ -45,6 +45,7 @@ pub async fn create_conversation(
     string(&response["data"]["id"])
 }
 
+/// Sends a text message; the id of the message created.
 pub async fn send_message(
     http: &reqwest::Client,
     edge: &str,
@@ -52,8 +53,8 @@ pub async fn send_message(
     conversation_id: &str,
     local_id: &str,
     text: &str,
-) -> anyhow::Result<()> {
-    expect_created(
+) -> anyhow::Result<String> {
+    let response = expect_created(
         http.post(format!(
             "{edge}/v1/workspaces/{}/conversations/{conversation_id}/messages",
             account.workspace_id
@@ -64,7 +65,7 @@ pub async fn send_message(
         .await?,
     )
     .await?;
-    Ok(())
+    string(&response["data"]["id"])
 }
 
 async fn expect_created(response: reqwest::Response) -> anyhow::Result<Value> {

@@ -65,6 +65,18 @@ pub async fn connect(
     connect_from(None, base_url, headers, auth).await
 }
 
+/// A websocket to a Socket.IO server.
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What the namespace handshake of [`handshake`] ended with.
+pub enum Handshake {
+    /// Connected to `/v1`: the websocket, to read events from.
+    Connected(Box<WebSocket>),
+    /// The server's `connect_error` message.
+    Refused(String),
+}
+
 /// [`connect`] from the local address `source` (e.g. one of several `127.0.0.x`), so one
 /// process can hold more connections to one server than one source address has ports.
 pub async fn connect_from(
@@ -73,6 +85,21 @@ pub async fn connect_from(
     headers: &[(&str, &str)],
     auth: Option<Value>,
 ) -> anyhow::Result<ConnectOutcome> {
+    let socket = match handshake(source, base_url, headers, auth).await? {
+        Handshake::Connected(socket) => socket,
+        Handshake::Refused(message) => return Ok(ConnectOutcome::Refused(message)),
+    };
+    Ok(ConnectOutcome::Connected(SioClient::run(socket)))
+}
+
+/// Opens a websocket to `base_url` from `source` and connects to `/v1` with `auth`, answering
+/// pings meanwhile; the socket is the caller's to read from afterwards.
+pub async fn handshake(
+    source: Option<std::net::IpAddr>,
+    base_url: &str,
+    headers: &[(&str, &str)],
+    auth: Option<Value>,
+) -> anyhow::Result<Handshake> {
     let url = format!(
         "{}/socket.io/?EIO=4&transport=websocket",
         base_url.replacen("http", "ws", 1)
@@ -123,61 +150,67 @@ pub async fn connect_from(
         if packet == "2" {
             socket.send(Frame::text("3")).await?;
         } else if packet.starts_with(&format!("40{NAMESPACE},")) {
-            break;
+            return Ok(Handshake::Connected(Box::new(socket)));
         } else if let Some(body) = packet.strip_prefix(&format!("44{NAMESPACE},")) {
             let error: Value = serde_json::from_str(body)?;
             let message = error["message"].as_str().unwrap_or(body).to_owned();
-            return Ok(ConnectOutcome::Refused(message));
+            return Ok(Handshake::Refused(message));
         } else {
             anyhow::bail!("unexpected packet during connect: {packet:?}");
         }
     }
+}
 
-    let (events_tx, events) = mpsc::unbounded_channel();
-    let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<String>();
-    let acks = PendingAcks::default();
-    let acks_to_answer = acks.clone();
-    tokio::spawn(async move {
-        // However the connection ends, acks still awaited fail at once.
-        let _unanswered = FailPendingAcks(acks_to_answer.clone());
-        loop {
-            tokio::select! {
-                frame = socket.next() => {
-                    let Some(Ok(frame)) = frame else { return };
-                    let Frame::Text(text) = frame else { continue };
-                    if text.as_str() == "2" {
-                        if socket.send(Frame::text("3")).await.is_err() { return; }
-                    } else if text.as_str().starts_with(&format!("41{NAMESPACE}")) {
-                        // The server disconnected this socket: the event stream ends.
-                        let _ = socket.close(None).await;
-                        return;
-                    } else if let Some((id, args)) = parse_ack(text.as_str()) {
-                        let waiting = acks_to_answer
-                            .lock()
-                            .ok()
-                            .and_then(|mut acks| acks.remove(&id));
-                        if let Some(waiting) = waiting {
-                            let _ = waiting.send(args);
+impl SioClient {
+    /// Reads `socket` on a task of its own: events into the client's queue, pongs, acks.
+    fn run(socket: Box<WebSocket>) -> Self {
+        let mut socket = *socket;
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<String>();
+        let acks = PendingAcks::default();
+        let acks_to_answer = acks.clone();
+        tokio::spawn(async move {
+            // However the connection ends, acks still awaited fail at once.
+            let _unanswered = FailPendingAcks(acks_to_answer.clone());
+            loop {
+                tokio::select! {
+                    frame = socket.next() => {
+                        let Some(Ok(frame)) = frame else { return };
+                        let Frame::Text(text) = frame else { continue };
+                        if text.as_str() == "2" {
+                            if socket.send(Frame::text("3")).await.is_err() { return; }
+                        } else if text.as_str().starts_with(&format!("41{NAMESPACE}")) {
+                            // The server disconnected this socket: the event stream ends.
+                            let _ = socket.close(None).await;
+                            return;
+                        } else if let Some((id, args)) = parse_ack(text.as_str()) {
+                            let waiting = acks_to_answer
+                                .lock()
+                                .ok()
+                                .and_then(|mut acks| acks.remove(&id));
+                            if let Some(waiting) = waiting {
+                                let _ = waiting.send(args);
+                            }
+                        } else if let Some(event) = parse_event(text.as_str())
+                            && events_tx.send(event).is_err()
+                        {
+                            return;
                         }
-                    } else if let Some(event) = parse_event(text.as_str())
-                        && events_tx.send(event).is_err()
-                    {
-                        return;
+                    }
+                    packet = outgoing_rx.recv() => {
+                        let Some(packet) = packet else { let _ = socket.close(None).await; return };
+                        if socket.send(Frame::text(packet)).await.is_err() { return; }
                     }
                 }
-                packet = outgoing_rx.recv() => {
-                    let Some(packet) = packet else { let _ = socket.close(None).await; return };
-                    if socket.send(Frame::text(packet)).await.is_err() { return; }
-                }
             }
+        });
+        Self {
+            events,
+            outgoing,
+            acks,
+            next_ack_id: AtomicU64::new(0),
         }
-    });
-    Ok(ConnectOutcome::Connected(SioClient {
-        events,
-        outgoing,
-        acks,
-        next_ack_id: AtomicU64::new(0),
-    }))
+    }
 }
 
 /// Drops every awaited ack when the connection's task ends.
@@ -202,7 +235,8 @@ fn parse_ack(packet: &str) -> Option<(u64, Vec<Value>)> {
     Some((id, args))
 }
 
-fn parse_event(packet: &str) -> Option<ServerEvent> {
+/// An event packet, `42/v1,[name, args…]`.
+pub fn parse_event(packet: &str) -> Option<ServerEvent> {
     let body = packet.strip_prefix(&format!("42{NAMESPACE},"))?;
     let Value::Array(mut items) = serde_json::from_str(body).ok()? else {
         return None;

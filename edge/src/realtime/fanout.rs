@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::emit::{self, Gone};
 use super::presence::Presence;
+use super::recent::Recent;
 use super::sequencer::Sequencer;
 use super::typing::Typing;
 use super::workspace_room;
@@ -80,6 +81,8 @@ pub struct Workspace {
     /// without the lock.
     delivered: AtomicU64,
     inbox: mpsc::Sender<Event>,
+    /// The newest durable events, delivered or read from the log, for replays.
+    recent: Mutex<Recent>,
     /// Set once the workspace is followed and its position known, so sockets that join a busy
     /// workspace need not queue for its lock.
     ready: AtomicBool,
@@ -162,6 +165,7 @@ impl Fanout {
             }),
             delivered: AtomicU64::new(0),
             inbox,
+            recent: Mutex::default(),
             ready: AtomicBool::new(false),
             missed: Notify::new(),
             stop: CancellationToken::new(),
@@ -381,6 +385,7 @@ impl Fanout {
             let now = Instant::now();
             for event in events {
                 state.typing.observe(&event, now);
+                lock(&workspace.recent).remember(&event);
                 emit::to_room(&namespace, &workspace.room, event).await;
             }
         }
@@ -404,6 +409,7 @@ impl Fanout {
         let workspace = presence.track(workspace_id).await;
         let mut replay = Replay {
             fanout: self,
+            workspace: &workspace,
             socket,
             workspace_id,
             since,
@@ -481,6 +487,7 @@ impl Fanout {
 /// One socket's replay of one workspace.
 struct Replay<'a> {
     fanout: &'a Fanout,
+    workspace: &'a Workspace,
     socket: &'a SocketRef<Adapter>,
     workspace_id: &'a str,
     since: u64,
@@ -491,24 +498,36 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
-    /// Sends logged events after `sent` up to `target()` (read before each page).
+    /// Sends logged events after `sent` up to `target()` (read before each page), from the
+    /// workspace's recent events when it has them all, else from the log.
     async fn catch_up(&mut self, target: impl Fn() -> u64) -> Result<(), Gone> {
         while !self.reset {
             let target = target();
             if self.sent >= target {
                 return Ok(());
             }
-            let Some(page) = self.page().await else {
-                self.reset = true;
-                return Ok(());
+            let kept = lock(&self.workspace.recent).between(self.sent, target, LOG_PAGE as usize);
+            let (events, has_more) = match kept {
+                Some(events) => (events, true),
+                None => {
+                    let Some(page) = self.page().await else {
+                        self.reset = true;
+                        return Ok(());
+                    };
+                    if self.since > page.last_seq {
+                        // The client is ahead of the log (another deployment, or made up).
+                        self.reset = true;
+                        return Ok(());
+                    }
+                    let mut recent = lock(&self.workspace.recent);
+                    for event in &page.events {
+                        recent.remember(event);
+                    }
+                    (page.events, page.has_more)
+                }
             };
-            if self.since > page.last_seq {
-                // The client is ahead of the log (another deployment, or made up).
-                self.reset = true;
-                return Ok(());
-            }
             let before = self.sent;
-            for event in page.events {
+            for event in events {
                 if event.seq <= self.sent || event.seq > target {
                     continue;
                 }
@@ -516,7 +535,7 @@ impl Replay<'_> {
                 emit::to_socket(self.socket, event).await?;
                 self.sent = seq;
             }
-            if self.sent == before || !page.has_more {
+            if self.sent == before || !has_more {
                 return Ok(());
             }
         }

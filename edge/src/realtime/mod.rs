@@ -4,6 +4,7 @@
 mod emit;
 mod fanout;
 mod presence;
+mod recent;
 mod sequencer;
 mod since;
 mod subscriptions;

@@ -1,0 +1,245 @@
+//! The raw floor of the fan-out benchmark: the least a server can do to deliver the same
+//! frames to the same clients. No Socket.IO library, no Redis, no token check, no task per
+//! socket: it answers the websocket upgrade, the Engine.IO open and the `/v1` connect with fixed
+//! packets (so `crawbl-load` drives it like the real targets), and then writes each published
+//! frame, encoded once, straight to every socket with one non-blocking `write` each. What is
+//! left is the kernel's cost of a TCP write over loopback, the limit this machine allows.
+//!
+//! ```text
+//! crawbl-floor serve 127.0.0.1:9100 127.0.0.1:9101   # websockets, control
+//! PUBLISH_RATE=10 PUBLISH_SECONDS=10 crawbl-floor publish 127.0.0.1:9101
+//! ```
+//!
+//! `publish` asks the server, over its control port, to broadcast `PUBLISH_RATE` fan-out events
+//! per second for `PUBLISH_SECONDS` (each carrying its publish time), and returns when it has.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+const USAGE: &str = "usage: crawbl-floor serve WEBSOCKET_ADDRESS CONTROL_ADDRESS
+       PUBLISH_RATE=R PUBLISH_SECONDS=S crawbl-floor publish CONTROL_ADDRESS";
+
+/// Connected sockets are spread over this many shards, each written by its own task, so a
+/// broadcast uses both cores.
+const SHARDS: usize = 2;
+/// The largest client frame or upgrade request the floor reads.
+const MAX_INPUT: usize = 64 * 1024;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["serve", sockets, control] => serve(sockets, control).await,
+        ["publish", control] => publish(control).await,
+        _ => bail!("{USAGE}"),
+    }
+}
+
+/// The sockets that completed the `/v1` connect, by connection number.
+#[derive(Default)]
+struct Registry {
+    shards: [Mutex<HashMap<u64, OwnedWriteHalf>>; SHARDS],
+    next: AtomicU64,
+}
+
+impl Registry {
+    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, OwnedWriteHalf>> {
+        let index = usize::try_from(id).unwrap_or_default() % SHARDS;
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes `frame` to every socket of every shard, the shards in parallel. A socket whose
+    /// buffer cannot take the whole frame is dropped: a partial frame would corrupt its stream.
+    async fn broadcast(self: &Arc<Self>, frame: Arc<[u8]>) {
+        let writers = (0..SHARDS).map(|shard| {
+            let (registry, frame) = (self.clone(), frame.clone());
+            tokio::spawn(async move {
+                registry
+                    .shard(shard as u64)
+                    .retain(|_, socket| socket.try_write(&frame).ok() == Some(frame.len()));
+            })
+        });
+        for writer in writers.collect::<Vec<_>>() {
+            let _ = writer.await;
+        }
+    }
+}
+
+async fn serve(sockets: &str, control: &str) -> anyhow::Result<()> {
+    let sockets = TcpListener::bind(sockets).await.context("binding")?;
+    let control = TcpListener::bind(control).await.context("binding")?;
+    let registry = Arc::new(Registry::default());
+    let publisher = registry.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = control.accept().await {
+            tokio::spawn(answer_control(stream, publisher.clone()));
+        }
+    });
+    loop {
+        let (stream, _) = sockets.accept().await?;
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let id = registry.next.fetch_add(1, Ordering::Relaxed);
+            let _ = serve_socket(stream, id, &registry).await;
+            registry.shard(id).remove(&id);
+        });
+    }
+}
+
+/// Upgrades the connection, answers the Engine.IO open and the `/v1` connect, registers the
+/// socket for broadcasts and then reads (and ignores) what the client sends until it closes.
+async fn serve_socket(stream: TcpStream, id: u64, registry: &Registry) -> anyhow::Result<()> {
+    stream.set_nodelay(true)?;
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    let key = read_upgrade_request(&mut reader).await?;
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    );
+    writer.write_all(response.as_bytes()).await?;
+    let open = r#"0{"sid":"floor","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":65536}"#;
+    writer.write_all(&text_frame(open)).await?;
+    let mut writer = Some(writer);
+    loop {
+        let payload = read_client_frame(&mut reader).await?;
+        if payload.starts_with(b"40/v1,")
+            && let Some(mut connecting) = writer.take()
+        {
+            connecting
+                .write_all(&text_frame(r#"40/v1,{"sid":"floor"}"#))
+                .await?;
+            registry.shard(id).insert(id, connecting);
+        }
+    }
+}
+
+/// The `Sec-WebSocket-Key` of the HTTP upgrade request.
+async fn read_upgrade_request(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<String> {
+    let mut key = None;
+    let mut read = 0;
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).await?;
+        read += n;
+        anyhow::ensure!(n > 0 && read <= MAX_INPUT, "bad upgrade request");
+        if line == "\r\n" {
+            return key.context("no Sec-WebSocket-Key");
+        }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("sec-websocket-key")
+        {
+            key = Some(value.trim().to_owned());
+        }
+    }
+}
+
+/// One client frame's payload, unmasked (clients always mask, RFC 6455 §5.3).
+async fn read_client_frame(reader: &mut BufReader<OwnedReadHalf>) -> anyhow::Result<Vec<u8>> {
+    let mut header = [0u8; 2];
+    reader.read_exact(&mut header).await?;
+    let length = match header[1] & 0x7f {
+        126 => u64::from(reader.read_u16().await?),
+        127 => reader.read_u64().await?,
+        short => u64::from(short),
+    };
+    let length = usize::try_from(length)
+        .ok()
+        .filter(|length| *length <= MAX_INPUT)
+        .context("client frame too large")?;
+    let mut mask = [0u8; 4];
+    if header[1] & 0x80 != 0 {
+        reader.read_exact(&mut mask).await?;
+    }
+    let mut payload = vec![0u8; length];
+    reader.read_exact(&mut payload).await?;
+    for (index, byte) in payload.iter_mut().enumerate() {
+        *byte ^= mask[index % 4];
+    }
+    Ok(payload)
+}
+
+/// A final, unmasked text frame (server frames are never masked).
+fn text_frame(text: &str) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(text.len() + 4);
+    frame.push(0x81);
+    match u16::try_from(text.len()) {
+        Ok(short) if short < 126 => frame.push(short as u8),
+        Ok(medium) => {
+            frame.push(126);
+            frame.extend_from_slice(&medium.to_be_bytes());
+        }
+        Err(_) => {
+            frame.push(127);
+            frame.extend_from_slice(&(text.len() as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(text.as_bytes());
+    frame
+}
+
+/// One control connection: `publish <rate> <seconds>` → broadcasts, then `published <n>`.
+async fn answer_control(stream: TcpStream, registry: Arc<Registry>) {
+    let (reader, mut writer) = stream.into_split();
+    let Ok(Some(line)) = BufReader::new(reader).lines().next_line().await else {
+        return;
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(rate), Some(seconds)) = (
+        words.get(1).and_then(|rate| rate.parse::<f64>().ok()),
+        words.get(2).and_then(|seconds| seconds.parse::<u64>().ok()),
+    ) else {
+        let _ = writer
+            .write_all(b"error: expected publish <rate> <seconds>\n")
+            .await;
+        return;
+    };
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    let mut index = 0u64;
+    while Instant::now() < stop_at {
+        ticker.tick().await;
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_micros())
+            .unwrap_or_default();
+        let packet = format!(
+            r#"42/v1,["message.delta",{{"messageId":"fan-out","conversationId":"fan-out","agentId":"fan-out","delta":"{micros}","index":{index}}}]"#
+        );
+        registry.broadcast(text_frame(&packet).into()).await;
+        index += 1;
+    }
+    let _ = writer
+        .write_all(format!("published {index}\n").as_bytes())
+        .await;
+}
+
+async fn publish(control: &str) -> anyhow::Result<()> {
+    let rate = std::env::var("PUBLISH_RATE").context("PUBLISH_RATE")?;
+    let seconds = std::env::var("PUBLISH_SECONDS").context("PUBLISH_SECONDS")?;
+    let stream = TcpStream::connect(control)
+        .await
+        .with_context(|| format!("connecting to the floor's control port {control}"))?;
+    let (reader, mut writer) = stream.into_split();
+    writer
+        .write_all(format!("publish {rate} {seconds}\n").as_bytes())
+        .await?;
+    let answer = BufReader::new(reader)
+        .lines()
+        .next_line()
+        .await?
+        .context("the floor closed the control connection")?;
+    println!("{answer}");
+    Ok(())
+}
