@@ -12,7 +12,7 @@ FIGURES = {
         ("p50Ms", "ms p50", False),
         ("p99Ms", "ms p99", False),
         ("maxMs", "ms max", False),
-        ("lost", "lost", False),
+        ("undelivered", "undelivered 3 s after the end", False),
         ("cpuMicrosPerDelivery", "server CPU µs/delivery", False),
     ],
     "idle": [("kbPerSocket", "KB per idle socket", False)],
@@ -37,11 +37,13 @@ def main(path):
     runs = {}
     for line in open(path):
         result = json.loads(line)
-        key = (result["scenario"], result.get("sockets"))
+        key = (result["scenario"], result.get("sockets"), result.get("rate"))
         runs.setdefault(key, {})[result["target"]] = result
     rows = [("scenario", "figure", *TARGETS, "crawbl vs node")]
-    for (scenario, sockets), by_target in runs.items():
+    for (scenario, sockets, rate), by_target in runs.items():
         name = scenario if sockets is None else f"{scenario} {sockets}"
+        if rate is not None:
+            name += f" @{rate:g}/s"
         for key, unit, higher_is_better in FIGURES.get(scenario, []):
             values = [by_target.get(target, {}).get(key) for target in TARGETS]
             crawbl, node = values[0], values[1]

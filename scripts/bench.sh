@@ -8,7 +8,9 @@
 #   scripts/bench.sh                       # every scenario below
 #   scripts/bench.sh fan-out-10k storm-10k # some of them
 #
-# Scenarios: fan-out-1k fan-out-10k fan-out-20k (RATE events/s for SECONDS, default 10 and 10),
+# Scenarios: fan-out-1k fan-out-10k fan-out-20k (RATE events/s for SECONDS_PER_RUN s, default 10
+# and 10), peak-10k (fan-out at PEAK_RATE, default 50/s: more than any target keeps up with, so
+# it measures the most each delivers per second),
 # idle-20k (RSS per idle socket), send-path (REST → message.new, 8 senders for 20 s),
 # storm-10k (kill the edge holding 10k sockets; they move to the other), handshake (Crawbl only).
 # TARGETS=crawbl,node,floor picks targets. Results also go to target/bench/results.jsonl.
@@ -18,9 +20,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(fan-out-1k fan-out-10k fan-out-20k idle-20k send-path storm-10k)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fan-out-1k fan-out-10k fan-out-20k peak-10k idle-20k send-path storm-10k)
 targets=",${TARGETS:-crawbl,node,floor},"
 rate=${RATE:-10}
+peak_rate=${PEAK_RATE:-50}
 seconds=${SECONDS_PER_RUN:-10}
 
 bash scripts/ensure-services.sh >/dev/null
@@ -161,10 +164,12 @@ run() { # SCENARIO TARGET
     profiler=$!
   fi
   if ! case $scenario in
-    fan-out-*)
+    fan-out-* | peak-*)
       sockets=$(count_of "$scenario")
+      local at=$rate
+      [[ $scenario != peak-* ]] || at=$peak_rate
       "$load" fan-out --edge "$(joined "${edges[@]}")" "${publish[@]}" --sockets "$sockets" \
-        --rate "$rate" --seconds "$seconds" --pids "$(joined "${servers[@]}")" "${common[@]}" ;;
+        --rate "$at" --seconds "$seconds" --pids "$(joined "${servers[@]}")" "${common[@]}" ;;
     idle-*)
       sockets=$(count_of "$scenario")
       "$load" idle --edge "$(joined "${edges[@]}")" --sockets "$sockets" \

@@ -93,8 +93,9 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
     );
     println!("  delivered            {delivered} of {expected}");
     println!(
-        "  lost                 {}",
-        expected.saturating_sub(delivered)
+        "  undelivered          {} ({} s after the last publish)",
+        expected.saturating_sub(delivered),
+        DRAIN.as_secs()
     );
     println!(
         "  delivered per second {per_second:.0} (over {:.2} s, first publish → last delivery)",
@@ -103,8 +104,9 @@ pub async fn run(flags: &Flags) -> anyhow::Result<()> {
     println!("  publish → socket     {latency}");
     let mut result = json!({
         "sockets": connected.sockets,
+        "rate": flags.rate,
         "deliveredPerSecond": per_second.round(),
-        "lost": expected.saturating_sub(delivered),
+        "undelivered": expected.saturating_sub(delivered),
         "p50Ms": millis(latency.p50),
         "p99Ms": millis(latency.p99),
         "maxMs": millis(latency.max),

@@ -2,7 +2,8 @@
 //! frames to the same clients. No Socket.IO library, no Redis, no token check, no task per
 //! socket: it answers the websocket upgrade, the Engine.IO open and the `/v1` connect with fixed
 //! packets (so `crawbl-load` drives it like the real targets), and then writes each published
-//! frame, encoded once, straight to every socket with one non-blocking `write` each. What is
+//! frame, encoded once, straight to every socket with one non-blocking `write` each (frames
+//! that queued up meanwhile go in the same write). What is
 //! left is the kernel's cost of a TCP write over loopback, the limit this machine allows.
 //!
 //! ```text
@@ -22,6 +23,7 @@ use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 const USAGE: &str = "usage: crawbl-floor serve WEBSOCKET_ADDRESS CONTROL_ADDRESS
@@ -43,42 +45,83 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// The sockets that completed the `/v1` connect, by connection number.
-#[derive(Default)]
+/// The sockets that completed the `/v1` connect, by connection number, in shards.
 struct Registry {
-    shards: [Mutex<HashMap<u64, OwnedWriteHalf>>; SHARDS],
+    shards: Vec<Shard>,
     next: AtomicU64,
 }
 
+struct Shard {
+    sockets: Mutex<HashMap<u64, OwnedWriteHalf>>,
+    frames: mpsc::UnboundedSender<Arc<[u8]>>,
+}
+
 impl Registry {
-    fn shard(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, OwnedWriteHalf>> {
+    /// The shards, each with a writer task that puts published frames on its sockets.
+    fn start() -> Arc<Self> {
+        let mut shards = Vec::with_capacity(SHARDS);
+        let mut inboxes = Vec::with_capacity(SHARDS);
+        for _ in 0..SHARDS {
+            let (frames, inbox) = mpsc::unbounded_channel();
+            shards.push(Shard {
+                sockets: Mutex::default(),
+                frames,
+            });
+            inboxes.push(inbox);
+        }
+        let registry = Arc::new(Self {
+            shards,
+            next: AtomicU64::new(0),
+        });
+        for (index, inbox) in inboxes.into_iter().enumerate() {
+            tokio::spawn(write_shard(registry.clone(), index, inbox));
+        }
+        registry
+    }
+
+    fn sockets(&self, id: u64) -> std::sync::MutexGuard<'_, HashMap<u64, OwnedWriteHalf>> {
         let index = usize::try_from(id).unwrap_or_default() % SHARDS;
         self.shards[index]
+            .sockets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes `frame` to every socket of every shard, the shards in parallel. A socket whose
-    /// buffer cannot take the whole frame is dropped: a partial frame would corrupt its stream.
-    async fn broadcast(self: &Arc<Self>, frame: Arc<[u8]>) {
-        let writers = (0..SHARDS).map(|shard| {
-            let (registry, frame) = (self.clone(), frame.clone());
-            tokio::spawn(async move {
-                registry
-                    .shard(shard as u64)
-                    .retain(|_, socket| socket.try_write(&frame).ok() == Some(frame.len()));
-            })
-        });
-        for writer in writers.collect::<Vec<_>>() {
-            let _ = writer.await;
+    fn publish(&self, frame: Arc<[u8]>) {
+        for shard in &self.shards {
+            let _ = shard.frames.send(frame.clone());
         }
+    }
+}
+
+/// Writes each frame to every socket of one shard. Frames published while the last ones were
+/// being written go out together, one write per socket, as any server that keeps up must do.
+/// A socket whose buffer cannot take the whole write is dropped: a partial frame would corrupt
+/// its stream.
+async fn write_shard(
+    registry: Arc<Registry>,
+    index: usize,
+    mut inbox: mpsc::UnboundedReceiver<Arc<[u8]>>,
+) {
+    let mut batch = Vec::new();
+    while let Some(frame) = inbox.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&frame);
+        while let Ok(frame) = inbox.try_recv() {
+            batch.extend_from_slice(&frame);
+        }
+        registry
+            .sockets(index as u64)
+            .retain(|_, socket| socket.try_write(&batch).ok() == Some(batch.len()));
+        // Let handshakes and the control port in between batches.
+        tokio::task::yield_now().await;
     }
 }
 
 async fn serve(sockets: &str, control: &str) -> anyhow::Result<()> {
     let sockets = TcpListener::bind(sockets).await.context("binding")?;
     let control = TcpListener::bind(control).await.context("binding")?;
-    let registry = Arc::new(Registry::default());
+    let registry = Registry::start();
     let publisher = registry.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = control.accept().await {
@@ -91,7 +134,7 @@ async fn serve(sockets: &str, control: &str) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let id = registry.next.fetch_add(1, Ordering::Relaxed);
             let _ = serve_socket(stream, id, &registry).await;
-            registry.shard(id).remove(&id);
+            registry.sockets(id).remove(&id);
         });
     }
 }
@@ -120,7 +163,7 @@ async fn serve_socket(stream: TcpStream, id: u64, registry: &Registry) -> anyhow
             connecting
                 .write_all(&text_frame(r#"40/v1,{"sid":"floor"}"#))
                 .await?;
-            registry.shard(id).insert(id, connecting);
+            registry.sockets(id).insert(id, connecting);
         }
     }
 }
@@ -217,7 +260,7 @@ async fn answer_control(stream: TcpStream, registry: Arc<Registry>) {
         let packet = format!(
             r#"42/v1,["message.delta",{{"messageId":"fan-out","conversationId":"fan-out","agentId":"fan-out","delta":"{micros}","index":{index}}}]"#
         );
-        registry.broadcast(text_frame(&packet).into()).await;
+        registry.publish(text_frame(&packet).into());
         index += 1;
     }
     let _ = writer
