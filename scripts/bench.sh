@@ -3,7 +3,8 @@
 # adapter) and the raw floor (bench/floor: a bare websocket broadcaster), in one run on this
 # machine, and prints a table with the ratios. Every target is started fresh for each scenario:
 # Crawbl as separate processes (auth, conversation, runtime-proxy, two edges) on a new Postgres
-# database and Redis, as production runs it; the peer as two Node processes on the same Redis.
+# database and Redis, as production runs it; the peer as two Node processes on the same Redis;
+# the floor as two processes (one could not hold 20k sockets under the 20,000-file limit).
 #
 #   scripts/bench.sh                       # every scenario below
 #   scripts/bench.sh fan-out-10k storm-10k # some of them
@@ -14,7 +15,7 @@
 # idle-20k (RSS per idle socket), send-path (REST → message.new, 8 senders for 20 s),
 # storm-10k (kill the edge holding 10k sockets; they move to the other), handshake (Crawbl only).
 # TARGETS=crawbl,node,floor picks targets. Results also go to target/bench/results.jsonl.
-# BENCH_PROFILE=1 records the servers with `perf record` during each run and writes
+# BENCH_PROFILE=1 records every server process (runtimes spawned later excepted) with `perf record` during each run and writes
 # target/bench/SCENARIO-TARGET.perf.txt (the hottest symbols) beside the perf.data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -121,13 +122,18 @@ start_node() {
   for edge in "${edges[@]}"; do wait_for_port "${edge##*:}"; done
 }
 
-# The floor: one process, no Redis. Sets floor_control too.
+# The floor: COUNT processes sharing nothing (no Redis); each is published to directly. Sets
+# floor_controls too.
 start_floor() {
-  local port
-  port=$(free_port) floor_control=127.0.0.1:$(free_port)
-  target/release/crawbl-floor serve "127.0.0.1:$port" "$floor_control" >"$work/floor.log" 2>&1 &
-  pids+=($!) servers+=($!) edges+=("http://127.0.0.1:$port")
-  wait_for_port "$port"
+  local count=$1 controls=()
+  for index in $(seq 1 "$count"); do
+    local port control
+    port=$(free_port) control=127.0.0.1:$(free_port)
+    target/release/crawbl-floor serve "127.0.0.1:$port" "$control" >"$work/floor-$index.log" 2>&1 &
+    pids+=($!) servers+=($!) edges+=("http://127.0.0.1:$port") controls+=("$control")
+  done
+  for edge in "${edges[@]}"; do wait_for_port "${edge##*:}"; done
+  floor_controls=$(joined "${controls[@]}")
 }
 
 # The flags that make crawbl-load talk to TARGET as it was started.
@@ -145,7 +151,7 @@ run() { # SCENARIO TARGET
   case $target in
     crawbl) start_crawbl 2 ;;
     node) start_node 2 ;;
-    floor) start_floor ;;
+    floor) start_floor 2 ;;
   esac
   local common
   read -r -a common <<<"$(target_flags "$target")"
@@ -153,13 +159,13 @@ run() { # SCENARIO TARGET
   case $target in
     crawbl) publish=(--redis redis://127.0.0.1:6379) ;;
     node) publish=(--publish-command 'node bench/node-peer/publish.mjs workspace:bench $PUBLISH_RATE $PUBLISH_SECONDS') ;;
-    floor) publish=(--publish-command "target/release/crawbl-floor publish $floor_control") ;;
+    floor) publish=(--publish-command "target/release/crawbl-floor publish $floor_controls") ;;
   esac
   echo
   echo "==> $scenario against $target ($(nproc) cores, load average $(cut -d' ' -f1 /proc/loadavg))"
   local profiler=
   if [ -n "${BENCH_PROFILE:-}" ]; then
-    perf record -q -F 499 -g -o "target/bench/$scenario-$target.perf.data" -p "$(joined "${servers[@]}")" \
+    perf record -q -F 499 -g -o "target/bench/$scenario-$target.perf.data" -p "$(joined "${pids[@]}")" \
       2>"$work/perf.log" &
     profiler=$!
   fi

@@ -8,16 +8,17 @@
 //!
 //! ```text
 //! crawbl-floor serve 127.0.0.1:9100 127.0.0.1:9101   # websockets, control
-//! PUBLISH_RATE=10 PUBLISH_SECONDS=10 crawbl-floor publish 127.0.0.1:9101
+//! crawbl-floor serve 127.0.0.1:9200 127.0.0.1:9201   # a second node, as many as wanted
+//! PUBLISH_RATE=10 PUBLISH_SECONDS=10 crawbl-floor publish 127.0.0.1:9101,127.0.0.1:9201
 //! ```
 //!
-//! `publish` asks the server, over its control port, to broadcast `PUBLISH_RATE` fan-out events
+//! Nodes share nothing (no bus): `publish` asks each, over its control port, to broadcast `PUBLISH_RATE` fan-out events
 //! per second for `PUBLISH_SECONDS` (each carrying its publish time), and returns when it has.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -27,11 +28,13 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 const USAGE: &str = "usage: crawbl-floor serve WEBSOCKET_ADDRESS CONTROL_ADDRESS
-       PUBLISH_RATE=R PUBLISH_SECONDS=S crawbl-floor publish CONTROL_ADDRESS";
+       PUBLISH_RATE=R PUBLISH_SECONDS=S crawbl-floor publish CONTROL_ADDRESS[,CONTROL_ADDRESS...]";
 
 /// Connected sockets are spread over this many shards, each written by its own task, so a
 /// broadcast uses both cores.
 const SHARDS: usize = 2;
+/// Per-socket read buffer.
+const READ_BUFFER_BYTES: usize = 512;
 /// The largest client frame or upgrade request the floor reads.
 const MAX_INPUT: usize = 64 * 1024;
 
@@ -129,7 +132,15 @@ async fn serve(sockets: &str, control: &str) -> anyhow::Result<()> {
         }
     });
     loop {
-        let (stream, _) = sockets.accept().await?;
+        let stream = match sockets.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors, most likely: refuse for a moment, do not die.
+                eprintln!("accepting: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let registry = registry.clone();
         tokio::spawn(async move {
             let id = registry.next.fetch_add(1, Ordering::Relaxed);
@@ -144,7 +155,8 @@ async fn serve(sockets: &str, control: &str) -> anyhow::Result<()> {
 async fn serve_socket(stream: TcpStream, id: u64, registry: &Registry) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
+    // Clients send a few small frames; a default 8 KiB buffer would be most of a socket's memory.
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let key = read_upgrade_request(&mut reader).await?;
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -249,9 +261,10 @@ async fn answer_control(stream: TcpStream, registry: Arc<Registry>) {
         return;
     };
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
-    let stop_at = Instant::now() + Duration::from_secs(seconds);
+    // A count, not a deadline, so that every node publishes the same events.
+    let count = (rate * seconds as f64).round() as u64;
     let mut index = 0u64;
-    while Instant::now() < stop_at {
+    while index < count {
         ticker.tick().await;
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -268,21 +281,49 @@ async fn answer_control(stream: TcpStream, registry: Arc<Registry>) {
         .await;
 }
 
-async fn publish(control: &str) -> anyhow::Result<()> {
+/// Publishes through every server's control port at once (comma-separated addresses).
+async fn publish(controls: &str) -> anyhow::Result<()> {
     let rate = std::env::var("PUBLISH_RATE").context("PUBLISH_RATE")?;
     let seconds = std::env::var("PUBLISH_SECONDS").context("PUBLISH_SECONDS")?;
-    let stream = TcpStream::connect(control)
-        .await
-        .with_context(|| format!("connecting to the floor's control port {control}"))?;
-    let (reader, mut writer) = stream.into_split();
-    writer
-        .write_all(format!("publish {rate} {seconds}\n").as_bytes())
-        .await?;
-    let answer = BufReader::new(reader)
-        .lines()
-        .next_line()
-        .await?
-        .context("the floor closed the control connection")?;
-    println!("{answer}");
+    let command = format!("publish {rate} {seconds}\n");
+    let publishing = controls.split(',').map(|control| {
+        let command = command.clone();
+        async move {
+            let stream = TcpStream::connect(control)
+                .await
+                .with_context(|| format!("connecting to the floor's control port {control}"))?;
+            let (reader, mut writer) = stream.into_split();
+            writer.write_all(command.as_bytes()).await?;
+            let answer = BufReader::new(reader)
+                .lines()
+                .next_line()
+                .await?
+                .context("the floor closed the control connection")?;
+            anyhow::Ok(format!("{control}: {answer}"))
+        }
+    });
+    for answer in futures::future::join_all(publishing).await {
+        println!("{}", answer?);
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_frames_use_the_shortest_length_encoding() {
+        assert_eq!(text_frame("hi"), b"\x81\x02hi");
+        let medium = "x".repeat(126);
+        assert_eq!(text_frame(&medium)[..4], [0x81, 126, 0, 126]);
+        let long = "x".repeat(70_000);
+        let frame = text_frame(&long);
+        assert_eq!(frame[..2], [0x81, 127]);
+        assert_eq!(
+            u64::from_be_bytes(frame[2..10].try_into().unwrap_or_default()),
+            70_000
+        );
+        assert_eq!(frame.len(), 70_010);
+    }
 }
