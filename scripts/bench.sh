@@ -92,7 +92,7 @@ start_crawbl() {
     AUTH_URL=http://127.0.0.1:$auth CONVERSATION_URL=http://127.0.0.1:$conversation \
     RUNTIME_PROXY_URL=http://127.0.0.1:$proxy AUTH_LISTEN=127.0.0.1:$auth \
     CONVERSATION_LISTEN=127.0.0.1:$conversation RUNTIME_PROXY_LISTEN=127.0.0.1:$proxy \
-    RUNTIME_COMMAND="$PWD/target/release/crawbl runtime-stub" \
+    RUNTIME_COMMAND="$PWD/target/release/crawbl runtime-stub" SEND_LIMIT_PER_SECOND=0 \
     CRAWBL_SERVICE_TOKEN="bench-$(date +%s)-$RANDOM"
   for component in auth runtime-proxy conversation; do
     target/release/crawbl "$component" >"$work/$component.log" 2>&1 &

@@ -53,6 +53,14 @@ impl ApiError {
         Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
     }
 
+    /// 429 `RATE_LIMITED` with `Retry-After`.
+    pub fn rate_limited(limited: &crate::limits::Limited, message: impl Into<String>) -> Self {
+        Self {
+            retry_after_secs: Some(limited.retry_after_secs()),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message)
+        }
+    }
+
     /// Also what a non-member gets for a workspace, so ids do not leak.
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)

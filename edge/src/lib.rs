@@ -10,8 +10,10 @@ mod error;
 mod health;
 mod json;
 mod keys;
+mod limits;
 mod metrics;
 mod openapi;
+mod peer;
 mod realtime;
 mod routes;
 mod state;
@@ -42,6 +44,11 @@ pub struct Config {
     /// How long an agent may show as typing without any sign of its turn before the edge says
     /// `isTyping: false` itself.
     pub typing_ttl: Duration,
+    /// Sends per user and failed handshakes per client address, on this node.
+    pub send_limit: limits::RateLimit,
+    pub failed_handshake_limit: limits::RateLimit,
+    /// Proxies whose `X-Forwarded-For` names the client (for the limits).
+    pub trusted_proxies: peer::TrustedProxies,
 }
 
 impl Config {
@@ -56,6 +63,12 @@ impl Config {
                 .unwrap_or_else(|| "http://127.0.0.1:50053".to_owned()),
             redis_url: config::optional("REDIS_URL"),
             typing_ttl: Duration::from_millis(config::parse_or("AGENT_TYPING_TTL_MS", 60_000)?),
+            send_limit: limits::RateLimit::from_env("SEND_LIMIT", limits::DEFAULT_SENDS)?,
+            failed_handshake_limit: limits::RateLimit::from_env(
+                "FAILED_HANDSHAKE_LIMIT",
+                limits::DEFAULT_FAILED_HANDSHAKES,
+            )?,
+            trusted_proxies: config::parse_or("TRUSTED_PROXIES", peer::TrustedProxies::default())?,
         })
     }
 }
@@ -212,4 +225,17 @@ async fn own_request_parts(mut request: axum::extract::Request) -> axum::extract
         *request.uri_mut() = uri;
     }
     request
+}
+
+/// Entry points for the fuzz targets in `fuzz/`: the parsers of what comes from outside that
+/// live in private modules. Not an API (hidden, no stability promise).
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::auth::token_from_headers;
+    pub use crate::json::SocketEvent;
+    pub use crate::routes::router;
+
+    /// Parsers of Socket.IO client payloads; their methods are defined beside the code they call,
+    /// in `realtime/since.rs` and `realtime/subscriptions.rs` (modules private to `realtime`).
+    pub struct Parsers;
 }

@@ -11,11 +11,13 @@ use crate::Config;
 use crate::access::Access;
 use crate::cluster::Sockets;
 use crate::health::Readiness;
+use crate::limits::{Limiter, Limits};
 use crate::realtime::Fanout;
 
 /// What every handler shares: clients of the services (cheap to clone), who may do what
 /// ([`Access`]), the sockets of every edge node ([`Sockets`]), the delivery of events to this
-/// node's sockets ([`Fanout`]) and what `/readyz` asks ([`Readiness`]).
+/// node's sockets ([`Fanout`]), what `/readyz` asks ([`Readiness`]) and the rate limits
+/// ([`Limits`]).
 #[derive(Clone)]
 pub struct AppState {
     pub auth: AuthServiceClient<Channel>,
@@ -25,6 +27,7 @@ pub struct AppState {
     pub sockets: Sockets,
     pub realtime: Arc<Fanout>,
     pub readiness: Arc<Readiness>,
+    pub limits: Arc<Limits>,
 }
 
 impl AppState {
@@ -50,6 +53,11 @@ impl AppState {
             ),
             sockets,
             readiness: Arc::new(Readiness::new(config, shutdown)?),
+            limits: Arc::new(Limits {
+                sends: Limiter::new(config.send_limit),
+                failed_handshakes: Limiter::new(config.failed_handshake_limit),
+                trusted_proxies: config.trusted_proxies.clone(),
+            }),
             auth,
             conversations,
             runtimes: RuntimeProxyClient::new(crawbl_infra::grpc::channel(

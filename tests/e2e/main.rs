@@ -5,6 +5,7 @@ mod support;
 
 mod auth_and_tenancy;
 mod conversations;
+mod limits;
 mod operability;
 mod realtime;
 mod runtime_lifecycle;

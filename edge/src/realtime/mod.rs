@@ -35,6 +35,7 @@ use crate::auth::{AuthFailure, Caller, Credential, token_from_headers, verify};
 use crate::cluster::{
     Adapter, ClusterDriver, api_key_room, following_room, session_room, user_room,
 };
+use crate::limits::Limited;
 
 pub const NAMESPACE: &str = "/v1";
 /// Largest packet a client may send; clients send little more than acks and subscriptions.
@@ -102,6 +103,19 @@ enum HandshakeError {
     SinceNotJoined(String),
     #[error("workspace not found")]
     NotAMember,
+    #[error("too many failed handshakes from this address; retry in {} s", .0.retry_after_secs())]
+    RateLimited(Limited),
+}
+
+impl HandshakeError {
+    /// Whether the client got something wrong (and it counts against its address); not when
+    /// authentication was unavailable, nor for the refusal of the limit itself.
+    fn is_clients_fault(&self) -> bool {
+        !matches!(
+            self,
+            Self::Auth(AuthFailure::Unavailable) | Self::RateLimited(_)
+        )
+    }
 }
 
 /// Workspaces whose rooms the socket joins only after its replay, in the connect handler
@@ -109,17 +123,46 @@ enum HandshakeError {
 #[derive(Clone)]
 struct PendingReplay(Since);
 
+/// The handshake: refused at once when the client's address has failed too many, else
+/// [`admit`], whose failures count against the address.
 async fn authenticate(
     socket: SocketRef<Adapter>,
     State(state): State<AppState>,
     TryData(auth): TryData<HandshakeAuth>,
+) -> Result<(), HandshakeError> {
+    let address = state
+        .limits
+        .trusted_proxies
+        .client_of(socket.req_parts())
+        .map(|address| address.to_string());
+    let failures = &state.limits.failed_handshakes;
+    if let Some(address) = &address {
+        failures
+            .check(address)
+            .map_err(HandshakeError::RateLimited)?;
+    }
+    let admitted = admit(&socket, &state, auth).await;
+    if let (Err(error), Some(address)) = (&admitted, &address)
+        && error.is_clients_fault()
+    {
+        // Refused or not, the next attempt will be checked against it.
+        let _ = failures.take(address);
+    }
+    admitted
+}
+
+/// Verifies the credential, joins the socket to its rooms and notes what it must replay.
+async fn admit(
+    socket: &SocketRef<Adapter>,
+    state: &AppState,
+    auth: Result<HandshakeAuth, socketioxide::ParserError>,
 ) -> Result<(), HandshakeError> {
     let auth = auth.map_err(|_| HandshakeError::BadPayload)?;
     let since = since::parse(&auth.since)?;
     let token = token_from_headers(&socket.req_parts().headers)
         .map(str::to_owned)
         .or(auth.token);
-    let caller = verify(&state, token.as_deref()).await?;
+    let caller = verify(state, token.as_deref()).await?;
     let user_id = caller.user_id();
     let is_member = |id: &str| caller.workspaces.iter().any(|w| w.id == id);
     if since.keys().any(|id| !is_member(id)) {

@@ -1,8 +1,8 @@
 //! `/v1/auth/…`: sign-up, sign-in, refresh, logout.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use crawbl_proto::auth::v1::{LogoutRequest, RefreshRequest, SignInRequest, SignUpRequest};
@@ -64,18 +64,18 @@ pub struct SignIn {
     password: String,
 }
 
-/// The client's IP address as this node sees it (the TCP peer), for rate limiting sign-ins.
-pub struct ClientAddress(Option<SocketAddr>);
+/// The client's IP address (the TCP peer, or the forwarding client behind a trusted proxy),
+/// for rate limiting sign-ins.
+pub struct ClientAddress(Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+impl FromRequestParts<AppState> for ClientAddress {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let address = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(address)| *address);
-        Ok(Self(address))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(state.limits.trusted_proxies.client_of(parts)))
     }
 }
 
@@ -104,7 +104,7 @@ pub async fn sign_in(
             email: body.email,
             password: body.password,
             client_address: address
-                .map(|address| address.ip().to_string())
+                .map(|address| address.to_string())
                 .unwrap_or_default(),
         })
         .await?

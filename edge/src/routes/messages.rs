@@ -105,6 +105,7 @@ pub enum SendAnswer {
     ),
     responses(
         (status = 201, description = "the user's message at once; with `?wait=true`, both messages when the turn ends", body = Data<SendAnswer>),
+        (status = 429, description = "`RATE_LIMITED` (with `Retry-After`): too many sends by this user", body = ErrorBody),
         (status = 503, description = "`RUNTIME_NOT_READY` (with `Retry-After`)", body = ErrorBody),
     ),
     security(("bearer" = []), ("xToken" = [])),
@@ -117,6 +118,16 @@ pub async fn send(
     ApiJson(body): ApiJson<SendMessage>,
 ) -> Result<(StatusCode, Json<Data<SendAnswer>>), ApiError> {
     caller.workspace(&workspace_id)?;
+    state
+        .limits
+        .sends
+        .take(caller.user_id())
+        .map_err(|limited| {
+            ApiError::rate_limited(
+                &limited,
+                "too many messages sent; retry after Retry-After seconds",
+            )
+        })?;
     let response = state
         .conversations
         .clone()

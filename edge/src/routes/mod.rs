@@ -133,6 +133,9 @@ mod tests {
             runtime_proxy_url: "http://127.0.0.1:9".to_owned(),
             redis_url: None,
             typing_ttl: std::time::Duration::from_secs(60),
+            send_limit: crate::limits::DEFAULT_SENDS,
+            failed_handshake_limit: crate::limits::DEFAULT_FAILED_HANDSHAKES,
+            trusted_proxies: crate::peer::TrustedProxies::default(),
         }
     }
 

@@ -320,6 +320,10 @@ impl Stack {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
+            // Tests send and fail handshakes faster than people do; the ones about limits
+            // set them again (`Options::env` comes after these).
+            .env("SEND_LIMIT_PER_SECOND", "0")
+            .env("FAILED_HANDSHAKE_LIMIT_PER_SECOND", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)

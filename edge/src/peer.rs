@@ -1,0 +1,162 @@
+//! The client's IP address, for rate limits: the TCP peer, or, when the peer is a trusted proxy
+//! (`TRUSTED_PROXIES`, e.g. the load balancer), the nearest address in `X-Forwarded-For` that is
+//! not one. Without that, every client behind a proxy would share the proxy's limits.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+use http::HeaderMap;
+use http::request::Parts;
+
+/// Addresses and CIDR blocks (`10.0.0.0/8`, `::1`) whose `X-Forwarded-For` is believed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+
+impl std::str::FromStr for TrustedProxies {
+    type Err = String;
+
+    /// A comma-separated list; empty trusts none.
+    fn from_str(list: &str) -> Result<Self, Self::Err> {
+        let mut blocks = Vec::new();
+        for item in list
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
+            let (address, prefix) = match item.split_once('/') {
+                Some((address, prefix)) => (address, Some(prefix)),
+                None => (item, None),
+            };
+            let address: IpAddr = address
+                .parse()
+                .map_err(|_| format!("{item:?} is not an IP address or CIDR block"))?;
+            let bits = if address.is_ipv4() { 32 } else { 128 };
+            let prefix = match prefix {
+                Some(prefix) => prefix
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|prefix| *prefix <= bits)
+                    .ok_or_else(|| format!("{item:?} has no valid prefix length"))?,
+                None => bits,
+            };
+            blocks.push((address, prefix));
+        }
+        Ok(Self(blocks))
+    }
+}
+
+impl TrustedProxies {
+    fn contains(&self, address: IpAddr) -> bool {
+        let address = canonical(address);
+        self.0
+            .iter()
+            .any(|(block, prefix)| match (canonical(*block), address) {
+                (IpAddr::V4(block), IpAddr::V4(address)) => {
+                    masked(block.to_bits().into(), *prefix, 32)
+                        == masked(address.to_bits().into(), *prefix, 32)
+                }
+                (IpAddr::V6(block), IpAddr::V6(address)) => {
+                    masked(block.to_bits(), *prefix, 128) == masked(address.to_bits(), *prefix, 128)
+                }
+                _ => false,
+            })
+    }
+
+    /// The client of a request from `peer` carrying `headers`.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.contains(peer) {
+            return canonical(peer);
+        }
+        // Each proxy appends the address it got the request from: read from the right, past
+        // the trusted ones. An unparsable entry ends the trust there.
+        let mut client = canonical(peer);
+        for value in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(value) = value.to_str() else {
+                return client;
+            };
+            for entry in value.rsplit(',') {
+                let Ok(address) = entry.trim().parse::<IpAddr>() else {
+                    return client;
+                };
+                client = canonical(address);
+                if !self.contains(client) {
+                    return client;
+                }
+            }
+        }
+        client
+    }
+
+    /// The client of a request (its parts), if the server recorded the TCP peer.
+    pub fn client_of(&self, parts: &Parts) -> Option<IpAddr> {
+        let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+        Some(self.client(peer.ip(), &parts.headers))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4, so one client has one address.
+fn canonical(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
+    if prefix == 0 {
+        return 0;
+    }
+    let shift = u32::from(width - prefix);
+    (bits >> shift) << shift
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append("x-forwarded-for", value.parse().expect("header value"));
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
+        let trusted: TrustedProxies = "10.0.0.0/8".parse().expect("valid");
+        let client = trusted.client(ip("203.0.113.9"), &forwarded(&["198.51.100.1"]));
+        assert_eq!(client, ip("203.0.113.9"));
+        let none = TrustedProxies::default();
+        assert_eq!(
+            none.client(ip("10.0.0.2"), &forwarded(&["1.2.3.4"])),
+            ip("10.0.0.2")
+        );
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_nearest_untrusted_forwarded_address_is_the_client() {
+        let trusted: TrustedProxies = "10.0.0.0/8, 192.168.1.7".parse().expect("valid");
+        // A client-sent spoof on the left is ignored: only what trusted proxies appended counts.
+        let headers = forwarded(&["6.6.6.6, 198.51.100.1", "192.168.1.7"]);
+        assert_eq!(trusted.client(ip("10.1.2.3"), &headers), ip("198.51.100.1"));
+        let garbage = forwarded(&["not-an-address"]);
+        assert_eq!(trusted.client(ip("10.1.2.3"), &garbage), ip("10.1.2.3"));
+        assert_eq!(
+            trusted.client(ip("::ffff:10.1.2.3"), &forwarded(&["198.51.100.2"])),
+            ip("198.51.100.2")
+        );
+    }
+
+    #[test]
+    fn lists_that_are_not_addresses_or_blocks_are_refused() {
+        assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
+        assert!("proxy.internal".parse::<TrustedProxies>().is_err());
+        assert!("::/0".parse::<TrustedProxies>().is_ok());
+        assert_eq!("".parse::<TrustedProxies>(), Ok(TrustedProxies::default()));
+    }
+}
