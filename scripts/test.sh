@@ -41,6 +41,15 @@ fi
 echo "using $(command -v grpcurl)"
 export CRAWBL_REQUIRE_GRPCURL=1
 
+step "schemathesis (property-based tests of the REST API, in the end-to-end tests)"
+if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "4.32.5"; then
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis==4.32.5
+fi
+# The interpreter's own scripts folder first: a version manager's shim appears only after a rehash.
+SCHEMATHESIS=$(python3 -c 'import os, shutil, sysconfig; own = os.path.join(sysconfig.get_path("scripts"), "schemathesis"); print(own if os.path.exists(own) else shutil.which("schemathesis"))')
+export SCHEMATHESIS CRAWBL_REQUIRE_SCHEMATHESIS=1
+echo "using $SCHEMATHESIS ($("$SCHEMATHESIS" --version))"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

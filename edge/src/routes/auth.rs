@@ -20,8 +20,18 @@ use crate::json::{Data, Session};
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SignUp {
+    /// One `@`, a domain of at least two labels, no whitespace; compared lowercased.
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// 8 to 256 characters, kept as typed.
+    #[schema(min_length = 8, max_length = 256, format = Password)]
     password: String,
+    /// 1 to 100 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     display_name: String,
 }
 
@@ -156,7 +166,10 @@ pub async fn refresh(
     operation_id = "logout",
     path = "/auth/logout",
     tag = "auth",
-    responses((status = 204, description = "the session is revoked")),
+    responses(
+        (status = 204, description = "the session is revoked"),
+        (status = 422, description = "`NOT_A_SESSION`: an API key was sent; revoke keys with `DELETE /v1/api-keys/{id}`", body = ErrorBody),
+    ),
     security(("bearer" = []), ("xToken" = [])),
 )]
 pub async fn logout(

@@ -58,6 +58,8 @@ pub async fn list(
 #[derive(Default, Deserialize, ToSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CreateConversation {
+    /// At most 200 characters once trimmed; none or empty: "New conversation".
+    #[schema(max_length = 200)]
     title: Option<String>,
     agent_id: Option<String>,
 }

@@ -16,7 +16,8 @@ pub struct EventsQuery {
     /// The last `seq` the client has (0: from the start).
     #[serde(default)]
     after: u64,
-    /// 1 to 1000.
+    /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -51,6 +52,13 @@ pub async fn list(
     ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Json<Page<LoggedEvent>>, ApiError> {
     caller.workspace(&workspace_id)?;
+    // Sequence numbers are 63-bit, as documented (`int64`).
+    if i64::try_from(query.after).is_err() {
+        return Err(ApiError::bad_request(
+            "INVALID_QUERY",
+            "after must be a sequence number between 0 and 9223372036854775807",
+        ));
+    }
     if query.limit == Some(0) {
         return Err(ApiError::bad_request(
             "INVALID_LIMIT",

@@ -4,11 +4,14 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
-/// A JSON body: 400 `INVALID_JSON` when it does not parse, 413 `BODY_TOO_LARGE` past the limit.
+/// A JSON object body: 400 `INVALID_JSON` when it does not parse or is not an object, 413
+/// `BODY_TOO_LARGE` past the limit.
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
@@ -19,11 +22,27 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_error(&rejection)),
-        }
+        // Read as an object first: serde would also take a struct from an array of its fields.
+        let axum::Json(fields) = axum::Json::<Map<String, Value>>::from_request(request, state)
+            .await
+            .map_err(|rejection| json_error(&rejection))?;
+        serde_json::from_value(Value::Object(fields))
+            .map(Self)
+            .map_err(|error| {
+                ApiError::bad_request("INVALID_JSON", format!("invalid body: {error}"))
+            })
     }
+}
+
+/// `#[serde(deserialize_with = "object")]` for a nested struct: only a JSON object, not an array
+/// of its fields.
+pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned,
+{
+    let fields = Map::deserialize(deserializer)?;
+    serde_json::from_value(Value::Object(fields)).map_err(D::Error::custom)
 }
 
 fn json_error(rejection: &JsonRejection) -> ApiError {
@@ -64,6 +83,7 @@ pub struct PageQuery {
     /// The `nextCursor` of the previous page.
     pub before: Option<String>,
     /// 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
 }
 
@@ -77,5 +97,30 @@ impl PageQuery {
             )),
             limit => Ok(limit.unwrap_or(0)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Inner {
+        a: u8,
+    }
+
+    #[derive(Deserialize, Debug, PartialEq)]
+    struct Outer {
+        #[serde(deserialize_with = "object")]
+        inner: Inner,
+    }
+
+    #[test]
+    fn nested_structs_are_taken_from_objects_only() {
+        let outer: Outer = serde_json::from_str(r#"{"inner": {"a": 1}}"#).expect("an object");
+        assert_eq!(outer.inner, Inner { a: 1 });
+        assert!(serde_json::from_str::<Outer>(r#"{"inner": [1]}"#).is_err());
+        // What `object` guards against: serde's own struct deserializer takes arrays.
+        assert!(serde_json::from_str::<Inner>("[1]").is_ok());
     }
 }

@@ -85,8 +85,12 @@ pub async fn list(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMember {
+    /// The email of an existing user.
+    #[schema(format = Email, max_length = 254)]
     email: String,
+    /// `member` (the default) or `owner`.
     #[serde(default)]
+    #[schema(pattern = r"^\s*(member|owner)?\s*$")]
     role: Option<String>,
 }
 

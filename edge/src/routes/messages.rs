@@ -53,14 +53,22 @@ pub async fn list(
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SendMessage {
+    /// The client's id for the message, 1 to 128 characters once trimmed: a retry with the
+    /// same one returns the same message.
+    #[schema(max_length = 128, pattern = r"\S")]
     local_id: String,
-    content: Content,
+    #[serde(deserialize_with = "super::extract::object")]
+    content: SendContent,
 }
 
 #[derive(Deserialize, ToSchema)]
-pub struct Content {
+pub struct SendContent {
+    /// `text`, the only type there is.
     #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
     kind: String,
+    /// Not only whitespace; at most 32 KiB of UTF-8.
+    #[schema(max_length = 32768, pattern = r"\S")]
     text: String,
 }
 
