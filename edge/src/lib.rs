@@ -233,6 +233,7 @@ async fn own_request_parts(mut request: axum::extract::Request) -> axum::extract
 pub mod fuzzing {
     pub use crate::auth::token_from_headers;
     pub use crate::json::SocketEvent;
+    pub use crate::peer::TrustedProxies;
     pub use crate::routes::router;
 
     /// Parsers of Socket.IO client payloads; their methods are defined beside the code they call,

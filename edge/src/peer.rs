@@ -39,7 +39,15 @@ impl std::str::FromStr for TrustedProxies {
                     .ok_or_else(|| format!("{item:?} has no valid prefix length"))?,
                 None => bits,
             };
-            blocks.push((address, prefix));
+            // Peers are compared as IPv4 when they are IPv4-mapped (see `canonical`), so a
+            // mapped block of at least /96 is the IPv4 block it maps (`::ffff:10.0.0.0/104` is
+            // `10.0.0.0/8`); a shorter one is an IPv6 block like any other.
+            blocks.push(match address {
+                IpAddr::V6(v6) if prefix >= 96 => v6
+                    .to_ipv4_mapped()
+                    .map_or((address, prefix), |v4| (IpAddr::V4(v4), prefix - 96)),
+                _ => (address, prefix),
+            });
         }
         Ok(Self(blocks))
     }
@@ -50,7 +58,7 @@ impl TrustedProxies {
         let address = canonical(address);
         self.0
             .iter()
-            .any(|(block, prefix)| match (canonical(*block), address) {
+            .any(|(block, prefix)| match (*block, address) {
                 (IpAddr::V4(block), IpAddr::V4(address)) => {
                     masked(block.to_bits().into(), *prefix, 32)
                         == masked(address.to_bits().into(), *prefix, 32)
@@ -150,6 +158,30 @@ mod tests {
             trusted.client(ip("::ffff:10.1.2.3"), &forwarded(&["198.51.100.2"])),
             ip("198.51.100.2")
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_entries_are_the_ipv4_addresses_and_blocks_they_map() {
+        // Found by the `client_address` fuzz target: a mapped entry was compared as IPv4 with
+        // its IPv6 prefix length, an overflow (a panic with overflow checks; without them, every
+        // IPv4 peer was trusted).
+        let trusted: TrustedProxies = "::ffff:10.0.0.0/104, ::ffff:192.168.1.7"
+            .parse()
+            .expect("valid");
+        assert_eq!(trusted, "10.0.0.0/8, 192.168.1.7".parse().expect("valid"));
+        let headers = forwarded(&["198.51.100.1"]);
+        assert_eq!(trusted.client(ip("10.1.2.3"), &headers), ip("198.51.100.1"));
+        assert_eq!(
+            trusted.client(ip("::ffff:192.168.1.7"), &headers),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            trusted.client(ip("203.0.113.9"), &headers),
+            ip("203.0.113.9")
+        );
+        // Shorter than /96 it is an IPv6 block like any other: IPv4 peers are not in it.
+        let wide: TrustedProxies = "::ffff:0:0/95".parse().expect("valid");
+        assert_eq!(wide.client(ip("10.1.2.3"), &headers), ip("10.1.2.3"));
     }
 
     #[test]

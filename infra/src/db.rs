@@ -9,6 +9,15 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, ConnectOptions};
 
+/// How long a query waits for a pool connection before it fails, by backend. Against Postgres
+/// this is also how long a request takes to fail while the server is down (the pool keeps
+/// retrying refused connections until then), so it is short: a server that answers in
+/// milliseconds and has not freed one of ten connections within a second is down or overloaded,
+/// and either way the client should hear 503 and retry. SQLite keeps its busy timeout's 5 s: a
+/// connection there may wait that long for the single writer's lock without anything being down.
+const POSTGRES_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const SQLITE_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A service's migrations for each backend. Each service records what it applied in its own
 /// table, so services may share one Postgres database without seeing each other's migrations.
 pub struct Migrations {
@@ -55,7 +64,10 @@ pub async fn connect(url: &str, migrations: Migrations) -> anyhow::Result<AnyPoo
             Backend::Postgres => 10,
             Backend::Sqlite => 4,
         })
-        .acquire_timeout(std::time::Duration::from_secs(5))
+        .acquire_timeout(match backend {
+            Backend::Postgres => POSTGRES_ACQUIRE_TIMEOUT,
+            Backend::Sqlite => SQLITE_ACQUIRE_TIMEOUT,
+        })
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {
@@ -93,6 +105,25 @@ pub async fn connect(url: &str, migrations: Migrations) -> anyhow::Result<AnyPoo
         .with_context(|| format!("applying {} migrations", migrations.service))?;
     crate::metrics::watch_pool(migrations.service, &pool);
     Ok(pool)
+}
+
+/// Whether `error` says the database cannot be used right now (it is down, restarting, shutting
+/// down or out of connections, or no pool connection freed up in time) rather than that the
+/// query is wrong: the caller should answer "unavailable, retry" instead of "internal error".
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        // SQLSTATE class 08: connection exceptions; 57P01–57P03: the server is shutting down
+        // (`pg_ctl stop` ends every session with 57P01), crashed, or is still starting;
+        // 53300: too many connections.
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }
 
 fn create_sqlite_folder(url: &str) -> anyhow::Result<()> {
@@ -143,6 +174,16 @@ mod tests {
             "postgres://crawbl@db/crawbl"
         );
         assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn an_unreachable_database_is_unavailable_and_a_bad_query_is_not() {
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        assert!(!is_unavailable(&sqlx::Error::Protocol("unexpected".into())));
     }
 
     #[test]

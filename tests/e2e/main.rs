@@ -5,6 +5,7 @@ mod support;
 
 mod auth_and_tenancy;
 mod conversations;
+mod faults;
 mod hostile;
 mod limits;
 mod operability;

@@ -45,6 +45,11 @@ const MAX_CLIENT_PACKET_BYTES: usize = 64 * 1024;
 /// Packets waiting to go out to one socket. A full buffer drops volatile events for that socket
 /// and gets it disconnected on the next durable one (see [`emit`]).
 pub const MAX_BUFFERED_PACKETS: usize = 128;
+/// How long a connection may stay open without a namespace connected. socketioxide keeps every
+/// connection whose handshake was refused for that long (45 s by default), even after the
+/// client left: a flood of bad handshakes held ~11 KB each for 45 s. Clients connect the
+/// namespace one round trip after the connection opens.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Per-socket websocket read buffer (socketioxide's default is 4 KiB).
 const WS_READ_BUFFER_BYTES: usize = 256;
 /// How often every socket's rooms are checked against what the node follows: rooms can change
@@ -70,6 +75,7 @@ pub async fn layer(
         .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
         .ws_max_frame_size(MAX_CLIENT_PACKET_BYTES)
         .max_buffer_size(MAX_BUFFERED_PACKETS)
+        .connect_timeout(CONNECT_TIMEOUT)
         // Clients send little; the 4 KiB default read buffer per socket is mostly idle memory.
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)
         .with_adapter::<Adapter>(adapter)

@@ -49,6 +49,24 @@ pub fn parse(value: &Value) -> Result<Since, SinceError> {
         .collect()
 }
 
+/// For the fuzz targets (see `crate::fuzzing`).
+impl crate::fuzzing::Parsers {
+    /// [`parse`], with the refusal as its message.
+    pub fn since(value: &Value) -> Result<Since, String> {
+        parse(value).map_err(|error| error.to_string())
+    }
+
+    /// The handshake's `auth` payload as the handshake reads it before any credential is
+    /// checked: its JSON into `HandshakeAuth`, then its `since`. Gives the token, the
+    /// workspace id and `since`.
+    pub fn handshake_auth(json: &[u8]) -> Result<(Option<String>, Option<String>, Since), String> {
+        let auth: super::HandshakeAuth =
+            serde_json::from_slice(json).map_err(|error| error.to_string())?;
+        let since = parse(&auth.since).map_err(|error| error.to_string())?;
+        Ok((auth.token, auth.workspace_id, since))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,6 +200,20 @@ fn parse(payload: Option<Value>, since_allowed: bool) -> Result<Request, Request
     })
 }
 
+/// For the fuzz targets (see `crate::fuzzing`).
+impl crate::fuzzing::Parsers {
+    /// [`parse`] of a `workspace.subscribe` (`since_allowed`) or `workspace.unsubscribe`
+    /// payload: the workspace ids and `since`, or the refusal's code and message.
+    pub fn workspace_request(
+        payload: Option<Value>,
+        since_allowed: bool,
+    ) -> Result<(Vec<String>, Since), (&'static str, String)> {
+        parse(payload, since_allowed)
+            .map(|request| (request.workspace_ids, request.since))
+            .map_err(|error| (error.code(), error.to_string()))
+    }
+}
+
 /// Every workspace must be one of the user's (memberships as of now, not as of the handshake).
 async fn check_membership(
     socket: &SocketRef<Adapter>,

@@ -128,11 +128,27 @@ impl From<AuthError> for tonic::Status {
             AuthError::LastOwner | AuthError::TooManyApiKeys => Code::FailedPrecondition,
             AuthError::Internal(internal) => {
                 tracing::error!(error = ?internal, "internal error");
+                if database_unavailable(internal) {
+                    return status_with_code(
+                        Code::Unavailable,
+                        "DATABASE_UNAVAILABLE",
+                        "the database is unavailable; retry shortly",
+                    );
+                }
                 return status_with_code(Code::Internal, error.code(), "internal error");
             }
         };
         status_with_code(code, error.code(), error.to_string())
     }
+}
+
+/// Whether a database outage (not a bug) caused `error`: the client should retry, not report it.
+fn database_unavailable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .is_some_and(crawbl_infra::db::is_unavailable)
+    })
 }
 
 #[cfg(test)]
@@ -147,6 +163,18 @@ mod tests {
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error");
         assert_eq!(crawbl_infra::grpc::stable_code(&status), Some("INTERNAL"));
+    }
+
+    #[test]
+    fn a_database_outage_is_unavailable_not_internal() {
+        let status = tonic::Status::from(AuthError::from(sqlx::Error::PoolTimedOut));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            crawbl_infra::grpc::stable_code(&status),
+            Some("DATABASE_UNAVAILABLE")
+        );
+        let status = tonic::Status::from(AuthError::from(sqlx::Error::RowNotFound));
+        assert_eq!(status.code(), Code::Internal);
     }
 
     #[test]

@@ -51,11 +51,7 @@ impl From<ConversationError> for tonic::Status {
             }
             ConversationError::Database(error) => {
                 tracing::error!(%error, "database error");
-                let unavailable = matches!(
-                    error,
-                    sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-                );
-                if unavailable {
+                if crawbl_infra::db::is_unavailable(&error) {
                     status_with_code(
                         Code::Unavailable,
                         "DATABASE_UNAVAILABLE",

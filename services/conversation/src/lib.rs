@@ -22,6 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ConversationError;
 
+/// Entry points for the fuzz targets in `fuzz/` (not an API: hidden, no stability promise).
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The opaque pagination cursor (`before=…`, `nextCursor`) of message and conversation lists.
+    pub use crate::db::Cursor;
+}
+
 pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,

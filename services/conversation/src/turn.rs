@@ -9,7 +9,9 @@ use crawbl_infra::grpc::Channel;
 use crawbl_proto::conversation::v1::{
     Agent, AgentStatus, Conversation, Message, MessageStatus, ToolCall,
 };
-use crawbl_proto::events::v1::{AgentStatusChanged, AgentTool, AgentTyping, MessageDelta, event};
+use crawbl_proto::events::v1::{
+    AgentStatusChanged, AgentTool, AgentTyping, Event, MessageDelta, event,
+};
 use crawbl_proto::runtime::v1::{TurnRequest, turn_event};
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use futures::StreamExt;
@@ -38,7 +40,11 @@ pub async fn run(
     user_message: Message,
     cancel: CancellationToken,
 ) -> Option<Message> {
-    let agent = match db::agent_for_conversation(&deps.pool, &conversation).await {
+    let agent = match until_available(&cancel, || {
+        db::agent_for_conversation(&deps.pool, &conversation)
+    })
+    .await
+    {
         Ok(agent) => agent,
         Err(error) => {
             tracing::error!(%error, conversation_id = %conversation.id, "cannot start a turn: no agent");
@@ -90,15 +96,13 @@ async fn answer(
     user_message: &Message,
     cancel: &CancellationToken,
 ) -> Result<Option<(Message, Ending)>, ConversationError> {
-    let (mut reply, created) = db::insert_agent_message(
-        &deps.pool,
-        &conversation.workspace_id,
-        &conversation.id,
-        &agent.id,
-        &user_message.id,
-    )
+    let mut retry = false;
+    let (mut reply, created) = until_available(cancel, || {
+        let again = std::mem::replace(&mut retry, true);
+        start_reply(deps, conversation, agent, user_message, again)
+    })
     .await?;
-    deps.outbox.publish([created]).await;
+    deps.outbox.publish(created).await;
 
     let request = TurnRequest {
         workspace_id: conversation.workspace_id.clone(),
@@ -119,12 +123,40 @@ async fn answer(
         Ending::Early | Ending::RuntimeDied if text.is_empty() => MessageStatus::Failed,
         Ending::Early | Ending::RuntimeDied => MessageStatus::Incomplete,
     };
-    let Some((finished, updated)) = db::finish_message(&deps.pool, reply, text, status).await?
-    else {
+    let finish = || async {
+        db::finish_message(&deps.pool, reply.clone(), text.clone(), status)
+            .await
+            .map_err(ConversationError::from)
+    };
+    let Some((finished, updated)) = until_available(cancel, finish).await? else {
         return Ok(None); // The conversation was deleted meanwhile.
     };
     deps.outbox.publish([updated]).await;
     Ok(Some((finished, ending)))
+}
+
+/// Creates the agent's empty `streaming` reply to `user_message` with its `message.new` event.
+/// `again`: an earlier attempt failed, maybe only after its commit, so a reply already stored
+/// is taken instead of a second one started (its event is then in the log, for the relay).
+async fn start_reply(
+    deps: &TurnDeps,
+    conversation: &Conversation,
+    agent: &Agent,
+    user_message: &Message,
+    again: bool,
+) -> Result<(Message, Option<Event>), ConversationError> {
+    if again && let Some(reply) = db::find_reply(&deps.pool, &user_message.id).await? {
+        return Ok((reply, None));
+    }
+    let (reply, created) = db::insert_agent_message(
+        &deps.pool,
+        &conversation.workspace_id,
+        &conversation.id,
+        &agent.id,
+        &user_message.id,
+    )
+    .await?;
+    Ok((reply, Some(created)))
 }
 
 /// Forwards the turn to runtime-proxy, appending the reply to `text` and recording tool calls
@@ -237,8 +269,45 @@ async fn publish_tool(deps: &TurnDeps, reply: &Message, call: ToolCall) {
 }
 
 async fn store_status(deps: &TurnDeps, agent: &Agent, status: AgentStatus) {
-    if let Err(error) = db::set_agent_status(&deps.pool, &agent.id, status).await {
+    let store = || async {
+        db::set_agent_status(&deps.pool, &agent.id, status)
+            .await
+            .map_err(ConversationError::from)
+    };
+    // Not cancellable: an agent left `busy` would stay so.
+    if let Err(error) = until_available(&CancellationToken::new(), store).await {
         tracing::warn!(%error, agent_id = %agent.id, "could not store the agent's status");
+    }
+}
+
+/// Runs a step of the turn until it succeeds, fails for another reason than the database being
+/// unavailable, or the turn is cancelled. A turn whose user message was accepted therefore waits
+/// out a database outage and ends once it is back, instead of leaving its reply `streaming` or
+/// never starting. Each attempt waits at most the pool's acquire timeout.
+async fn until_available<T, F, Step>(
+    cancel: &CancellationToken,
+    mut step: Step,
+) -> Result<T, ConversationError>
+where
+    Step: FnMut() -> F,
+    F: Future<Output = Result<T, ConversationError>>,
+{
+    const PAUSE: Duration = Duration::from_millis(250);
+    let mut logged = false;
+    loop {
+        let error = match step().await {
+            Err(ConversationError::Database(error)) if crawbl_infra::db::is_unavailable(&error) => {
+                error
+            }
+            done => return done,
+        };
+        if !std::mem::replace(&mut logged, true) {
+            tracing::warn!(%error, "the database is unavailable; the turn waits for it");
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Err(error.into()),
+            () = tokio::time::sleep(PAUSE) => {}
+        }
     }
 }
 
@@ -266,4 +335,57 @@ async fn set_typing(deps: &TurnDeps, conversation: &Conversation, agent: &Agent,
             }),
         )
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn unavailable() -> ConversationError {
+        ConversationError::Database(sqlx::Error::PoolTimedOut)
+    }
+
+    #[tokio::test]
+    async fn a_step_is_retried_while_the_database_is_unavailable_and_only_then() {
+        let attempts = Cell::new(0);
+        let stored = until_available(&CancellationToken::new(), || {
+            attempts.set(attempts.get() + 1);
+            let attempt = attempts.get();
+            async move {
+                if attempt < 3 {
+                    Err(unavailable())
+                } else {
+                    Ok(attempt)
+                }
+            }
+        })
+        .await;
+        assert_eq!(stored.ok(), Some(3));
+
+        attempts.set(0);
+        let broken: Result<(), _> = until_available(&CancellationToken::new(), || {
+            attempts.set(attempts.get() + 1);
+            async { Err(ConversationError::Database(sqlx::Error::RowNotFound)) }
+        })
+        .await;
+        assert!(matches!(
+            broken,
+            Err(ConversationError::Database(sqlx::Error::RowNotFound))
+        ));
+        assert_eq!(attempts.get(), 1, "a bad query is not retried");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_turn_stops_waiting_for_the_database() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let gave_up: Result<(), _> =
+            until_available(&cancel, || async { Err(unavailable()) }).await;
+        assert!(matches!(
+            gave_up,
+            Err(ConversationError::Database(sqlx::Error::PoolTimedOut))
+        ));
+    }
 }

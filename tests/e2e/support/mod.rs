@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod js;
+pub mod postgres_server;
 pub mod redis_server;
 
 pub use crawbl_loadtest::sio;
@@ -150,6 +151,16 @@ impl Stack {
     /// [`Stack::separate_processes`] with extra environment variables for every component.
     pub async fn separate_processes_with(edge_count: usize, extra_env: &[(&str, &str)]) -> Self {
         let database_url = fresh_postgres_database().await;
+        Self::separate_processes_on(database_url, edge_count, extra_env).await
+    }
+
+    /// [`Stack::separate_processes_with`] on the database at `database_url` (e.g. a private
+    /// server's) instead of a fresh one on the shared Postgres.
+    pub async fn separate_processes_on(
+        database_url: String,
+        edge_count: usize,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let service_token = format!("test-service-token-{}", uuid::Uuid::new_v4().simple());
         let dir = TempDir::new();
         let [auth, conversation, runtime_proxy] = [free_port(), free_port(), free_port()];
@@ -266,6 +277,15 @@ impl Stack {
             .find(|(process, _)| *process == name)
             .unwrap_or_else(|| panic!("no process {name}"));
         child.kill().await.expect("kill the edge");
+    }
+
+    /// The pid of process `name` (`crawbl` for the embedded stack, `edge-0`, …).
+    pub fn pid(&self, name: &str) -> u32 {
+        self.processes
+            .iter()
+            .find(|(process, _)| process == name)
+            .and_then(|(_, child)| child.id())
+            .unwrap_or_else(|| panic!("no running process {name}"))
     }
 
     /// Where the stack's logs are, for failure messages.

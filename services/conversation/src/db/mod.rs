@@ -36,7 +36,9 @@ impl Cursor {
         URL_SAFE_NO_PAD.encode(format!("{}|{}", self.at_ms, self.id))
     }
 
-    /// Parses a cursor from a client; empty means "from the newest".
+    /// Parses a cursor from a client; empty means "from the newest". Only the text
+    /// [`Cursor::encode`] gives is accepted, so a position has one cursor (`+5`, `05` or `-0`
+    /// for a time would name the same position another way).
     pub fn decode(raw: &str) -> Result<Option<Self>, ConversationError> {
         if raw.is_empty() {
             return Ok(None);
@@ -48,10 +50,14 @@ impl Cursor {
         let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
         let text = String::from_utf8(bytes).map_err(|_| invalid())?;
         let (at, id) = text.split_once('|').ok_or_else(invalid)?;
-        Ok(Some(Self {
+        let cursor = Self {
             at_ms: at.parse().map_err(|_| invalid())?,
             id: id.to_owned(),
-        }))
+        };
+        if cursor.encode() != raw {
+            return Err(invalid());
+        }
+        Ok(Some(cursor))
     }
 }
 
@@ -88,6 +94,22 @@ mod tests {
     fn garbage_cursors_are_rejected_not_panicked_on() {
         for raw in ["!!!", "bm9waXBl", "fDE", &"A".repeat(10_000)] {
             assert!(Cursor::decode(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_position_is_accepted_only_as_the_cursor_the_service_hands_out() {
+        // Found by the `cursor` fuzz target: "-0|" decoded to the position of "0|".
+        for text in ["-0|", "+5|m", "05|m", "-05|m"] {
+            let raw = URL_SAFE_NO_PAD.encode(text);
+            assert!(Cursor::decode(&raw).is_err(), "{text:?}");
+        }
+        for at_ms in [0, 5, -5, i64::MIN, i64::MAX] {
+            let cursor = Cursor {
+                at_ms,
+                id: "m|1".into(),
+            };
+            assert_eq!(Cursor::decode(&cursor.encode()).ok(), Some(Some(cursor)));
         }
     }
 
