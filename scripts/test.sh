@@ -56,6 +56,10 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "fuzz targets (a short bounded run; scripts/fuzz.sh 600 for the long one)"
+# Without AddressSanitizer here: the build is much shorter, and the code forbids `unsafe`.
+FUZZ_SANITIZER=none bash scripts/fuzz.sh 10
+
 step "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
