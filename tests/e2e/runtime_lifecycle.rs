@@ -113,6 +113,7 @@ async fn a_runtime_that_dies_mid_turn_leaves_the_reply_incomplete_and_the_agent_
             .collect()
     };
     let mut seen = statuses(&events);
+    let mut received = events.clone();
     if !seen.contains(&"online".to_owned()) || seen.last().map(String::as_str) != Some("online") {
         let more = socket
             .events_until(WAIT, |event| {
@@ -120,6 +121,7 @@ async fn a_runtime_that_dies_mid_turn_leaves_the_reply_incomplete_and_the_agent_
             })
             .await;
         seen.extend(statuses(&more));
+        received.extend(more);
     }
     let offline = seen
         .iter()
@@ -140,6 +142,34 @@ async fn a_runtime_that_dies_mid_turn_leaves_the_reply_incomplete_and_the_agent_
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["data"]["reply"]["status"], "delivered", "{body}");
+
+    // The socket got every durable event of the log, once and in order, the runtime's death
+    // notwithstanding.
+    let seq_of = |event: &ServerEvent| {
+        event
+            .args
+            .get(1)
+            .and_then(|position| position["seq"].as_u64())
+    };
+    let last = api
+        .all_events(&user, 0)
+        .await
+        .last()
+        .and_then(|event| event["seq"].as_u64())
+        .expect("logged events");
+    if received.iter().filter_map(seq_of).max() < Some(last) {
+        received.extend(
+            socket
+                .events_until(WAIT, |event| seq_of(event) == Some(last))
+                .await,
+        );
+    }
+    let seqs: Vec<u64> = received.iter().filter_map(seq_of).collect();
+    assert_eq!(
+        seqs,
+        (1..=last).collect::<Vec<_>>(),
+        "durable events lost or repeated"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
