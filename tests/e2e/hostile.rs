@@ -220,3 +220,73 @@ async fn hostile_socket_traffic_leaves_the_edge_up_its_memory_bounded_and_other_
     assert!(grown_mib < 96, "the edge grew by {grown_mib} MiB");
     drop(floods);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_gets_nothing_of_another_workspace_by_replay_subscription_or_event_log() {
+    let stack = Stack::embedded().await;
+    let edge = stack.edge(0);
+    let api = Api::new(edge);
+    let (owner, stranger) = (api.sign_up().await, api.sign_up().await);
+    let conversation = api.create_conversation(&owner).await;
+    api.send_and_wait(&owner, &conversation, "before", "secret")
+        .await;
+    let theirs = owner.workspace_id.as_str();
+    let token = [("x-token", stranger.token.as_str())];
+
+    // Replay in the handshake, with and without naming the workspace to join.
+    for auth in [
+        json!({"since": {theirs: 0}}),
+        json!({"workspaceId": theirs, "since": {theirs: 0}}),
+        json!({"workspaceId": theirs}),
+    ] {
+        let refused = sio::connect(edge, &token, Some(auth.clone()))
+            .await
+            .expect("the edge answers")
+            .expect_refused();
+        assert!(refused.contains("workspace not found"), "{auth}: {refused}");
+    }
+
+    // Subscribing afterwards, with and without a replay position.
+    let mut socket = sio::connect(edge, &token, None)
+        .await
+        .expect("connect")
+        .expect_connected();
+    for request in [
+        json!({"workspaceIds": [theirs]}),
+        json!({"workspaceIds": [theirs], "since": {theirs: 0}}),
+        json!({"workspaceIds": [stranger.workspace_id, theirs]}),
+    ] {
+        let answer = socket
+            .emit_with_ack(
+                "workspace.subscribe",
+                std::slice::from_ref(&request),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("an ack");
+        assert_eq!(answer[0]["ok"], false, "{request}: {answer:?}");
+        assert_eq!(
+            answer[0]["error"]["code"], "WORKSPACE_NOT_FOUND",
+            "{request}: {answer:?}"
+        );
+    }
+
+    // The log over REST, from the start and from any position.
+    for after in [0, 1, 3] {
+        let (status, body) = api
+            .get(
+                &format!("/v1/workspaces/{theirs}/events?after={after}"),
+                Some(&stranger.token),
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(!body.to_string().contains("secret"), "{body}");
+    }
+
+    // And nothing of a new turn reaches the stranger's socket.
+    api.send_and_wait(&owner, &conversation, "after", "more secrets")
+        .await;
+    if let Some(event) = socket.next_event(Duration::from_secs(2)).await {
+        panic!("a non-member's socket received {event:?}");
+    }
+}
