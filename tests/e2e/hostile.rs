@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::support::api::Api;
-use crate::support::{Stack, sio};
+use crate::support::{Stack, external_tool, sio};
 
 /// Cases per operation and phase; `SCHEMATHESIS_MAX_EXAMPLES` for a longer run.
 const MAX_EXAMPLES: &str = "20";
@@ -20,27 +20,15 @@ const RUN_BOUND: Duration = Duration::from_secs(300);
 /// The edge's `CONNECT_TIMEOUT`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn schemathesis() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("SCHEMATHESIS") {
-        return Some(path.into());
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("schemathesis"))
-            .find(|candidate| candidate.is_file())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rest_route_holds_its_openapi_contract_under_generated_input() {
-    let Some(schemathesis) = schemathesis() else {
-        // scripts/test.sh installs schemathesis and sets CRAWBL_REQUIRE_SCHEMATHESIS, so the
-        // test command always runs it; a bare `cargo test` without the tool says so.
-        assert!(
-            std::env::var_os("CRAWBL_REQUIRE_SCHEMATHESIS").is_none(),
-            "no schemathesis found (set SCHEMATHESIS, or `pip install schemathesis`)"
-        );
-        eprintln!("skipping the API property tests: no schemathesis on PATH");
+    // scripts/test.sh installs schemathesis and requires it.
+    let Some(schemathesis) = external_tool(
+        "SCHEMATHESIS",
+        "schemathesis",
+        "CRAWBL_REQUIRE_SCHEMATHESIS",
+        "pip install schemathesis",
+    ) else {
         return;
     };
     let stack = Stack::embedded().await;

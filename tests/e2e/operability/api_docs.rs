@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use reqwest::StatusCode;
 
 use crate::support::api::Api;
-use crate::support::{Options, Stack, free_port};
+use crate::support::{Options, Stack, external_tool, free_port};
 
 /// Every REST route of SPEC §4 (path parameters as the router names them).
 const SPEC_ROUTES: &[(&str, &str)] = &[
@@ -113,33 +113,15 @@ async fn the_openapi_document_describes_every_route_the_edge_serves() {
     assert!(error.is_object(), "the error body is described");
 }
 
-/// A grpcurl-compatible CLI: `$GRPCURL`, else `grpcurl` on `PATH` or in `~/.cargo/bin`.
-fn grpcurl() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("GRPCURL") {
-        return Some(PathBuf::from(path));
-    }
-    let home_bin = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin"));
-    std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(home_bin)
-        .map(|dir| dir.join("grpcurl"))
-        .find(|candidate| candidate.is_file())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_grpcurl_examples_run_against_every_grpc_server() {
-    let Some(grpcurl) = grpcurl() else {
-        // scripts/test.sh installs grpcurl-rs and sets CRAWBL_REQUIRE_GRPCURL, so the test
-        // command always runs the examples; a bare `cargo test` without the tool says so.
-        assert!(
-            std::env::var_os("CRAWBL_REQUIRE_GRPCURL").is_none(),
-            "no grpcurl found (set GRPCURL, or `cargo install grpcurl-rs --locked`)"
-        );
-        eprintln!(
-            "skipping the grpcurl examples: no grpcurl on PATH (scripts/test.sh installs it)"
-        );
+    // A grpcurl-compatible CLI; scripts/test.sh installs grpcurl-rs and requires it.
+    let Some(grpcurl) = external_tool(
+        "GRPCURL",
+        "grpcurl",
+        "CRAWBL_REQUIRE_GRPCURL",
+        "cargo install grpcurl-rs --locked",
+    ) else {
         return;
     };
     let token = format!("examples-token-{}", uuid::Uuid::new_v4().simple());

@@ -416,3 +416,33 @@ pub async fn wait_for_grpc_health(url: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An external CLI a test drives: `$VARIABLE`, else `name` on `PATH` or in `~/.cargo/bin`.
+/// `None` (the test should skip, saying so) when it is missing, unless `required_by` is set in
+/// the environment, as `scripts/test.sh` does after installing it: then missing is a failure.
+pub fn external_tool(
+    variable: &str,
+    name: &str,
+    required_by: &str,
+    install: &str,
+) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(variable) {
+        return Some(PathBuf::from(path));
+    }
+    let home_bin = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo/bin"));
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(home_bin)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os(required_by).is_none(),
+            "no {name} found (set {variable}, or `{install}`)"
+        );
+        eprintln!("skipping: no {name} on PATH (scripts/test.sh installs it)");
+    }
+    found
+}
