@@ -8,9 +8,11 @@ use axum::extract::ConnectInfo;
 use http::HeaderMap;
 use http::request::Parts;
 
-/// Addresses and CIDR blocks (`10.0.0.0/8`, `::1`) whose `X-Forwarded-For` is believed.
+/// Addresses and CIDR blocks (`10.0.0.0/8`, `::1`) whose `X-Forwarded-For` is believed, kept
+/// in the IPv6 space with IPv4 as mapped addresses (`10.0.0.0/8` is `::ffff:10.0.0.0/104`), so
+/// one comparison serves both families and a mapped entry means what it maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<(IpAddr, u8)>);
+pub struct TrustedProxies(Vec<(u128, u8)>);
 
 impl std::str::FromStr for TrustedProxies {
     type Err = String;
@@ -30,7 +32,7 @@ impl std::str::FromStr for TrustedProxies {
             let address: IpAddr = address
                 .parse()
                 .map_err(|_| format!("{item:?} is not an IP address or CIDR block"))?;
-            let bits = if address.is_ipv4() { 32 } else { 128 };
+            let (bits, mapped) = if address.is_ipv4() { (32, 96) } else { (128, 0) };
             let prefix = match prefix {
                 Some(prefix) => prefix
                     .parse::<u8>()
@@ -39,15 +41,7 @@ impl std::str::FromStr for TrustedProxies {
                     .ok_or_else(|| format!("{item:?} has no valid prefix length"))?,
                 None => bits,
             };
-            // Peers are compared as IPv4 when they are IPv4-mapped (see `canonical`), so a
-            // mapped block of at least /96 is the IPv4 block it maps (`::ffff:10.0.0.0/104` is
-            // `10.0.0.0/8`); a shorter one is an IPv6 block like any other.
-            blocks.push(match address {
-                IpAddr::V6(v6) if prefix >= 96 => v6
-                    .to_ipv4_mapped()
-                    .map_or((address, prefix), |v4| (IpAddr::V4(v4), prefix - 96)),
-                _ => (address, prefix),
-            });
+            blocks.push((masked(as_v6_bits(address), prefix + mapped), prefix + mapped));
         }
         Ok(Self(blocks))
     }
@@ -55,19 +49,10 @@ impl std::str::FromStr for TrustedProxies {
 
 impl TrustedProxies {
     fn contains(&self, address: IpAddr) -> bool {
-        let address = canonical(address);
+        let address = as_v6_bits(address);
         self.0
             .iter()
-            .any(|(block, prefix)| match (*block, address) {
-                (IpAddr::V4(block), IpAddr::V4(address)) => {
-                    masked(block.to_bits().into(), *prefix, 32)
-                        == masked(address.to_bits().into(), *prefix, 32)
-                }
-                (IpAddr::V6(block), IpAddr::V6(address)) => {
-                    masked(block.to_bits(), *prefix, 128) == masked(address.to_bits(), *prefix, 128)
-                }
-                _ => false,
-            })
+            .any(|(block, prefix)| masked(address, *prefix) == *block)
     }
 
     /// The client of a request from `peer` carrying `headers`.
@@ -110,12 +95,20 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
-fn masked(bits: u128, prefix: u8, width: u8) -> u128 {
-    if prefix == 0 {
-        return 0;
+/// The address as 128 bits, IPv4 as its IPv4-mapped IPv6 address.
+fn as_v6_bits(address: IpAddr) -> u128 {
+    match address {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().to_bits(),
+        IpAddr::V6(v6) => v6.to_bits(),
     }
-    let shift = u32::from(width - prefix);
-    (bits >> shift) << shift
+}
+
+/// The first `prefix` bits of `bits` (`prefix` ≤ 128).
+fn masked(bits: u128, prefix: u8) -> u128 {
+    match u32::from(prefix) {
+        0 => 0,
+        prefix => bits & (u128::MAX << (128 - prefix)),
+    }
 }
 
 #[cfg(test)]
@@ -163,8 +156,7 @@ mod tests {
     #[test]
     fn ipv4_mapped_entries_are_the_ipv4_addresses_and_blocks_they_map() {
         // Found by the `client_address` fuzz target: a mapped entry was compared as IPv4 with
-        // its IPv6 prefix length, an overflow (a panic with overflow checks; without them, every
-        // IPv4 peer was trusted).
+        // its IPv6 prefix length, an overflow. Now every block is compared in one 128-bit space.
         let trusted: TrustedProxies = "::ffff:10.0.0.0/104, ::ffff:192.168.1.7"
             .parse()
             .expect("valid");
@@ -179,9 +171,12 @@ mod tests {
             trusted.client(ip("203.0.113.9"), &headers),
             ip("203.0.113.9")
         );
-        // Shorter than /96 it is an IPv6 block like any other: IPv4 peers are not in it.
+        // Shorter than /96 it is an IPv6 block like any other, and the IPv4 peers it spans (as
+        // mapped addresses) are in it; a block beside the mapped range holds none of them.
         let wide: TrustedProxies = "::ffff:0:0/95".parse().expect("valid");
-        assert_eq!(wide.client(ip("10.1.2.3"), &headers), ip("10.1.2.3"));
+        assert_eq!(wide.client(ip("10.1.2.3"), &headers), ip("198.51.100.1"));
+        let beside: TrustedProxies = "::fffe:0:0/96".parse().expect("valid");
+        assert_eq!(beside.client(ip("10.1.2.3"), &headers), ip("10.1.2.3"));
     }
 
     #[test]
