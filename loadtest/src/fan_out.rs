@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crawbl_infra::bus::{Channels, EventBus};
 use crawbl_infra::jws::SigningKey;
-use crawbl_loadtest::rest;
+use crawbl_loadtest::{process, rest};
 use crawbl_proto::events::v1::{Event, MessageDelta, event};
 use serde_json::{Value, json};
 
@@ -379,37 +379,11 @@ struct Servers(Vec<u32>);
 
 impl Servers {
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        // utime and stime, in the kernel's USER_HZ ticks (100 per second on Linux).
-        let mut ticks = 0u64;
-        for pid in &self.0 {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .with_context(|| format!("reading /proc/{pid}/stat: is the server running?"))?;
-            let after_name = &stat[stat.rfind(')').context("no ) in /proc/pid/stat")? + 2..];
-            let fields: Vec<&str> = after_name.split(' ').collect();
-            ticks += fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        }
-        Ok(ticks as f64 / 100.0)
+        self.0.iter().map(|pid| process::cpu_seconds(*pid)).sum()
     }
 
     fn resident_kib(&self) -> anyhow::Result<u64> {
-        let mut total = 0;
-        for pid in &self.0 {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .with_context(|| format!("reading /proc/{pid}/status: is the server running?"))?;
-            total += status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|value| {
-                    value
-                        .trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-                .context("no VmRSS in the process status")?;
-        }
-        Ok(total)
+        self.0.iter().map(|pid| process::resident_kib(*pid)).sum()
     }
 }
 

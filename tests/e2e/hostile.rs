@@ -82,12 +82,7 @@ async fn every_rest_route_holds_its_openapi_contract_under_generated_input() {
 
 /// Resident memory of a process, in KiB.
 fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process runs");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    crawbl_loadtest::process::resident_kib(pid).expect("the process runs")
 }
 
 /// A raw websocket connected to `/v1` as `user`, to send what no client library would.
