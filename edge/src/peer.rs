@@ -32,7 +32,11 @@ impl std::str::FromStr for TrustedProxies {
             let address: IpAddr = address
                 .parse()
                 .map_err(|_| format!("{item:?} is not an IP address or CIDR block"))?;
-            let (bits, mapped) = if address.is_ipv4() { (32, 96) } else { (128, 0) };
+            let (bits, mapped) = if address.is_ipv4() {
+                (32, 96)
+            } else {
+                (128, 0)
+            };
             let prefix = match prefix {
                 Some(prefix) => prefix
                     .parse::<u8>()
@@ -41,7 +45,10 @@ impl std::str::FromStr for TrustedProxies {
                     .ok_or_else(|| format!("{item:?} has no valid prefix length"))?,
                 None => bits,
             };
-            blocks.push((masked(as_v6_bits(address), prefix + mapped), prefix + mapped));
+            blocks.push((
+                masked(as_v6_bits(address), prefix + mapped),
+                prefix + mapped,
+            ));
         }
         Ok(Self(blocks))
     }
