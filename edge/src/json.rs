@@ -133,6 +133,28 @@ pub struct Agent {
     pub description: String,
     /// `online | busy | offline`
     pub status: &'static str,
+    /// Instructions the model gets before the conversation; empty: the runtime's default persona.
+    pub system_prompt: String,
+    /// The model to ask; empty: the runtime's configured model.
+    pub model: String,
+    /// Absent: the provider's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Built-in tools of the runtime the agent may call (`time`, `calculator`).
+    pub tools: Vec<String>,
+    /// MCP servers (streamable HTTP) whose tools the agent may call, as `{name}__{tool}`.
+    pub mcp_servers: Vec<McpServer>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// Present once the agent is archived: it answers no new message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct McpServer {
+    pub name: String,
+    pub url: String,
 }
 
 impl From<conv::Agent> for Agent {
@@ -144,6 +166,21 @@ impl From<conv::Agent> for Agent {
             name: agent.name,
             description: agent.description,
             status: agent_status(agent.status),
+            system_prompt: agent.system_prompt,
+            model: agent.model,
+            temperature: agent.temperature,
+            tools: agent.tools,
+            mcp_servers: agent
+                .mcp_servers
+                .into_iter()
+                .map(|server| McpServer {
+                    name: server.name,
+                    url: server.url,
+                })
+                .collect(),
+            created_at: timestamp(agent.created_at_ms),
+            updated_at: timestamp(agent.updated_at_ms),
+            archived_at: agent.archived_at_ms.map(timestamp),
         }
     }
 }
@@ -353,6 +390,11 @@ impl SocketEvent {
                     index: delta.index,
                 })?,
                 false,
+            ),
+            Kind::AgentUpdated(agent) => (
+                "agent.updated",
+                serde_json::to_value(Agent::from(agent))?,
+                true,
             ),
             Kind::AgentTool(tool) => (
                 "agent.tool",

@@ -964,6 +964,7 @@ async fn call_without_credential(service: Service, url: &str) -> tonic::Status {
         Service::Conversation => ConversationServiceClient::new(channel)
             .list_agents(ListAgentsRequest {
                 workspace_id: "w".to_owned(),
+                ..ListAgentsRequest::default()
             })
             .await
             .map(|_| ()),

@@ -16,23 +16,6 @@ use crate::support::{Backend, Options, Stack, TempDir};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Runs an `async fn(Backend)` test once on SQLite and once on Postgres.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_sqlite() {
-                super::$name(super::Backend::Sqlite).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn on_postgres() {
-                super::$name(super::Backend::Postgres).await
-            }
-        }
-    )*};
-}
-
 on_both_backends!(
     concurrent_retries_of_one_send_store_one_message_and_start_one_turn,
     pages_of_a_long_conversation_return_every_message_once_newest_first,

@@ -1,8 +1,10 @@
 //! End-to-end tests: the real `crawbl` binary's components as separate processes (or the
 //! all-in-one embedded stack), real Postgres, real Redis, real Socket.IO clients.
 
+#[macro_use]
 mod support;
 
+mod agents;
 mod auth_and_tenancy;
 mod conversations;
 mod faults;

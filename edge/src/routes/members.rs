@@ -88,9 +88,9 @@ pub struct AddMember {
     /// The email of an existing user.
     #[schema(format = Email, max_length = 254)]
     email: String,
-    /// `member` (the default) or `owner`.
+    /// `member` (the default), `admin` (also manages agents) or `owner`.
     #[serde(default)]
-    #[schema(pattern = r"^\s*(member|owner)?\s*$")]
+    #[schema(pattern = r"^\s*(member|admin|owner)?\s*$")]
     role: Option<String>,
 }
 

@@ -1,5 +1,6 @@
 //! The REST API under `/v1` (SPEC §4).
 
+mod agents;
 mod api_keys;
 mod auth;
 mod conversations;
@@ -44,7 +45,8 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(workspaces::get))
         .routes(routes!(members::list, members::add))
         .routes(routes!(members::remove))
-        .routes(routes!(workspaces::agents))
+        .routes(routes!(agents::list, agents::create))
+        .routes(routes!(agents::get, agents::update, agents::archive))
         .routes(routes!(conversations::list, conversations::create))
         .routes(routes!(conversations::get, conversations::delete))
         .routes(routes!(messages::list, messages::send))

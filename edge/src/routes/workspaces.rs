@@ -2,7 +2,6 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crawbl_proto::auth::v1::CreateWorkspaceRequest;
-use crawbl_proto::conversation::v1::ListAgentsRequest;
 use crawbl_proto::runtimeproxy::v1::GetRuntimeRequest;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -12,7 +11,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::cluster::SocketChange;
 use crate::error::ApiError;
-use crate::json::{Agent, Data, Page, Runtime, Workspace};
+use crate::json::{Data, Page, Runtime, Workspace};
 
 /// `GET /v1/workspaces`: the caller's workspaces, oldest membership first.
 #[utoipa::path(
@@ -118,35 +117,4 @@ pub async fn get(
         .into_inner();
     workspace.runtime = Some(Runtime::from(runtime.state()));
     Ok(Json(Data { data: workspace }))
-}
-
-/// `GET /v1/workspaces/{id}/agents`, each with its live status.
-#[utoipa::path(
-    get,
-    operation_id = "listAgents",
-    path = "/workspaces/{workspace_id}/agents",
-    tag = "workspaces",
-    params(("workspace_id" = String, Path, description = "a workspace of the caller")),
-    responses(
-        (status = 200, description = "the agents with their live status", body = Page<Agent>),
-    ),
-    security(("bearer" = []), ("xToken" = [])),
-)]
-pub async fn agents(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(workspace_id): Path<String>,
-) -> Result<Json<Page<Agent>>, ApiError> {
-    caller.workspace(&workspace_id)?;
-    let agents = state
-        .conversations
-        .clone()
-        .list_agents(ListAgentsRequest { workspace_id })
-        .await?
-        .into_inner()
-        .agents;
-    Ok(Json(Page {
-        data: agents.into_iter().map(Agent::from).collect(),
-        next_cursor: None,
-    }))
 }

@@ -136,6 +136,8 @@ impl ApiKeyName {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Owner,
+    /// Manages the workspace's agents; membership stays with owners.
+    Admin,
     Member,
 }
 
@@ -143,25 +145,27 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Owner => "owner",
+            Self::Admin => "admin",
             Self::Member => "member",
         }
     }
 
-    /// `owner` or `member`; empty means `member` (the default when adding someone).
+    /// `owner`, `admin` or `member`; empty means `member` (the default when adding someone).
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         match raw.trim() {
             "" | "member" => Ok(Self::Member),
+            "admin" => Ok(Self::Admin),
             "owner" => Ok(Self::Owner),
             _ => Err(ValidationError::InvalidRole),
         }
     }
 
-    /// The role as stored; anything unexpected reads as the lesser role.
+    /// The role as stored; anything unexpected reads as the least role.
     pub fn from_stored(stored: &str) -> Self {
-        if stored == "owner" {
-            Self::Owner
-        } else {
-            Self::Member
+        match stored {
+            "owner" => Self::Owner,
+            "admin" => Self::Admin,
+            _ => Self::Member,
         }
     }
 }
@@ -327,7 +331,9 @@ mod tests {
         assert_eq!(Role::parse(""), Ok(Role::Member));
         assert_eq!(Role::parse("member"), Ok(Role::Member));
         assert_eq!(Role::parse("owner"), Ok(Role::Owner));
-        assert_eq!(Role::parse("admin"), Err(ValidationError::InvalidRole));
+        assert_eq!(Role::parse(" admin "), Ok(Role::Admin));
+        assert_eq!(Role::from_stored("admin"), Role::Admin);
+        assert_eq!(Role::parse("root"), Err(ValidationError::InvalidRole));
         assert_eq!(Role::from_stored("owner"), Role::Owner);
         assert_eq!(Role::from_stored("???"), Role::Member);
     }

@@ -19,7 +19,7 @@ pub enum ValidationError {
     InvalidWorkspaceName,
     #[error("the API key name must have between 1 and 100 characters")]
     InvalidApiKeyName,
-    #[error("the role must be \"owner\" or \"member\"")]
+    #[error("the role must be \"owner\", \"admin\" or \"member\"")]
     InvalidRole,
 }
 

@@ -110,7 +110,7 @@ impl Auth {
         }
         match workspaces::find_role(&mut *transaction, workspace_id, actor_user_id).await? {
             None => return Err(AuthError::WorkspaceNotFound),
-            Some(Role::Member) => return Err(AuthError::OwnerRequired),
+            Some(Role::Member | Role::Admin) => return Err(AuthError::OwnerRequired),
             Some(Role::Owner) => {}
         }
         let user_id = users::find_user_id_by_email(&mut *transaction, email.as_str())

@@ -12,6 +12,15 @@ pub enum ConversationError {
     ConversationNotFound,
     #[error("agent not found")]
     AgentNotFound,
+    /// The conversation's agent was archived: its conversation stays readable, but takes no new
+    /// message until it is moved to another agent.
+    #[error("the conversation's agent was archived")]
+    AgentArchived,
+    /// Every agent of the workspace is archived, so a conversation without one has nobody to ask.
+    #[error("the workspace has no active agent")]
+    NoActiveAgent,
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -48,6 +57,19 @@ impl From<ConversationError> for tonic::Status {
             ),
             ConversationError::AgentNotFound => {
                 status_with_code(Code::NotFound, "AGENT_NOT_FOUND", "agent not found")
+            }
+            ConversationError::AgentArchived => status_with_code(
+                Code::AlreadyExists,
+                "AGENT_ARCHIVED",
+                "the conversation's agent was archived; start a conversation with another agent",
+            ),
+            ConversationError::NoActiveAgent => status_with_code(
+                Code::FailedPrecondition,
+                "NO_ACTIVE_AGENT",
+                "every agent of the workspace is archived; create one first",
+            ),
+            ConversationError::Conflict { code, message } => {
+                status_with_code(Code::AlreadyExists, code, message)
             }
             ConversationError::Database(error) => {
                 tracing::error!(%error, "database error");

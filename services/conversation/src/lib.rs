@@ -2,6 +2,7 @@
 //! the agent turn that answers each user message (forwarded to runtime-proxy, streamed back,
 //! published as events).
 
+mod context;
 mod db;
 mod error;
 mod outbox;
@@ -20,6 +21,7 @@ use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use context::ContextBudget;
 pub use error::ConversationError;
 
 /// Entry points for the fuzz targets in `fuzz/` (not an API: hidden, no stability promise).
@@ -40,6 +42,8 @@ pub struct Config {
     pub event_retention: Duration,
     /// How long a send waits for the workspace's runtime before `RUNTIME_NOT_READY`.
     pub runtime_wait: Duration,
+    /// How much of the conversation each turn carries to the runtime.
+    pub context_budget: ContextBudget,
 }
 
 impl Config {
@@ -56,8 +60,23 @@ impl Config {
                 config::parse_or("EVENT_RETENTION_HOURS", 72u64)? * 3600,
             ),
             runtime_wait: Duration::from_millis(config::parse_or("RUNTIME_WAIT_MS", 10_000u64)?),
+            context_budget: context_budget_from_env()?,
         })
     }
+}
+
+fn context_budget_from_env() -> anyhow::Result<ContextBudget> {
+    let defaults = ContextBudget::default();
+    let budget = ContextBudget {
+        max_messages: config::parse_or("CONTEXT_MAX_MESSAGES", defaults.max_messages)?,
+        max_bytes: config::parse_or("CONTEXT_MAX_BYTES", defaults.max_bytes)?,
+    };
+    if budget.max_messages == 0 || budget.max_bytes == 0 {
+        anyhow::bail!(
+            "CONTEXT_MAX_MESSAGES and CONTEXT_MAX_BYTES must be at least 1 (the message a turn answers always goes)"
+        );
+    }
+    Ok(budget)
 }
 
 fn migrations() -> crawbl_infra::db::Migrations {
@@ -81,7 +100,13 @@ pub async fn run(
     recover_interrupted_turns(&pool, &outbox).await?;
 
     let runtime = RuntimeProxyClient::new(crawbl_infra::grpc::channel(&config.runtime_proxy_url)?);
-    let service = service::Conversations::new(pool, outbox.clone(), runtime, config.runtime_wait);
+    let service = service::Conversations::new(
+        pool,
+        outbox.clone(),
+        runtime,
+        config.runtime_wait,
+        config.context_budget,
+    );
     let turns = service.scheduler().tracker();
 
     let background = shutdown.child_token();

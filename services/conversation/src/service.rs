@@ -5,7 +5,10 @@ use std::time::Duration;
 use crawbl_infra::grpc::Channel;
 use crawbl_infra::grpc::status_with_code;
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationService;
-use crawbl_proto::conversation::v1::{Agent, AgentStatus};
+use crawbl_proto::conversation::v1::{
+    Agent, AgentStatus, ArchiveAgentRequest, CreateAgentRequest, GetAgentRequest,
+    UpdateAgentRequest,
+};
 use crawbl_proto::conversation::v1::{
     Conversation, CreateConversationRequest, DeleteConversationRequest, DeleteConversationResponse,
     GetConversationRequest, ListAgentsRequest, ListAgentsResponse, ListConversationsRequest,
@@ -17,10 +20,11 @@ use crawbl_proto::runtimeproxy::v1::{EnsureRuntimeRequest, GetRuntimeRequest, Ru
 use sqlx::AnyPool;
 use tonic::{Code, Request, Response, Status};
 
+use crate::context::ContextBudget;
 use crate::outbox::Outbox;
 use crate::scheduler::Scheduler;
 use crate::turn::TurnDeps;
-use crate::validate::{self, NewUserMessage};
+use crate::validate::{self, AgentChanges, NewAgent, NewUserMessage};
 use crate::{ConversationError, db};
 
 pub struct Conversations {
@@ -38,11 +42,13 @@ impl Conversations {
         outbox: Outbox,
         runtime: RuntimeProxyClient<Channel>,
         runtime_wait: Duration,
+        context_budget: ContextBudget,
     ) -> Self {
         let scheduler = Scheduler::new(TurnDeps {
             pool: pool.clone(),
             outbox: outbox.clone(),
             runtime: runtime.clone(),
+            context_budget,
         });
         Self {
             pool,
@@ -125,22 +131,100 @@ fn db_error(error: sqlx::Error) -> Status {
     ConversationError::from(error).into()
 }
 
+/// A write that named a slug another agent of the workspace has is a 409.
+fn agent_write_error(error: sqlx::Error) -> Status {
+    if error
+        .as_database_error()
+        .is_some_and(|error| error.is_unique_violation())
+    {
+        return ConversationError::Conflict {
+            code: "AGENT_SLUG_TAKEN",
+            message: "another agent of the workspace has this slug".to_owned(),
+        }
+        .into();
+    }
+    db_error(error)
+}
+
 #[tonic::async_trait]
 impl ConversationService for Conversations {
     async fn list_agents(
         &self,
         request: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        let workspace_id = request.into_inner().workspace_id;
+        let request = request.into_inner();
+        let workspace_id = request.workspace_id;
         db::ensure_default_agents(&self.pool, &workspace_id)
             .await
             .map_err(db_error)?;
-        let mut agents = db::list_agents(&self.pool, &workspace_id)
+        let mut agents = db::list_agents(&self.pool, &workspace_id, request.include_archived)
             .await
             .map_err(db_error)?;
         self.refresh_offline_agents(&workspace_id, &mut agents)
             .await;
         Ok(Response::new(ListAgentsResponse { agents }))
+    }
+
+    async fn create_agent(
+        &self,
+        request: Request<CreateAgentRequest>,
+    ) -> Result<Response<Agent>, Status> {
+        let new = NewAgent::try_from(request.into_inner())?;
+        // Seed first: a workspace's first agent write must not take a default agent's slug
+        // before the defaults exist.
+        db::ensure_default_agents(&self.pool, &new.workspace_id)
+            .await
+            .map_err(db_error)?;
+        let (agent, event) = db::create_agent(&self.pool, &new)
+            .await
+            .map_err(agent_write_error)?;
+        self.outbox.publish([event]).await;
+        Ok(Response::new(agent))
+    }
+
+    async fn get_agent(
+        &self,
+        request: Request<GetAgentRequest>,
+    ) -> Result<Response<Agent>, Status> {
+        let request = request.into_inner();
+        let agent = db::find_agent(&self.pool, &request.workspace_id, &request.agent_id)
+            .await
+            .map_err(db_error)?
+            .ok_or(ConversationError::AgentNotFound)?;
+        Ok(Response::new(agent))
+    }
+
+    async fn update_agent(
+        &self,
+        request: Request<UpdateAgentRequest>,
+    ) -> Result<Response<Agent>, Status> {
+        let request = request.into_inner();
+        let changes = AgentChanges::try_from(&request)?;
+        let (agent, event) = db::update_agent(
+            &self.pool,
+            &request.workspace_id,
+            &request.agent_id,
+            &changes,
+        )
+        .await
+        .map_err(agent_write_error)?
+        .ok_or(ConversationError::AgentNotFound)?;
+        self.outbox.publish([event]).await;
+        Ok(Response::new(agent))
+    }
+
+    async fn archive_agent(
+        &self,
+        request: Request<ArchiveAgentRequest>,
+    ) -> Result<Response<Agent>, Status> {
+        let request = request.into_inner();
+        let (agent, event) =
+            db::archive_agent(&self.pool, &request.workspace_id, &request.agent_id)
+                .await
+                .map_err(db_error)?
+                .ok_or(ConversationError::AgentNotFound)?;
+        self.outbox.publish(event).await;
+        Ok(Response::new(agent))
     }
 
     async fn create_conversation(
@@ -152,13 +236,14 @@ impl ConversationService for Conversations {
         db::ensure_default_agents(&self.pool, &request.workspace_id)
             .await
             .map_err(db_error)?;
-        if let Some(agent_id) = &request.agent_id
-            && db::find_agent(&self.pool, &request.workspace_id, agent_id)
+        if let Some(agent_id) = &request.agent_id {
+            let agent = db::find_agent(&self.pool, &request.workspace_id, agent_id)
                 .await
                 .map_err(db_error)?
-                .is_none()
-        {
-            return Err(ConversationError::AgentNotFound.into());
+                .ok_or(ConversationError::AgentNotFound)?;
+            if agent.archived_at_ms.is_some() {
+                return Err(ConversationError::AgentArchived.into());
+            }
         }
         let conversation = db::create_conversation(
             &self.pool,
@@ -229,6 +314,8 @@ impl ConversationService for Conversations {
         let conversation = self
             .conversation(&new.workspace_id, &new.conversation_id)
             .await?;
+        // A conversation whose agent was archived stays readable but takes no new message.
+        db::agent_for_conversation(&self.pool, &conversation).await?;
         self.ensure_runtime(&new.workspace_id).await?;
         let (message, created) = db::insert_user_message(&self.pool, &new)
             .await

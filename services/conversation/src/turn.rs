@@ -18,6 +18,7 @@ use futures::StreamExt;
 use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::{self, ContextBudget};
 use crate::outbox::Outbox;
 use crate::{ConversationError, db};
 
@@ -30,6 +31,7 @@ pub struct TurnDeps {
     pub pool: AnyPool,
     pub outbox: Outbox,
     pub runtime: RuntimeProxyClient<Channel>,
+    pub context_budget: ContextBudget,
 }
 
 /// Runs the agent's turn in answer to `user_message` and returns the agent's final message
@@ -96,6 +98,13 @@ async fn answer(
     user_message: &Message,
     cancel: &CancellationToken,
 ) -> Result<Option<(Message, Ending)>, ConversationError> {
+    // Read before the reply exists, so a failure here leaves no reply `streaming`.
+    let request = until_available(cancel, || async {
+        context::turn_request(&deps.pool, deps.context_budget, agent, user_message)
+            .await
+            .map_err(ConversationError::from)
+    })
+    .await?;
     let mut retry = false;
     let (mut reply, created) = until_available(cancel, || {
         let again = std::mem::replace(&mut retry, true);
@@ -103,19 +112,6 @@ async fn answer(
     })
     .await?;
     deps.outbox.publish(created).await;
-
-    let request = TurnRequest {
-        workspace_id: conversation.workspace_id.clone(),
-        conversation_id: conversation.id.clone(),
-        agent_id: agent.id.clone(),
-        agent_slug: agent.slug.clone(),
-        message_id: user_message.id.clone(),
-        text: user_message
-            .content
-            .as_ref()
-            .map(|content| content.text.clone())
-            .unwrap_or_default(),
-    };
     let mut text = String::new();
     let ending = stream_reply(deps, &mut reply, &mut text, request, cancel).await;
     let status = match ending {

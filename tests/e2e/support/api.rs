@@ -26,7 +26,11 @@ impl Api {
 
     /// Signs up a new user with a unique email; panics unless it answers 201.
     pub async fn sign_up(&self) -> User {
-        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        self.sign_up_as(&unique_email()).await
+    }
+
+    /// Signs up a new user with `email`; panics unless it answers 201.
+    pub async fn sign_up_as(&self, email: &str) -> User {
         let (status, body) = self
             .post(
                 "/v1/auth/sign-up",
@@ -47,6 +51,27 @@ impl Api {
                 .expect("workspaces[0].id")
                 .to_owned(),
         }
+    }
+
+    /// Adds the user with `email` to `owner`'s workspace as `role`; panics unless it answers 201.
+    pub async fn add_member(&self, owner: &User, email: &str, role: &str) {
+        let (status, body) = self
+            .post(
+                &format!("/v1/workspaces/{}/members", owner.workspace_id),
+                Some(&owner.token),
+                json!({"email": email, "role": role}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "add member: {body}");
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let request = self
+            .client
+            .patch(format!("{}{path}", self.base))
+            .header("x-token", token)
+            .json(&body);
+        read(request.send().await.expect("PATCH")).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
@@ -192,6 +217,11 @@ impl Api {
             .expect("DELETE");
         read(response).await
     }
+}
+
+/// An email no other test uses.
+pub fn unique_email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
 }
 
 async fn read(response: reqwest::Response) -> (StatusCode, Value) {

@@ -18,6 +18,24 @@ use tokio::process::{Child, Command};
 /// The all-in-one binary, whose subcommands run each component alone.
 const CRAWBL: &str = env!("CARGO_BIN_EXE_crawbl");
 
+/// Runs each `async fn(Backend)` test once on SQLite and once on Postgres (the calling module
+/// must have `Backend` in scope).
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
 pub fn postgres_admin_url() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())

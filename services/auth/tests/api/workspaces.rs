@@ -178,7 +178,7 @@ async fn owners_add_members_by_email_and_members_see_the_workspace(backend: Back
         "USER_NOT_FOUND",
     );
     assert_fails_with(
-        add(&app, &alice, &workspace, "bob@example.com", "admin").await,
+        add(&app, &alice, &workspace, "bob@example.com", "superuser").await,
         Code::InvalidArgument,
         "INVALID_ROLE",
     );
@@ -220,6 +220,22 @@ async fn only_members_see_members_and_only_owners_manage_them(backend: Backend) 
     );
     assert_fails_with(
         remove(&app, &bob, &workspace, &alice).await,
+        Code::PermissionDenied,
+        "OWNER_REQUIRED",
+    );
+    // An admin manages agents (the edge's check), not members.
+    let dave = user_id(&app.sign_up_ok("dave@example.com", "Dave").await);
+    let added = add(&app, &alice, &workspace, "dave@example.com", "admin")
+        .await
+        .expect("add dave as an admin");
+    assert_eq!(added.role, "admin");
+    assert_fails_with(
+        add(&app, &dave, &workspace, "carol@example.com", "").await,
+        Code::PermissionDenied,
+        "OWNER_REQUIRED",
+    );
+    assert_fails_with(
+        remove(&app, &dave, &workspace, &bob).await,
         Code::PermissionDenied,
         "OWNER_REQUIRED",
     );

@@ -326,6 +326,29 @@ pub async fn list_messages(
     }))
 }
 
+/// What a turn may show the model of its conversation: the newest `limit` messages up to and
+/// including `through` (the user message the turn answers), newest first. Replies still
+/// streaming and replies that failed with no text are left out; they say nothing yet.
+pub async fn context_messages(
+    pool: &AnyPool,
+    through: &Message,
+    limit: u32,
+) -> Result<Vec<Message>, sqlx::Error> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
+           AND (created_at < $2 OR (created_at = $2 AND id <= $3))
+           AND status <> 'streaming' AND NOT (status = 'failed' AND text = '')
+         ORDER BY created_at DESC, id DESC LIMIT $4"
+    )))
+    .bind(&through.conversation_id)
+    .bind(through.created_at_ms)
+    .bind(&through.id)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(message_from_row).collect()
+}
+
 fn role_from_db(text: &str) -> MessageRole {
     match text {
         "user" => MessageRole::User,

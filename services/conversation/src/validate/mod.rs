@@ -1,5 +1,9 @@
 //! Turning requests into checked values once, at the boundary.
 
+mod agent;
+
+pub use agent::{AgentChanges, NewAgent};
+
 use crate::ConversationError;
 use crawbl_proto::conversation::v1::SendMessageRequest;
 
