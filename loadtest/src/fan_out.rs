@@ -181,7 +181,7 @@ pub async fn storm(flags: &Flags) -> anyhow::Result<()> {
         bail!("storm needs --edge A,B: sockets start on A, which is killed, and move to B");
     };
     let kill_pid = flags.kill_pid.context("storm needs --kill-pid of edge A")?;
-    let http = reqwest::Client::new();
+    let http = rest::http_client();
     let account = account(flags, survivor).await?;
     let conversation = match flags.peer_seed {
         Some(_) => "bench".to_owned(),
@@ -349,7 +349,7 @@ async fn run_publish_command(flags: &Flags) -> anyhow::Result<()> {
 pub async fn account(flags: &Flags, edge: &str) -> anyhow::Result<rest::Account> {
     match &flags.peer_seed {
         Some(seed) => peer_account(seed),
-        None => rest::sign_up(&reqwest::Client::new(), edge).await,
+        None => rest::sign_up(&rest::http_client(), edge).await,
     }
 }
 

@@ -144,7 +144,7 @@ impl Flags {
 /// `seconds`, and measures, at another socket of the workspace, the time from the start of each
 /// REST call to that message's `message.new`.
 async fn send_path(flags: &Flags) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = rest::http_client();
     let account = fan_out::account(flags, &flags.edge).await?;
     let mut conversations = Vec::new();
     for sender in 0..flags.senders {
@@ -278,7 +278,7 @@ async fn run_sender(
 /// steady state), then `cold` more with one new user each (each handshake also fetches that
 /// user's memberships once). Every socket stays open to the end.
 async fn handshake(flags: &Flags) -> anyhow::Result<()> {
-    let http = reqwest::Client::new();
+    let http = rest::http_client();
     let mut tokens = Vec::new();
     for _ in 0..flags.users.max(1) {
         tokens.push(rest::sign_up(&http, &flags.edge).await?.token);

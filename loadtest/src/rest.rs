@@ -3,6 +3,27 @@
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+/// A plain-HTTP client for the load tool and the tests.
+///
+/// reqwest 0.13 brings no crypto of its own in this workspace (runtime-stub turns on
+/// `rustls-no-provider` and feature unification shares it), and a client cannot even be built
+/// without a rustls provider installed, so the first call installs ring as the process default.
+pub fn http_client() -> reqwest::Client {
+    install_tls_provider();
+    reqwest::Client::new()
+}
+
+/// Installs rustls's ring provider as the process default, once; calling it again is harmless.
+/// Anything that builds `reqwest::Client::new()` in a process of this workspace needs it first.
+pub fn install_tls_provider() {
+    // ring's provider is deprecated for lacking post-quantum key exchange; aws-lc-rs is kept out
+    // of the build on purpose (see the root Cargo.toml).
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    // Err only means a provider is installed already, which is all this wants.
+    let _ = provider.install_default();
+}
+
 /// A signed-up user with the id of their first workspace.
 #[derive(Debug, Clone)]
 pub struct Account {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use crawbl_infra::config::{optional, parse_or, required};
+use rustls::pki_types::CertificateDer;
 
 use crate::provider::Pace;
 
@@ -29,6 +30,18 @@ pub struct Config {
     /// sets it and keeps a pipe to stdin open, so a runtime never outlives a proxy that was killed
     /// without the chance to kill its children.
     pub exit_with_parent: bool,
+    /// `RUNTIME_STUB_MAX_TOOL_ROUNDS` (default 8): how many rounds of tool calls one turn may run
+    /// before a model that keeps asking for tools ends it with `TOOL_ROUNDS_EXCEEDED`.
+    pub max_tool_rounds: u32,
+    /// `RUNTIME_STUB_TOOL_TIMEOUT_MS` (default 30000): the longest one tool call may take (and
+    /// connecting to and listing one MCP server); past it the model gets an error result.
+    pub tool_timeout: Duration,
+    /// `RUNTIME_STUB_PROVIDER_RETRIES` (default 2): how many times a provider request that failed
+    /// before streaming anything (429, 5xx, a connection error) is tried again.
+    pub provider_retries: u32,
+    /// CA certificates trusted for https on top of the platform's: the PEM file named by
+    /// `SSL_CERT_FILE` and the files of the `SSL_CERT_DIR` directories, read once at start.
+    pub extra_root_certificates: Vec<CertificateDer<'static>>,
 }
 
 /// Which provider answers turns.
@@ -41,10 +54,10 @@ pub enum ProviderConfig {
 /// An OpenAI-compatible chat-completions endpoint.
 #[derive(Clone, PartialEq, Eq)]
 pub struct OpenAiConfig {
-    /// `OPENAI_BASE_URL`, e.g. `http://127.0.0.1:11434/v1`; requests go to
-    /// `{base}/chat/completions`.
+    /// `OPENAI_BASE_URL`, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`;
+    /// requests go to `{base}/chat/completions`.
     pub base_url: String,
-    /// `OPENAI_MODEL`.
+    /// `OPENAI_MODEL`: the model of agents that name none.
     pub model: String,
     /// `OPENAI_API_KEY`, sent as a bearer token when set.
     pub api_key: Option<String>,
@@ -69,6 +82,10 @@ impl Default for Config {
             first_token_latency: Duration::ZERO,
             provider: ProviderConfig::Scripted,
             exit_with_parent: false,
+            max_tool_rounds: 8,
+            tool_timeout: Duration::from_secs(30),
+            provider_retries: 2,
+            extra_root_certificates: Vec::new(),
         }
     }
 }
@@ -91,6 +108,16 @@ impl Config {
             first_token_latency: Duration::from_millis(parse_or("RUNTIME_STUB_LATENCY_MS", 0)?),
             provider: provider_from_env()?,
             exit_with_parent: parse_or("RUNTIME_STUB_EXIT_WITH_PARENT", defaults.exit_with_parent)?,
+            max_tool_rounds: parse_or("RUNTIME_STUB_MAX_TOOL_ROUNDS", defaults.max_tool_rounds)?,
+            tool_timeout: tool_timeout(parse_or(
+                "RUNTIME_STUB_TOOL_TIMEOUT_MS",
+                millis(defaults.tool_timeout),
+            )?)?,
+            provider_retries: parse_or("RUNTIME_STUB_PROVIDER_RETRIES", defaults.provider_retries)?,
+            extra_root_certificates: crate::tls::extra_roots_from_env(
+                optional("SSL_CERT_FILE").as_deref(),
+                optional("SSL_CERT_DIR").as_deref(),
+            )?,
         })
     }
 
@@ -115,6 +142,13 @@ fn token_delay(delay_set: bool, delay_ms: u64, rate: Option<f64>) -> anyhow::Res
             bail!("RUNTIME_STUB_TOKENS_PER_SECOND={rate} is not valid: expected a positive number")
         }
     }
+}
+
+fn tool_timeout(millis: u64) -> anyhow::Result<Duration> {
+    if millis == 0 {
+        bail!("RUNTIME_STUB_TOOL_TIMEOUT_MS=0 is not valid: a tool needs some time to run");
+    }
+    Ok(Duration::from_millis(millis))
 }
 
 fn provider_from_env() -> anyhow::Result<ProviderConfig> {
@@ -162,6 +196,15 @@ mod tests {
         assert!(token_delay(false, 5, Some(-1.0)).is_err());
         assert!(token_delay(false, 5, Some(0.0)).is_err());
         assert!(token_delay(false, 5, Some(f64::INFINITY)).is_err());
+    }
+
+    #[test]
+    fn a_zero_tool_timeout_is_refused() {
+        assert!(tool_timeout(0).is_err());
+        assert_eq!(
+            tool_timeout(250).expect("valid"),
+            Duration::from_millis(250)
+        );
     }
 
     #[test]

@@ -1,25 +1,32 @@
 //! The scripted provider's plan for one turn: what the agent says, which tools it calls, and how
-//! the turn ends. Everything here is a pure function of the agent's slug and the user's text, so
-//! tests compute the exact events they expect with [`script`] or [`scripted_reply`].
+//! the turn ends. Everything here is a pure function of the agent's slug, the user's text and the
+//! history the turn carries, so tests compute the exact events they expect with [`script`],
+//! [`script_for_turn`] or [`scripted_reply`].
 //!
 //! A line of the user's text that starts with one of these directives steers the turn (other
 //! lines, and directives that do not parse, are plain text):
 //!
 //! | directive | effect |
 //! |---|---|
-//! | `/tool NAME {json}` | the agent calls tool `NAME` with the JSON object (default `{}`), then gets [`scripted_tool_result`]; one call per directive, before the text |
+//! | `/tool NAME {json}` | the agent calls tool `NAME` with the JSON object (default `{}`), then gets its result; one call per directive, before the text. The result is the real tool's when `NAME` is a built-in the agent lists in its `tools` or a `{server}__{tool}` of one of its MCP servers (see [`crate::tools`]), otherwise [`scripted_tool_result`] |
+//! | `/context` | the reply is [`context_reply`]: `[slug] ` and [`describe_context`] of the history the turn received, instead of the echo |
 //! | `/fail` | the agent streams the first half of its reply, then the turn ends with a `PROVIDER_ERROR` error |
 //! | `/die` | the agent streams [`DIE_AFTER_TOKENS`] tokens, then the whole runtime process exits with status [`DIE_EXIT_CODE`] |
 //! | `/slow N` | N milliseconds before the first event, instead of the configured latency |
 //!
-//! Only the first of `/fail` and `/die` counts. The reply itself is the agent's answer to the whole
-//! text, directives included, so plain messages and steered ones read alike.
+//! Only the first of `/fail` and `/die` counts. Without `/context` the reply is the agent's
+//! answer to the whole text, directives included, so plain messages and steered ones read alike.
+//!
+//! [`describe_context`]: crate::describe_context
 
 use std::time::Duration;
 
+use crawbl_proto::runtime::v1::context_message::Role;
+use crawbl_proto::runtime::v1::{ContextMessage, TurnRequest};
 use serde_json::{Map, Value, json};
 
 use crate::agents::Agent;
+use crate::context::{describe_context, turn_history};
 use crate::tokens::tokens;
 
 /// How many tokens `/die` streams before the process exits.
@@ -57,10 +64,39 @@ pub struct Script {
     pub steps: Vec<Step>,
 }
 
-/// What the agent `agent_slug` does when it gets `user_text`.
+/// What the agent `agent_slug` does when it gets `user_text` as the only message of the
+/// conversation.
 pub fn script(agent_slug: &str, user_text: &str) -> Script {
-    let reply = Agent::from_slug(agent_slug).scripted_answer(user_text);
+    let history = [ContextMessage {
+        role: Role::User.into(),
+        text: user_text.to_owned(),
+        ..ContextMessage::default()
+    }];
+    script_with_history(agent_slug, user_text, &history)
+}
+
+/// What the agent does for `turn`: its slug, its text, and its history (see
+/// [`crate::context::turn_history`]).
+pub fn script_for_turn(turn: &TurnRequest) -> Script {
+    script_with_history(&turn.agent_slug, &turn.text, &turn_history(turn))
+}
+
+/// The reply of a `/context` turn: `[slug] ` then [`describe_context`] of `history`.
+pub fn context_reply(agent_slug: &str, history: &[ContextMessage]) -> String {
+    format!(
+        "[{}] {}",
+        Agent::from_slug(agent_slug).slug(),
+        describe_context(history)
+    )
+}
+
+fn script_with_history(agent_slug: &str, user_text: &str, history: &[ContextMessage]) -> Script {
     let directives = directives(user_text);
+    let reply = if directives.contains(&Directive::Context) {
+        context_reply(agent_slug, history)
+    } else {
+        Agent::from_slug(agent_slug).scripted_answer(user_text)
+    };
     let mut steps = Vec::new();
     let mut first_token_latency = None;
     let mut ending = None;
@@ -85,6 +121,7 @@ pub fn script(agent_slug: &str, user_text: &str) -> Script {
                 });
             }
             Directive::Slow(pause) => first_token_latency = Some(pause),
+            Directive::Context => {}
             Directive::Fail | Directive::Die => {
                 ending.get_or_insert(directive);
             }
@@ -145,6 +182,7 @@ enum Directive {
         name: String,
         arguments_json: String,
     },
+    Context,
     Fail,
     Die,
     Slow(Duration),
@@ -159,6 +197,7 @@ fn parse_directive(line: &str) -> Option<Directive> {
     let (command, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let rest = rest.trim();
     match (command, rest) {
+        ("/context", "") => Some(Directive::Context),
         ("/fail", "") => Some(Directive::Fail),
         ("/die", "") => Some(Directive::Die),
         ("/slow", millis) => {
@@ -274,6 +313,45 @@ mod tests {
     }
 
     #[test]
+    fn context_answers_with_the_history_instead_of_the_echo() {
+        let turn = TurnRequest {
+            agent_slug: "assistant".into(),
+            text: "/context".into(),
+            history: vec![
+                ContextMessage {
+                    role: Role::User.into(),
+                    text: "hi".into(),
+                    ..ContextMessage::default()
+                },
+                ContextMessage {
+                    role: Role::Agent.into(),
+                    text: "[assistant] You said: hi".into(),
+                    agent_name: "Assistant".into(),
+                    ..ContextMessage::default()
+                },
+                ContextMessage {
+                    role: Role::User.into(),
+                    text: "/context".into(),
+                    ..ContextMessage::default()
+                },
+            ],
+            ..TurnRequest::default()
+        };
+        assert_eq!(
+            script_for_turn(&turn).steps,
+            vec![Step::Text(
+                "[assistant] Context (3): user: hi | assistant(Assistant): [assistant] You said: hi | user: /context"
+                    .to_owned()
+            )]
+        );
+        // Without history, the text is the one message.
+        assert_eq!(
+            scripted_reply("researcher", "/context"),
+            "[researcher] Context (1): user: /context"
+        );
+    }
+
+    #[test]
     fn directives_that_do_not_parse_are_plain_text() {
         for text in [
             "/slow soon",
@@ -282,6 +360,7 @@ mod tests {
             "say /fail",
             "/failing",
             "/die now",
+            "/context please",
         ] {
             let script = script("assistant", text);
             assert_eq!(script.first_token_latency, None, "{text}");

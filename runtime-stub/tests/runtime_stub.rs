@@ -1,15 +1,26 @@
 //! runtime-stub against real gRPC clients: in-process servers on 127.0.0.1:0 and the real binary.
-//! The OpenAI-compatible provider has its own file, `openai_provider.rs`.
+//! The OpenAI-compatible provider has its own files, `openai_provider.rs` and `agent_turns.rs`.
 
+#[path = "support/mcp_server.rs"]
+mod mcp_server;
+#[path = "support/runtime.rs"]
+mod runtime;
+
+use runtime::events_of;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crawbl_proto::runtime::v1::agent_runtime_client::AgentRuntimeClient;
-use crawbl_proto::runtime::v1::{TurnEvent, TurnRequest, turn_event::Event};
-use crawbl_runtime_stub::{
-    Config, DIE_AFTER_TOKENS, DIE_EXIT_CODE, LISTENING_PREFIX, PROVIDER_ERROR, Pace, Provider,
-    Step, StubRuntime, script, scripted_reply,
+use crawbl_proto::runtime::v1::context_message::Role;
+use crawbl_proto::runtime::v1::{
+    AgentConfig, ContextMessage, McpServer, ToolExchange, TurnEvent, TurnRequest, turn_event::Event,
 };
+use crawbl_runtime_stub::{
+    Config, DIE_AFTER_TOKENS, DIE_EXIT_CODE, LISTENING_PREFIX, PROVIDER_ERROR, Step, StubRuntime,
+    context_reply, describe_context, script, scripted_reply, scripted_tool_result,
+};
+use mcp_server::McpTestServer;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +39,7 @@ fn turn(slug: &str, text: &str) -> TurnRequest {
         agent_slug: slug.into(),
         message_id: "msg-1".into(),
         text: text.into(),
+        ..TurnRequest::default()
     }
 }
 
@@ -51,20 +63,6 @@ async fn start_with(config: Config) -> (String, tokio_util::sync::DropGuard) {
 async fn client(address: &str) -> AgentRuntimeClient<Channel> {
     let channel = crawbl_infra::grpc::channel_without_credential(address).expect("channel");
     AgentRuntimeClient::new(channel)
-}
-
-/// Every event of a turn, in order.
-async fn collect(client: &mut AgentRuntimeClient<Channel>, request: TurnRequest) -> Vec<Event> {
-    let mut stream = client.turn(request).await.expect("turn").into_inner();
-    let mut events = Vec::new();
-    while let Some(TurnEvent { event }) = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("next event in time")
-        .expect("stream ok")
-    {
-        events.push(event.expect("event set"));
-    }
-    events
 }
 
 /// Events of a turn up to the end of its stream, or up to the stream failing (then `true`).
@@ -101,7 +99,7 @@ async fn a_turn_streams_the_scripted_reply_then_usage_then_done() {
     let (address, _server) = start_in_process(Duration::from_millis(1)).await;
     let mut client = client(&address).await;
 
-    let events = collect(&mut client, turn("helper", "hello there,  friend")).await;
+    let events = events_of(&mut client, turn("helper", "hello there,  friend")).await;
 
     assert_eq!(
         concatenated_deltas(&events),
@@ -122,9 +120,11 @@ async fn a_turn_streams_the_scripted_reply_then_usage_then_done() {
 #[tokio::test]
 async fn a_cancelled_turn_stops_streaming_at_once() {
     // 200 tokens at 50 ms would keep the turn alive for ten seconds if cancellation were ignored.
-    let runtime = StubRuntime::new(Provider::Scripted(Pace::per_token(Duration::from_millis(
-        50,
-    ))));
+    let runtime = StubRuntime::from_config(&Config {
+        token_delay: Duration::from_millis(50),
+        ..Config::default()
+    })
+    .expect("runtime");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = format!("http://{}", listener.local_addr().expect("local addr"));
     let shutdown = CancellationToken::new();
@@ -205,7 +205,7 @@ async fn the_binary_announces_its_address_on_stdout_answers_and_exits_when_stdin
     assert!(address.starts_with("127.0.0.1:") && !address.ends_with(":0"));
 
     let mut client = client(&format!("http://{address}")).await;
-    let events = collect(&mut client, turn("scout", "ping")).await;
+    let events = events_of(&mut client, turn("scout", "ping")).await;
     assert_eq!(
         concatenated_deltas(&events),
         scripted_reply("scout", "ping")
@@ -227,8 +227,8 @@ async fn each_agent_of_a_workspace_answers_with_its_own_persona() {
     let (address, _server) = start_in_process(Duration::from_millis(1)).await;
     let mut client = client(&address).await;
 
-    let assistant = collect(&mut client, turn("assistant", "what is new?")).await;
-    let researcher = collect(&mut client, turn("researcher", "what is new?")).await;
+    let assistant = events_of(&mut client, turn("assistant", "what is new?")).await;
+    let researcher = events_of(&mut client, turn("researcher", "what is new?")).await;
 
     assert_eq!(
         concatenated_deltas(&assistant),
@@ -251,7 +251,7 @@ async fn a_tool_directive_yields_a_tool_call_then_its_result_then_the_text() {
     let mut client = client(&address).await;
     let text = "/tool weather {\"city\":\"Paris\"}";
 
-    let events = collect(&mut client, turn("assistant", text)).await;
+    let events = events_of(&mut client, turn("assistant", text)).await;
 
     let expected = script("assistant", text);
     let [
@@ -289,7 +289,7 @@ async fn a_fail_directive_ends_the_turn_with_a_provider_error_after_some_text() 
     let (address, _server) = start_in_process(Duration::from_millis(1)).await;
     let mut client = client(&address).await;
 
-    let events = collect(&mut client, turn("assistant", "please /fail\n/fail")).await;
+    let events = events_of(&mut client, turn("assistant", "please /fail\n/fail")).await;
 
     let said = concatenated_deltas(&events);
     assert!(!said.is_empty());
@@ -348,7 +348,7 @@ async fn tokens_are_paced_by_the_token_delay() {
     let mut client = client(&address).await;
 
     let started = Instant::now();
-    let events = collect(&mut client, turn("assistant", "one two three four five")).await;
+    let events = events_of(&mut client, turn("assistant", "one two three four five")).await;
     let deltas = events
         .iter()
         .filter(|event| matches!(event, Event::Delta(_)))
@@ -414,4 +414,113 @@ async fn the_binary_refuses_to_start_with_a_contradictory_pace() {
         .await
         .expect("run the binary");
     assert!(!status.success());
+}
+
+fn message(
+    role: Role,
+    text: &str,
+    agent_name: &str,
+    tool_calls: Vec<ToolExchange>,
+) -> ContextMessage {
+    ContextMessage {
+        role: role.into(),
+        text: text.into(),
+        agent_id: if role == Role::Agent {
+            "agent-1".into()
+        } else {
+            String::new()
+        },
+        agent_name: agent_name.into(),
+        tool_calls,
+        ..ContextMessage::default()
+    }
+}
+
+#[tokio::test]
+async fn context_replies_with_the_history_the_turn_received() {
+    let (address, _server) = start_in_process(Duration::from_millis(1)).await;
+    let mut client = client(&address).await;
+    let history = vec![
+        message(Role::User, "hi", "", vec![]),
+        message(
+            Role::Agent,
+            "[assistant] You said: hi",
+            "Assistant",
+            vec![ToolExchange {
+                call_id: "call-1".into(),
+                name: "calculator".into(),
+                arguments_json: r#"{"expression":"1+1"}"#.into(),
+                result_json: r#"{"expression":"1+1","result":2}"#.into(),
+            }],
+        ),
+        message(Role::User, "/context", "", vec![]),
+    ];
+    let request = TurnRequest {
+        history: history.clone(),
+        ..turn("assistant", "/context")
+    };
+
+    let events = events_of(&mut client, request).await;
+
+    let reply = concatenated_deltas(&events);
+    assert_eq!(reply, context_reply("assistant", &history));
+    assert_eq!(
+        reply,
+        "[assistant] Context (3): user: hi | assistant(Assistant) [tool calculator {\"expression\":\"1+1\"} -> {\"expression\":\"1+1\",\"result\":2}]: [assistant] You said: hi | user: /context"
+    );
+    assert_eq!(reply, format!("[assistant] {}", describe_context(&history)));
+    assert!(matches!(events.last(), Some(Event::Done(_))));
+
+    // An older caller sends no history: the text is the one message.
+    let events = events_of(&mut client, turn("researcher", "/context")).await;
+    assert_eq!(
+        concatenated_deltas(&events),
+        "[researcher] Context (1): user: /context"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_directive_runs_the_agents_real_tools_and_scripts_the_rest() {
+    let mcp = McpTestServer::start().await;
+    let (address, _server) = start_in_process(Duration::from_millis(1)).await;
+    let mut client = client(&address).await;
+    let text = "/tool calculator {\"expression\": \"2^10\"}\n/tool math__shout {\"text\": \"hey\"}\n/tool weather {\"city\": \"Paris\"}\n/tool time";
+    let request = TurnRequest {
+        agent: Some(AgentConfig {
+            tools: vec!["calculator".into()],
+            mcp_servers: vec![McpServer {
+                name: "math".into(),
+                url: mcp.url.clone(),
+            }],
+            ..AgentConfig::default()
+        }),
+        ..turn("assistant", text)
+    };
+
+    let events = events_of(&mut client, request).await;
+
+    let results: Vec<&str> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::ToolResult(result) => Some(result.result_json.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results.len(), 4, "{events:?}");
+    let real: Value = serde_json::from_str(results[0]).expect("json");
+    assert_eq!(real, json!({"expression": "2^10", "result": 1024}));
+    let shouted: Value = serde_json::from_str(results[1]).expect("json");
+    assert_eq!(shouted, json!({"text": "HEY"}));
+    assert_eq!(mcp.calls("shout"), 1);
+    // Not the agent's tools: scripted, exactly as before.
+    assert_eq!(
+        results[2],
+        scripted_tool_result("weather", r#"{"city":"Paris"}"#)
+    );
+    assert_eq!(results[3], scripted_tool_result("time", "{}"));
+    assert_eq!(
+        concatenated_deltas(&events),
+        scripted_reply("assistant", text)
+    );
+    assert!(matches!(events.last(), Some(Event::Done(_))));
 }

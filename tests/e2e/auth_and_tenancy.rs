@@ -67,7 +67,7 @@ async fn call(
     token: Option<&str>,
     body: Option<Value>,
 ) -> Answer {
-    let mut request = reqwest::Client::new().request(method, format!("{base}{path}"));
+    let mut request = crawbl_loadtest::rest::http_client().request(method, format!("{base}{path}"));
     if let Some(token) = token {
         request = request.header("x-token", token);
     }
@@ -448,7 +448,7 @@ async fn api_keys_are_shown_once_work_like_tokens_and_their_revocation_reaches_e
     );
 
     // Accepted exactly like an access token: Bearer or X-Token, REST or handshake.
-    let bearer = reqwest::Client::new()
+    let bearer = crawbl_loadtest::rest::http_client()
         .get(format!("{second}/v1/workspaces"))
         .bearer_auth(&key)
         .send()

@@ -99,10 +99,13 @@ impl Client {
         Self {
             base: base.to_owned(),
             token: user.token.clone(),
-            http: reqwest::Client::builder()
-                .timeout(HANG)
-                .build()
-                .expect("http client"),
+            http: {
+                crawbl_loadtest::rest::install_tls_provider();
+                reqwest::Client::builder()
+                    .timeout(HANG)
+                    .build()
+                    .expect("http client")
+            },
         }
     }
 

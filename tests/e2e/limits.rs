@@ -35,7 +35,7 @@ async fn sends_past_a_users_limit_get_429_with_retry_after_and_other_users_send_
         "{}/v1/workspaces/{}/conversations/{conversation}/messages",
         api.base, greedy.workspace_id
     );
-    let http = reqwest::Client::new();
+    let http = crawbl_loadtest::rest::http_client();
     let send = |local_id: String| {
         http.post(&path)
             .header("x-token", &greedy.token)

@@ -801,7 +801,7 @@ struct Poller {
 
 impl Poller {
     async fn connect(edge: &str, token: &str) -> Self {
-        let http = reqwest::Client::new();
+        let http = crawbl_loadtest::rest::http_client();
         let base = format!("{edge}/socket.io/?EIO=4&transport=polling");
         let open = http
             .get(&base)

@@ -131,14 +131,7 @@ async fn a_runtime_that_dies_mid_turn_leaves_the_reply_incomplete_and_the_agent_
 
     // And the next message is answered.
     let (status, body) = api
-        .post(
-            &format!(
-                "/v1/workspaces/{}/conversations/{conversation}/messages?wait=true",
-                user.workspace_id
-            ),
-            Some(&user.token),
-            json!({"localId": "d2", "content": {"type": "text", "text": "still there?"}}),
-        )
+        .send_waiting(&user, &conversation, "d2", "still there?")
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["data"]["reply"]["status"], "delivered", "{body}");
@@ -186,7 +179,7 @@ async fn provisioning_slower_than_the_bound_gives_503_with_retry_after_then_the_
         "/v1/workspaces/{}/conversations/{conversation}/messages",
         user.workspace_id
     );
-    let client = reqwest::Client::new();
+    let client = crawbl_loadtest::rest::http_client();
     let send = || {
         client
             .post(format!("{}{path}", stack.edge(0)))

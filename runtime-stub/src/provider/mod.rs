@@ -14,25 +14,37 @@ use tonic::Status;
 pub use openai::OpenAi;
 pub use scripted::Pace;
 
-use crate::config::ProviderConfig;
+use crate::config::{Config, ProviderConfig};
+use crate::tools::ToolSettings;
 
 /// `TurnError.code` of a provider failure: an HTTP or network error, an unreadable stream, or a
 /// scripted `/fail`.
 pub const PROVIDER_ERROR: &str = "PROVIDER_ERROR";
+/// `TurnError.code` of a turn whose model kept asking for tools past
+/// `RUNTIME_STUB_MAX_TOOL_ROUNDS` rounds.
+pub const TOOL_ROUNDS_EXCEEDED: &str = "TOOL_ROUNDS_EXCEEDED";
 
 #[derive(Debug, Clone)]
 pub enum Provider {
-    /// Deterministic replies (see [`crate::script`]) paced like a model typing.
+    /// Deterministic replies (see [`crate::script`](mod@crate::script)) paced like a model typing.
     Scripted(Pace),
     /// An OpenAI-compatible `/chat/completions` endpoint, streamed.
     OpenAi(OpenAi),
 }
 
 impl Provider {
-    pub fn from_config(config: &ProviderConfig, pace: Pace) -> anyhow::Result<Self> {
-        Ok(match config {
-            ProviderConfig::Scripted => Self::Scripted(pace),
-            ProviderConfig::OpenAi(settings) => Self::OpenAi(OpenAi::new(settings)?),
+    /// The provider `config` selects; `http` is the client an OpenAI-compatible provider uses.
+    pub(crate) fn from_config(config: &Config, http: reqwest::Client) -> anyhow::Result<Self> {
+        Ok(match &config.provider {
+            ProviderConfig::Scripted => Self::Scripted(config.pace()),
+            ProviderConfig::OpenAi(settings) => Self::OpenAi(OpenAi::new(
+                settings,
+                http,
+                openai::Limits {
+                    retries: config.provider_retries,
+                    max_tool_rounds: config.max_tool_rounds,
+                },
+            )?),
         })
     }
 
@@ -45,10 +57,15 @@ impl Provider {
 
     /// Runs `turn`, streaming its events to `events`. Every turn that is not abandoned by its
     /// caller ends with exactly one `done` or `error` event.
-    pub(crate) async fn run(&self, turn: &TurnRequest, events: &Events) -> TurnEnd {
+    pub(crate) async fn run(
+        &self,
+        turn: &TurnRequest,
+        events: &Events,
+        tools: &ToolSettings,
+    ) -> TurnEnd {
         let ended = match self {
-            Self::Scripted(pace) => scripted::run(*pace, turn, events).await,
-            Self::OpenAi(openai) => openai.run(turn, events).await,
+            Self::Scripted(pace) => scripted::run(*pace, turn, events, tools).await,
+            Self::OpenAi(openai) => openai.run(turn, events, tools).await,
         };
         ended.unwrap_or(TurnEnd::CallerGone)
     }

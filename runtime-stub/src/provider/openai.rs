@@ -1,67 +1,90 @@
-//! The OpenAI-compatible provider: `POST {base}/chat/completions` with `stream: true`, and the
-//! server-sent events of the answer turned into turn events as they arrive.
+//! The OpenAI-compatible provider: `POST {base}/chat/completions` with `stream: true` over http
+//! or https, and the server-sent events of each answer turned into turn events as they arrive.
 //!
+//! A turn is a loop of rounds. Each round sends the whole context (the system message, the
+//! history as [`crate::context::openai_messages`] shapes it, and what earlier rounds added) with
+//! the agent's tools as OpenAI `tools`, and streams the answer:
 //! - `choices[0].delta.content` → a text delta, forwarded at once;
-//! - `choices[0].delta.tool_calls` fragments → assembled per `index`, then one `ToolCall` each
-//!   once the choice finishes. The runtime has no tools to run for a real model yet, so no
-//!   `ToolResult` follows;
-//! - `usage` (sent by servers that report it) → the usage event; otherwise words are counted;
-//! - `data: [DONE]` (or end of stream after a `finish_reason`) → usage, then done.
+//! - `choices[0].delta.tool_calls` fragments → assembled per `index`;
+//! - `usage` (asked for with `stream_options.include_usage`) → added to the turn's usage;
+//!   without it, words are counted;
+//! - `data: [DONE]` (or the end of the stream after a `finish_reason`) → the round is complete.
 //!
-//! Every failure (network, HTTP status, an `error` event, an unreadable or truncated stream)
-//! ends the turn with a `PROVIDER_ERROR` error event.
+//! When the answer asks for tools, each call is announced (`ToolCall`), run ([`TurnTools`]), its
+//! result announced (`ToolResult`), and both are appended to the context for the next round.
+//! An answer without tool calls ends the turn: one `Usage` (summed over the rounds), then done.
+//! A model still asking for tools after `max_tool_rounds` rounds ends the turn with
+//! `TOOL_ROUNDS_EXCEEDED`, after the text streamed so far.
+//!
+//! Failures end the turn with `PROVIDER_ERROR`, keeping the text streamed so far. A round that
+//! failed before streaming anything (a connection error, 429, 5xx, a stream cut before its first
+//! delta) is tried again up to `retries` times, after a short exponential backoff or the
+//! server's `Retry-After` (at most [`MAX_BACKOFF`]). A turn that ends with an error after
+//! complete rounds reports their usage first.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use crawbl_proto::runtime::v1::{Done, TextDelta, ToolCall, TurnRequest, Usage, turn_event};
+use anyhow::bail;
+use crawbl_proto::runtime::v1::{
+    AgentConfig, Done, TextDelta, ToolCall, ToolResult, TurnRequest, Usage, turn_event,
+};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::sse::SseDecoder;
-use super::{CallerGone, Events, PROVIDER_ERROR, TurnEnd};
+use super::{CallerGone, Events, PROVIDER_ERROR, TOOL_ROUNDS_EXCEEDED, TurnEnd};
 use crate::agents::Agent;
 use crate::config::OpenAiConfig;
+use crate::context::{openai_messages, tool_call};
 use crate::tokens::count_tokens;
+use crate::tools::{CallIds, ToolSettings, TurnTools};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an error response's body is read for its message.
 const MAX_ERROR_BODY: usize = 4096;
+/// The first retry's pause; each further retry doubles it.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// The longest pause before a retry, whatever `Retry-After` asks for.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct OpenAi {
     client: reqwest::Client,
     /// `{base}/chat/completions`.
     endpoint: String,
+    /// The model of agents that name none.
     model: String,
     /// Never logged.
     api_key: Option<String>,
+    limits: Limits,
+}
+
+/// Bounds of one turn.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Retries of a round that failed before streaming anything.
+    pub(crate) retries: u32,
+    /// Rounds of tool calls a turn may run.
+    pub(crate) max_tool_rounds: u32,
 }
 
 impl OpenAi {
-    pub fn new(config: &OpenAiConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        config: &OpenAiConfig,
+        client: reqwest::Client,
+        limits: Limits,
+    ) -> anyhow::Result<Self> {
         let base = config.base_url.trim().trim_end_matches('/');
-        if base.starts_with("https://") {
-            // reqwest is built without TLS to keep the build lean (no rustls/ring).
-            bail!(
-                "OPENAI_BASE_URL={base:?}: https is not supported by this build; use an http:// \
-                 endpoint (a local OpenAI-compatible server, or a TLS-terminating proxy)"
-            );
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("OPENAI_BASE_URL={base:?} must start with http:// or https://");
         }
-        if !base.starts_with("http://") {
-            bail!("OPENAI_BASE_URL={base:?} must start with http://");
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .context("building the HTTP client")?;
         Ok(Self {
             client,
             endpoint: format!("{base}/chat/completions"),
             model: config.model.clone(),
             api_key: config.api_key.clone(),
+            limits,
         })
     }
 
@@ -69,17 +92,127 @@ impl OpenAi {
         &self,
         turn: &TurnRequest,
         events: &Events,
+        settings: &ToolSettings,
     ) -> Result<TurnEnd, CallerGone> {
-        let agent = Agent::from_slug(&turn.agent_slug);
-        let body = json!({
-            "model": self.model,
-            "messages": [
-                {"role": "system", "content": agent.system_prompt()},
-                {"role": "user", "content": turn.text},
-            ],
+        let agent = turn.agent.clone().unwrap_or_default();
+        let tools = tokio::select! {
+            tools = TurnTools::open(&agent, settings) => tools,
+            () = events.closed() => return Err(CallerGone),
+        };
+        let ended = self.converse(turn, &agent, &tools, events).await;
+        tools.close().await;
+        ended
+    }
+
+    /// The rounds of the turn, until the model answers without tools or a bound is hit.
+    async fn converse(
+        &self,
+        turn: &TurnRequest,
+        agent: &AgentConfig,
+        tools: &TurnTools,
+        events: &Events,
+    ) -> Result<TurnEnd, CallerGone> {
+        let mut messages = openai_messages(turn, &system_prompt(turn, agent));
+        let definitions = tools.definitions();
+        let mut usage = Usage::default();
+        let mut ids = CallIds::default();
+        let mut rounds = 0;
+        loop {
+            let body = self.body(agent, &messages, &definitions);
+            let answer = match self.answer(&body, events).await? {
+                Ok(answer) => answer,
+                Err(message) => {
+                    return end_with_error(events, usage, PROVIDER_ERROR, message).await;
+                }
+            };
+            let round_usage = answer.usage(&messages);
+            usage.input_tokens = usage.input_tokens.saturating_add(round_usage.input_tokens);
+            usage.output_tokens = usage
+                .output_tokens
+                .saturating_add(round_usage.output_tokens);
+            if answer.tool_calls.is_empty() {
+                events.send(turn_event::Event::Usage(usage)).await?;
+                events.send(turn_event::Event::Done(Done {})).await?;
+                return Ok(TurnEnd::Done);
+            }
+            if rounds >= self.limits.max_tool_rounds {
+                let message = format!(
+                    "the model still asked for tools after {rounds} rounds of tool calls \
+                     (RUNTIME_STUB_MAX_TOOL_ROUNDS)"
+                );
+                return end_with_error(events, usage, TOOL_ROUNDS_EXCEEDED, message).await;
+            }
+            rounds += 1;
+            run_tool_calls(answer, rounds, tools, &mut ids, &mut messages, events).await?;
+        }
+    }
+
+    fn body(&self, agent: &AgentConfig, messages: &[Value], tools: &[Value]) -> Value {
+        let model = match agent.model.trim() {
+            "" => self.model.as_str(),
+            model => model,
+        };
+        let mut body = json!({
+            "model": model,
+            "messages": messages,
             "stream": true,
+            "stream_options": {"include_usage": true},
         });
-        let mut request = self.client.post(&self.endpoint).json(&body);
+        if !tools.is_empty() {
+            body["tools"] = json!(tools);
+        }
+        if let Some(temperature) = agent.temperature {
+            // Through its shortest text, so 0.7f32 is sent as 0.7, not 0.699999988079071.
+            let temperature: f64 = temperature
+                .to_string()
+                .parse()
+                .unwrap_or(f64::from(temperature));
+            body["temperature"] = json!(temperature);
+        }
+        body
+    }
+
+    /// One round's answer, retried while nothing was streamed; `Err` is the failure to report.
+    async fn answer(
+        &self,
+        body: &Value,
+        events: &Events,
+    ) -> Result<Result<Answer, String>, CallerGone> {
+        let mut attempt = 0;
+        loop {
+            let failure = match self.attempt(body, events).await? {
+                Ok(answer) => return Ok(Ok(answer)),
+                Err(failure) => failure,
+            };
+            if !failure.retryable {
+                return Ok(Err(failure.message));
+            }
+            if attempt >= self.limits.retries {
+                let tries = attempt + 1;
+                let plural = if tries == 1 { "" } else { "s" };
+                return Ok(Err(format!(
+                    "{} (gave up after {tries} attempt{plural})",
+                    failure.message
+                )));
+            }
+            let pause = backoff(attempt, failure.retry_after);
+            tracing::warn!(
+                attempt = attempt + 1,
+                pause_ms = pause.as_millis(),
+                error = %failure.message,
+                "provider request failed before streaming; retrying"
+            );
+            events.pause(pause).await?;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        body: &Value,
+        events: &Events,
+    ) -> Result<Result<Answer, Failure>, CallerGone> {
+        let mut request = self.client.post(&self.endpoint).json(body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -95,25 +228,158 @@ impl OpenAi {
                     self.endpoint,
                     chain(&error)
                 );
-                return events.fail(PROVIDER_ERROR, message).await;
+                return Ok(Err(Failure::retryable(message, None)));
             }
         };
         let status = response.status();
         if !status.is_success() {
+            let retry_after = retry_after(response.headers());
             let detail = error_detail(response).await;
             let message = format!("the provider answered {status}: {detail}");
-            return events.fail(PROVIDER_ERROR, message).await;
+            let retryable =
+                status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
+            return Ok(Err(Failure {
+                message,
+                retryable,
+                retry_after,
+            }));
         }
-        stream(response, turn, events).await
+        stream(response, events).await
     }
 }
 
-/// Reads the event stream of a successful response.
+/// The system message: the agent's own prompt, else the runtime's persona for its slug (an agent
+/// the runtime does not know is introduced by its name).
+fn system_prompt(turn: &TurnRequest, agent: &AgentConfig) -> String {
+    if !agent.system_prompt.trim().is_empty() {
+        return agent.system_prompt.clone();
+    }
+    match Agent::from_slug(&turn.agent_slug) {
+        Agent::Other(_) if !agent.name.trim().is_empty() => {
+            Agent::Other(agent.name.trim()).system_prompt()
+        }
+        persona => persona.system_prompt(),
+    }
+}
+
+/// Announces, runs and reports each tool call of `answer`, and appends the assistant's call
+/// message and one `tool` message per result to `messages`.
+async fn run_tool_calls(
+    answer: Answer,
+    round: u32,
+    tools: &TurnTools,
+    ids: &mut CallIds,
+    messages: &mut Vec<Value>,
+    events: &Events,
+) -> Result<(), CallerGone> {
+    let calls: Vec<ToolCall> = answer
+        .tool_calls
+        .into_iter()
+        .map(|(index, call)| ToolCall {
+            call_id: ids.unique(&call.id, || format!("call-{round}-{index}")),
+            name: call.name,
+            arguments_json: if call.arguments.trim().is_empty() {
+                "{}".to_owned()
+            } else {
+                call.arguments
+            },
+        })
+        .collect();
+    let content = if answer.text.is_empty() {
+        Value::Null
+    } else {
+        Value::String(answer.text)
+    };
+    messages.push(json!({
+        "role": "assistant",
+        "content": content,
+        "tool_calls": calls
+            .iter()
+            .map(|call| tool_call(&call.call_id, &call.name, &call.arguments_json))
+            .collect::<Vec<_>>(),
+    }));
+    for call in calls {
+        tracing::info!(call_id = %call.call_id, name = %call.name, round, "model tool call");
+        let (call_id, name, arguments_json) = (
+            call.call_id.clone(),
+            call.name.clone(),
+            call.arguments_json.clone(),
+        );
+        events.send(turn_event::Event::ToolCall(call)).await?;
+        let result_json = tokio::select! {
+            result = tools.call(&name, &arguments_json) => result,
+            () = events.closed() => return Err(CallerGone),
+        };
+        messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": result_json}));
+        let result = ToolResult {
+            call_id,
+            result_json,
+        };
+        events.send(turn_event::Event::ToolResult(result)).await?;
+    }
+    Ok(())
+}
+
+/// Ends the turn with an error; the usage of the rounds already complete goes first.
+async fn end_with_error(
+    events: &Events,
+    usage: Usage,
+    code: &str,
+    message: String,
+) -> Result<TurnEnd, CallerGone> {
+    if usage != Usage::default() {
+        events.send(turn_event::Event::Usage(usage)).await?;
+    }
+    events.fail(code, message).await
+}
+
+/// Why a round failed.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    /// Nothing was streamed and the cause may pass (a connection error, 429, 5xx).
+    retryable: bool,
+    /// The server's `Retry-After`.
+    retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn retryable(message: String, retry_after: Option<Duration>) -> Self {
+        Self {
+            message,
+            retryable: true,
+            retry_after,
+        }
+    }
+
+    fn fatal(message: String) -> Self {
+        Self {
+            message,
+            retryable: false,
+            retry_after: None,
+        }
+    }
+}
+
+/// The pause before retry number `attempt + 1`: `Retry-After` when the server gave one,
+/// otherwise 250 ms doubled per attempt; never more than [`MAX_BACKOFF`].
+fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
+    retry_after
+        .unwrap_or_else(|| FIRST_BACKOFF.saturating_mul(2_u32.saturating_pow(attempt)))
+        .min(MAX_BACKOFF)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not worth parsing for a pause of seconds).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Reads the event stream of a successful response: the round's answer, or why it broke.
 async fn stream(
     mut response: reqwest::Response,
-    turn: &TurnRequest,
     events: &Events,
-) -> Result<TurnEnd, CallerGone> {
+) -> Result<Result<Answer, Failure>, CallerGone> {
     let mut decoder = SseDecoder::default();
     let mut answer = Answer::default();
     loop {
@@ -129,36 +395,34 @@ async fn stream(
             ),
             Err(error) => {
                 let message = format!("the provider's stream broke: {}", chain(&error));
-                return events.fail(PROVIDER_ERROR, message).await;
+                return Ok(Err(answer.broken(message)));
             }
         };
         let datas = match datas {
             Ok(datas) => datas,
-            Err(error) => return events.fail(PROVIDER_ERROR, error.to_string()).await,
+            Err(error) => return Ok(Err(Failure::fatal(error.to_string()))),
         };
         for data in datas {
             if data.trim() == "[DONE]" {
-                return answer.finish(turn, events).await;
+                return Ok(Ok(answer));
             }
             match answer.apply(&data, events).await {
                 Ok(()) => {}
                 Err(Broken::CallerGone) => return Err(CallerGone),
-                Err(Broken::Provider(message)) => {
-                    return events.fail(PROVIDER_ERROR, message).await;
-                }
+                Err(Broken::Provider(message)) => return Ok(Err(Failure::fatal(message))),
             }
         }
         if at_end {
             if answer.finished {
-                return answer.finish(turn, events).await;
+                return Ok(Ok(answer));
             }
             let message = "the provider's stream ended before [DONE]".to_owned();
-            return events.fail(PROVIDER_ERROR, message).await;
+            return Ok(Err(answer.broken(message)));
         }
     }
 }
 
-/// What has been received of the answer so far.
+/// What has been received of one round's answer.
 #[derive(Debug, Default)]
 struct Answer {
     text: String,
@@ -167,6 +431,8 @@ struct Answer {
     usage: Option<ApiUsage>,
     /// A `finish_reason` was seen.
     finished: bool,
+    /// A text delta of this round reached the caller: the round can no longer be retried.
+    streamed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -210,6 +476,7 @@ impl Answer {
         let delta = choice.delta.unwrap_or_default();
         if let Some(text) = delta.content.filter(|text| !text.is_empty()) {
             self.text.push_str(&text);
+            self.streamed = true;
             events
                 .send(turn_event::Event::Delta(TextDelta { text }))
                 .await?;
@@ -227,51 +494,38 @@ impl Answer {
         }
         if choice.finish_reason.is_some() {
             self.finished = true;
-            self.emit_tool_calls(events).await?;
         }
         Ok(())
     }
 
-    async fn emit_tool_calls(&mut self, events: &Events) -> Result<(), CallerGone> {
-        for (index, call) in std::mem::take(&mut self.tool_calls) {
-            let call_id = if call.id.is_empty() {
-                format!("call-{index}")
-            } else {
-                call.id
-            };
-            let arguments_json = if call.arguments.trim().is_empty() {
-                "{}".to_owned()
-            } else {
-                call.arguments
-            };
-            tracing::info!(%call_id, name = %call.name, "provider tool call");
-            let call = ToolCall {
-                call_id,
-                name: call.name,
-                arguments_json,
-            };
-            events.send(turn_event::Event::ToolCall(call)).await?;
+    /// The failure of a stream that broke: retryable only while nothing of it was streamed.
+    fn broken(&self, message: String) -> Failure {
+        if self.streamed {
+            Failure::fatal(message)
+        } else {
+            Failure::retryable(message, None)
         }
-        Ok(())
     }
 
-    /// Usage and done, after any tool call not yet reported.
-    async fn finish(mut self, turn: &TurnRequest, events: &Events) -> Result<TurnEnd, CallerGone> {
-        self.emit_tool_calls(events).await?;
-        let usage = match self.usage {
-            Some(usage) => Usage {
+    /// The round's usage as the server reported it, otherwise estimated like the scripted
+    /// provider does: words of the context sent (not the system message) and of the answer.
+    fn usage(&self, messages: &[Value]) -> Usage {
+        if let Some(usage) = self.usage {
+            return Usage {
                 input_tokens: usage.prompt_tokens,
                 output_tokens: usage.completion_tokens,
-            },
-            // Estimated like the scripted provider does when the server reports none.
-            None => Usage {
-                input_tokens: count_tokens(&turn.text),
-                output_tokens: count_tokens(&self.text),
-            },
-        };
-        events.send(turn_event::Event::Usage(usage)).await?;
-        events.send(turn_event::Event::Done(Done {})).await?;
-        Ok(TurnEnd::Done)
+            };
+        }
+        let input = messages
+            .iter()
+            .filter(|message| message["role"] != "system")
+            .filter_map(|message| message["content"].as_str())
+            .map(count_tokens)
+            .fold(0_u32, u32::saturating_add);
+        Usage {
+            input_tokens: input,
+            output_tokens: count_tokens(&self.text),
+        }
     }
 }
 
@@ -365,28 +619,28 @@ struct ErrorBody {
 mod tests {
     use super::*;
 
-    fn config(base_url: &str) -> OpenAiConfig {
-        OpenAiConfig {
+    fn openai(base_url: &str) -> anyhow::Result<OpenAi> {
+        let config = OpenAiConfig {
             base_url: base_url.to_owned(),
             model: "m".to_owned(),
             api_key: None,
-        }
+        };
+        let limits = Limits {
+            retries: 2,
+            max_tool_rounds: 8,
+        };
+        let http = crate::tls::HttpClients::new(&[]).expect("clients");
+        OpenAi::new(&config, http.provider, limits)
     }
 
     #[test]
-    fn the_endpoint_is_the_base_url_plus_chat_completions() {
-        let openai = OpenAi::new(&config("http://127.0.0.1:1/v1/")).expect("valid");
-        assert_eq!(openai.endpoint, "http://127.0.0.1:1/v1/chat/completions");
-    }
-
-    #[test]
-    fn https_and_other_schemes_are_refused_with_a_reason() {
-        let error = OpenAi::new(&config("https://api.example.com/v1")).expect_err("no tls");
-        assert!(
-            error.to_string().contains("https is not supported"),
-            "{error}"
-        );
-        assert!(OpenAi::new(&config("ftp://x")).is_err());
+    fn the_endpoint_is_the_base_url_plus_chat_completions_over_http_or_https() {
+        let plain = openai("http://127.0.0.1:1/v1/").expect("valid");
+        assert_eq!(plain.endpoint, "http://127.0.0.1:1/v1/chat/completions");
+        let tls = openai(" https://api.openai.com/v1 ").expect("valid");
+        assert_eq!(tls.endpoint, "https://api.openai.com/v1/chat/completions");
+        let error = openai("ftp://x").expect_err("not http");
+        assert!(error.to_string().contains("http:// or https://"), "{error}");
     }
 
     #[test]
@@ -396,5 +650,56 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(chunk.choices.len(), 1);
+    }
+
+    #[test]
+    fn backoff_doubles_honours_retry_after_and_is_capped() {
+        assert_eq!(backoff(0, None), Duration::from_millis(250));
+        assert_eq!(backoff(1, None), Duration::from_millis(500));
+        assert_eq!(backoff(10, None), MAX_BACKOFF);
+        assert_eq!(backoff(0, Some(Duration::ZERO)), Duration::ZERO);
+        assert_eq!(
+            backoff(0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(backoff(0, Some(Duration::from_secs(3600))), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX, None), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, "3".parse().expect("header"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(3)));
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("header"),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn the_agent_chooses_model_and_temperature_and_its_prompt_replaces_the_persona() {
+        let openai = openai("http://x/v1").expect("valid");
+        let mut agent = AgentConfig::default();
+        let body = openai.body(&agent, &[], &[]);
+        assert_eq!(body["model"], "m");
+        assert!(body.get("temperature").is_none() && body.get("tools").is_none());
+        agent.model = "gpt-4o-mini".into();
+        agent.temperature = Some(0.7);
+        let body = openai.body(&agent, &[], &[json!({"type": "function"})]);
+        assert_eq!(body["model"], "gpt-4o-mini");
+        assert_eq!(body["temperature"], json!(0.7));
+        assert_eq!(body["tools"][0]["type"], "function");
+
+        let turn = TurnRequest {
+            agent_slug: "scout".into(),
+            ..TurnRequest::default()
+        };
+        agent.name = "Scout".into();
+        assert!(system_prompt(&turn, &agent).contains("You are Scout"));
+        agent.system_prompt = "Talk like a pirate.".into();
+        assert_eq!(system_prompt(&turn, &agent), "Talk like a pirate.");
     }
 }

@@ -1,5 +1,8 @@
-//! The scripted provider: plays [`crate::script::script`] for the turn, token by token.
+//! The scripted provider: plays [`crate::script::script_for_turn`] for the turn, token by token.
+//! A `/tool` directive naming one of the agent's tools runs the real tool (its MCP servers are
+//! connected only for such a turn); any other `/tool` gets its scripted result.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crawbl_proto::runtime::v1::{
@@ -7,8 +10,9 @@ use crawbl_proto::runtime::v1::{
 };
 
 use super::{CallerGone, Events, PROVIDER_ERROR, TurnEnd};
-use crate::script::{DIE_EXIT_CODE, Step, script};
+use crate::script::{DIE_EXIT_CODE, Script, Step, script_for_turn};
 use crate::tokens::{count_tokens, tokens};
+use crate::tools::{ToolSettings, TurnTools};
 
 /// How long a dying runtime waits before it exits, so the tokens it streamed reach the caller
 /// (a crash "after a few tokens" should be observable as exactly that).
@@ -37,8 +41,41 @@ pub(super) async fn run(
     pace: Pace,
     turn: &TurnRequest,
     events: &Events,
+    settings: &ToolSettings,
 ) -> Result<TurnEnd, CallerGone> {
-    let script = script(&turn.agent_slug, &turn.text);
+    let script = script_for_turn(turn);
+    let tools = match turn.agent.as_ref() {
+        Some(agent) if calls_tools(&script) => {
+            tokio::select! {
+                tools = TurnTools::open(agent, settings) => Some(tools),
+                () = events.closed() => return Err(CallerGone),
+            }
+        }
+        _ => None,
+    };
+    let ended = play(pace, turn, script, events, tools.as_ref()).await;
+    if let Some(tools) = tools {
+        tools.close().await;
+    }
+    ended
+}
+
+fn calls_tools(script: &Script) -> bool {
+    script
+        .steps
+        .iter()
+        .any(|step| matches!(step, Step::ToolCall { .. }))
+}
+
+async fn play(
+    pace: Pace,
+    turn: &TurnRequest,
+    script: Script,
+    events: &Events,
+    tools: Option<&TurnTools>,
+) -> Result<TurnEnd, CallerGone> {
+    // Results of the calls run for real, by call id, for the `ToolResult` step that follows.
+    let mut real_results: HashMap<String, String> = HashMap::new();
     events
         .pause(
             script
@@ -66,17 +103,25 @@ pub(super) async fn run(
             } => {
                 tracing::info!(%call_id, %name, "scripted tool call");
                 let call = ToolCall {
-                    call_id,
-                    name,
-                    arguments_json,
+                    call_id: call_id.clone(),
+                    name: name.clone(),
+                    arguments_json: arguments_json.clone(),
                 };
                 events.send(turn_event::Event::ToolCall(call)).await?;
+                if let Some(tools) = tools.filter(|tools| tools.claims(&name)) {
+                    let result = tokio::select! {
+                        result = tools.call(&name, &arguments_json) => result,
+                        () = events.closed() => return Err(CallerGone),
+                    };
+                    real_results.insert(call_id, result);
+                }
             }
             Step::ToolResult {
                 call_id,
                 result_json,
             } => {
                 events.pause(pace.token_delay).await?;
+                let result_json = real_results.remove(&call_id).unwrap_or(result_json);
                 let result = ToolResult {
                     call_id,
                     result_json,

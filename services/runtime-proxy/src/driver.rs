@@ -51,6 +51,9 @@ const INHERITED_ENV: &[&str] = &[
     "RUNTIME_STUB_",
     "RUNTIME_PROVIDER",
     "OPENAI_",
+    // A private CA for https to model providers and MCP servers (added to the platform's roots).
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 ];
 
 /// Why a runtime could not be made ready. Cloneable: every caller waiting on the same
@@ -380,6 +383,11 @@ mod tests {
             "RUNTIME_STUB_TOKEN_DELAY_MS",
             "RUNTIME_PROVIDER",
             "OPENAI_API_KEY",
+            "RUNTIME_STUB_MAX_TOOL_ROUNDS",
+            "RUNTIME_STUB_TOOL_TIMEOUT_MS",
+            "RUNTIME_STUB_PROVIDER_RETRIES",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
         ] {
             assert!(inherited(name), "{name}");
         }
@@ -389,6 +397,7 @@ mod tests {
             "REDIS_URL",
             "PATHX",
             "RUNTIME_DRIVER",
+            "SSL_CERT_FILE_EXTRA",
         ] {
             assert!(!inherited(name), "{name}");
         }

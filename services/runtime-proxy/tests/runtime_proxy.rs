@@ -138,6 +138,7 @@ fn turn(workspace_id: &str, slug: &str, text: &str) -> TurnRequest {
         agent_slug: slug.into(),
         message_id: "msg-1".into(),
         text: text.into(),
+        ..TurnRequest::default()
     }
 }
 

@@ -77,7 +77,7 @@ async fn the_openapi_document_describes_every_route_the_edge_serves() {
             let url = format!("{}{}", api.base, path.replace(['{', '}'], ""));
             let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
                 .expect("an HTTP method");
-            let response = reqwest::Client::new()
+            let response = crawbl_loadtest::rest::http_client()
                 .request(method.clone(), &url)
                 .header("content-type", "application/json")
                 .body("{}")

@@ -40,7 +40,11 @@ async fn readyz_is_503_naming_what_is_unreachable_while_healthz_stays_200() {
     let api = Api::new(&nowhere(port));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(response) = reqwest::get(format!("{}/healthz", api.base)).await {
+        if let Ok(response) = crawbl_loadtest::rest::http_client()
+            .get(format!("{}/healthz", api.base))
+            .send()
+            .await
+        {
             assert_eq!(response.status(), StatusCode::OK);
             break;
         }

@@ -14,7 +14,9 @@ struct Scrape(BTreeMap<String, f64>);
 
 impl Scrape {
     async fn of(base: &str) -> Self {
-        let response = reqwest::get(format!("{base}/metrics"))
+        let response = crawbl_loadtest::rest::http_client()
+            .get(format!("{base}/metrics"))
+            .send()
             .await
             .expect("GET /metrics");
         assert_eq!(response.status(), StatusCode::OK);
@@ -127,7 +129,9 @@ async fn the_counters_move_when_a_message_is_answered() {
         "crawbl_events_replayed_total",
         "crawbl_redis_reconnects_total",
     ] {
-        let text = reqwest::get(format!("{edge}/metrics"))
+        let text = crawbl_loadtest::rest::http_client()
+            .get(format!("{edge}/metrics"))
+            .send()
             .await
             .expect("GET /metrics")
             .text()

@@ -55,7 +55,11 @@ async fn sigterm_during_a_turn_lets_it_finish_and_the_stack_exit_cleanly() {
     // The socket was closed by the server (the client would reconnect to another node).
     assert!(socket.disconnected_within(Duration::from_secs(1)).await);
     assert!(
-        reqwest::get(format!("{edge}/healthz")).await.is_err(),
+        crawbl_loadtest::rest::http_client()
+            .get(format!("{edge}/healthz"))
+            .send()
+            .await
+            .is_err(),
         "still listening"
     );
 

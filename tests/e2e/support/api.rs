@@ -20,7 +20,7 @@ impl Api {
     pub fn new(base: &str) -> Self {
         Self {
             base: base.to_owned(),
-            client: reqwest::Client::new(),
+            client: crawbl_loadtest::rest::http_client(),
         }
     }
 
@@ -145,17 +145,29 @@ impl Api {
         text: &str,
     ) -> Value {
         let (status, body) = self
-            .post(
-                &format!(
-                    "/v1/workspaces/{}/conversations/{conversation_id}/messages?wait=true",
-                    user.workspace_id
-                ),
-                Some(&user.token),
-                json!({"localId": local_id, "content": {"type": "text", "text": text}}),
-            )
+            .send_waiting(user, conversation_id, local_id, text)
             .await;
         assert_eq!(status, StatusCode::CREATED, "send {local_id}: {body}");
         body["data"].clone()
+    }
+
+    /// Sends a text message with `?wait=true`; returns the status and body.
+    pub async fn send_waiting(
+        &self,
+        user: &User,
+        conversation_id: &str,
+        local_id: &str,
+        text: &str,
+    ) -> (StatusCode, Value) {
+        self.post(
+            &format!(
+                "/v1/workspaces/{}/conversations/{conversation_id}/messages?wait=true",
+                user.workspace_id
+            ),
+            Some(&user.token),
+            json!({"localId": local_id, "content": {"type": "text", "text": text}}),
+        )
+        .await
     }
 
     /// Creates another workspace of `user`; returns its id.

@@ -388,7 +388,7 @@ impl Stack {
     }
 
     async fn wait_for_edges(&mut self) {
-        let client = reqwest::Client::new();
+        let client = crawbl_loadtest::rest::http_client();
         for edge in self.edges.clone() {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {
