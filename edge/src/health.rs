@@ -56,12 +56,18 @@ impl Readiness {
             .as_deref()
             .map(redis::Client::open)
             .transpose()?;
+        let mut services = vec![
+            ("auth", client(&config.auth_url)?),
+            ("conversation", client(&config.conversation_url)?),
+        ];
+        // Every runtime-proxy instance: each owns a share of the workspaces.
+        for url in config.runtime_proxy_url.split(',').map(str::trim) {
+            if !url.is_empty() {
+                services.push(("runtimeProxy", client(url)?));
+            }
+        }
         Ok(Self {
-            services: vec![
-                ("auth", client(&config.auth_url)?),
-                ("conversation", client(&config.conversation_url)?),
-                ("runtimeProxy", client(&config.runtime_proxy_url)?),
-            ],
+            services,
             redis,
             shutdown,
         })
@@ -75,7 +81,14 @@ impl Readiness {
                 .map(|(name, client)| async move { (*name, service_state(client.clone()).await) }),
         );
         let (services, redis) = tokio::join!(services, self.redis_state());
-        let mut dependencies: BTreeMap<&'static str, &'static str> = services.into_iter().collect();
+        // A dependency of several instances reads as its first instance that is not serving.
+        let mut dependencies: BTreeMap<&'static str, &'static str> = BTreeMap::new();
+        for (name, state) in services {
+            let known = dependencies.entry(name).or_insert(state);
+            if *known == "serving" {
+                *known = state;
+            }
+        }
         if let Some(redis) = redis {
             dependencies.insert("redis", redis);
         }

@@ -1,10 +1,9 @@
 use crawbl_proto::auth::v1::auth_service_client::AuthServiceClient;
 use crawbl_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
-use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use std::sync::Arc;
 
 use crawbl_infra::bus::Follows;
-use crawbl_infra::grpc::Channel;
+use crawbl_infra::grpc::{Channel, Shards};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
@@ -22,7 +21,8 @@ use crate::realtime::Fanout;
 pub struct AppState {
     pub auth: AuthServiceClient<Channel>,
     pub conversations: ConversationServiceClient<Channel>,
-    pub runtimes: RuntimeProxyClient<Channel>,
+    /// runtime-proxy instances, each owning its share of the workspaces' runtimes.
+    pub runtimes: Shards,
     pub access: Arc<Access>,
     pub sockets: Sockets,
     pub realtime: Arc<Fanout>,
@@ -60,9 +60,7 @@ impl AppState {
             }),
             auth,
             conversations,
-            runtimes: RuntimeProxyClient::new(crawbl_infra::grpc::channel(
-                &config.runtime_proxy_url,
-            )?),
+            runtimes: Shards::new(&config.runtime_proxy_url)?,
         })
     }
 }

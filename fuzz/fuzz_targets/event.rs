@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
         Kind::AgentStatus(_) => ("agent.status", false),
         Kind::MessageDelta(_) => ("message.delta", false),
         Kind::AgentTool(_) => ("agent.tool", false),
+        Kind::AgentUpdated(_) => ("agent.updated", true),
     };
     let socket_event = SocketEvent::from_kind(kind).expect("every event kind encodes");
     assert_eq!(socket_event.name, name);

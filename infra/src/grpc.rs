@@ -9,7 +9,7 @@
 //! so the secret never reaches code an agent runs.
 
 use std::convert::Infallible;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -390,6 +390,92 @@ pub fn channel_without_credential(address: &str) -> anyhow::Result<tonic::transp
     Ok(endpoint.connect_lazy())
 }
 
+/// Channels to every instance of a service that owns part of a keyspace: each key always goes to
+/// the same instance, chosen by rendezvous (highest random weight) hashing of the key with each
+/// instance's address. Every caller given the same addresses, in any order, picks the same
+/// instance, with no coordination: this is how every conversation instance and edge agree which
+/// runtime-proxy owns a workspace's runtime. Adding or removing an instance moves only the keys
+/// that go to (or went to) it.
+#[derive(Clone)]
+pub struct Shards {
+    instances: Arc<[Shard]>,
+}
+
+struct Shard {
+    address: String,
+    hash: u64,
+    channel: Channel,
+}
+
+impl Shards {
+    /// `addresses`: comma-separated `http://host:port`, at least one; duplicates are ignored.
+    pub fn new(addresses: &str) -> anyhow::Result<Self> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut instances = Vec::new();
+        for address in addresses
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
+            if seen.insert(address) {
+                instances.push(Shard {
+                    address: address.to_owned(),
+                    hash: stable_hash(address.as_bytes()),
+                    channel: channel(address)?,
+                });
+            }
+        }
+        anyhow::ensure!(
+            !instances.is_empty(),
+            "no address in {addresses:?}: expected http://host:port[,http://host:port…]"
+        );
+        Ok(Self {
+            instances: instances.into(),
+        })
+    }
+
+    /// The channel to the instance that owns `key`.
+    pub fn pick(&self, key: &str) -> Channel {
+        self.owner(key).channel.clone()
+    }
+
+    /// The address of the instance that owns `key`.
+    pub fn address_of(&self, key: &str) -> &str {
+        &self.owner(key).address
+    }
+
+    fn owner(&self, key: &str) -> &Shard {
+        let key = stable_hash(key.as_bytes());
+        self.instances
+            .iter()
+            .max_by_key(|shard| mix(shard.hash ^ key))
+            .unwrap_or_else(|| unreachable!("Shards::new refuses an empty list"))
+    }
+
+    /// How many instances share the keyspace.
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+}
+
+/// FNV-1a: stable across processes, versions and platforms (std's hasher is not).
+fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// splitmix64's finalizer, so weights of similar addresses and keys are unrelated.
+fn mix(mut value: u64) -> u64 {
+    value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    value ^ (value >> 31)
+}
+
 /// gRPC metadata key carrying the stable, machine-readable error code (e.g. `EMAIL_TAKEN`) that
 /// the edge turns into the `error.code` of its JSON error body.
 pub const ERROR_CODE_KEY: &str = "crawbl-error-code";
@@ -439,6 +525,51 @@ pub fn stable_code(status: &tonic::Status) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn every_caller_picks_the_same_instance_for_a_key_in_any_order() {
+        let forward = ["http://a:1", "http://b:2", "http://c:3"];
+        let one = Shards::new(&forward.join(",")).expect("shards");
+        let other = Shards::new(" http://c:3,http://a:1 , http://b:2,http://a:1").expect("shards");
+        assert_eq!(one.len(), 3);
+        assert_eq!(other.len(), 3, "duplicates are ignored");
+        let mut per_instance = [0usize; 3];
+        for n in 0..3000 {
+            let key = format!("workspace-{n}");
+            let owner = one.address_of(&key);
+            assert_eq!(owner, other.address_of(&key), "{key}");
+            let index = forward.iter().position(|a| *a == owner).expect("known");
+            per_instance[index] += 1;
+        }
+        // Spread over every instance, roughly evenly.
+        assert!(
+            per_instance.iter().all(|count| *count > 800),
+            "{per_instance:?}"
+        );
+        assert!(Shards::new(" , ").is_err());
+    }
+
+    #[test]
+    fn the_hash_is_stable_across_builds() {
+        // Changing it would move every workspace to another runtime-proxy at upgrade.
+        assert_eq!(stable_hash(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[tokio::test]
+    async fn removing_an_instance_moves_only_its_keys() {
+        let three = ["http://a:1", "http://b:2", "http://c:3"];
+        let two = ["http://a:1", "http://b:2"];
+        let with_three = Shards::new(&three.join(",")).expect("shards");
+        let with_two = Shards::new(&two.join(",")).expect("shards");
+        for n in 0..500 {
+            let key = format!("w{n}");
+            let before = with_three.address_of(&key);
+            if before != "http://c:3" {
+                assert_eq!(with_two.address_of(&key), before, "{key} moved");
+            }
+        }
+    }
     use super::*;
 
     fn metadata(pairs: &[(&'static str, &str)]) -> MetadataMap {

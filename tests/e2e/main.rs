@@ -12,5 +12,6 @@ mod hostile;
 mod limits;
 mod operability;
 mod realtime;
+mod replicas;
 mod runtime_lifecycle;
 mod walking_skeleton;

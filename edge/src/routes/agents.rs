@@ -75,7 +75,8 @@ pub async fn list(
 
 /// An MCP server as a client sends it.
 #[derive(Deserialize, ToSchema)]
-#[serde(try_from = "Map<String, Value>")]
+// `deny_unknown_fields` tells the schema (additionalProperties: false); `try_from` does the work.
+#[serde(try_from = "Map<String, Value>", deny_unknown_fields)]
 pub struct McpServerBody {
     /// Prefixes the server's tools: `{name}__{tool}`.
     #[schema(pattern = r"^[a-z][a-z0-9-]{0,31}$")]
@@ -152,9 +153,9 @@ pub struct CreateAgent {
         pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
     )]
     description: Option<String>,
-    /// At most 16 KiB; empty: the runtime's default persona.
+    /// At most 16,384 characters; empty: the runtime's default persona.
     #[schema(
-        max_length = 4096,
+        max_length = 16384,
         pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
     )]
     system_prompt: Option<String>,
@@ -270,7 +271,7 @@ pub struct UpdateAgent {
     )]
     description: Option<String>,
     #[schema(
-        max_length = 4096,
+        max_length = 16384,
         pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
     )]
     system_prompt: Option<String>,

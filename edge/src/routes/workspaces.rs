@@ -3,6 +3,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crawbl_proto::auth::v1::CreateWorkspaceRequest;
 use crawbl_proto::runtimeproxy::v1::GetRuntimeRequest;
+use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -107,9 +108,7 @@ pub async fn get(
     Path(workspace_id): Path<String>,
 ) -> Result<Json<Data<Workspace>>, ApiError> {
     let mut workspace = Workspace::from(caller.workspace(&workspace_id)?.clone());
-    let runtime = state
-        .runtimes
-        .clone()
+    let runtime = RuntimeProxyClient::new(state.runtimes.pick(&workspace_id))
         .get_runtime(GetRuntimeRequest {
             workspace_id: workspace_id.clone(),
         })

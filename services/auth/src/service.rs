@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::AnyPool;
+use tracing::Instrument as _;
 
 use crate::changes::Changes;
 use crate::db::{sessions, users, workspaces};
@@ -132,11 +133,64 @@ impl Auth {
             // No account can have such an email; do not let it into the database as a subject.
             return Err(AuthError::InvalidCredentials);
         }
+        // On a task of its own, so that an attempt whose client goes away still settles its
+        // rate-limit reservation (a dropped request would leave it held until the window ends).
+        let auth = self.clone();
+        let (email, password, client_address) = (
+            email.to_owned(),
+            password.to_owned(),
+            client_address.to_owned(),
+        );
         let now = now_millis();
+        let attempt = async move {
+            auth.throttled_password_check(&email, &password, &client_address, now)
+                .await
+        };
+        let user = tokio::spawn(attempt.in_current_span())
+            .await
+            .map_err(|error| anyhow::Error::new(error).context("the sign-in task failed"))??;
+
+        let session_id = uuid::Uuid::now_v7().to_string();
+        let (refresh_token, refresh_hash) = tokens::new_refresh_token();
+        let mut transaction = self.pool.begin().await?;
+        self.insert_session(&mut transaction, &session_id, &user.id, &refresh_hash, now)
+            .await?;
+        transaction.commit().await?;
+        let memberships = workspaces::list_memberships(&self.pool, &user.id).await?;
+        tracing::info!(user_id = %user.id, session_id, "user signed in");
+        self.issued(session_id, refresh_token, user, memberships, now)
+    }
+
+    /// The user whose email and password these are, with the attempt counted against the
+    /// rate limits before the password is checked (so concurrent guesses cannot overtake them).
+    async fn throttled_password_check(
+        &self,
+        email: &str,
+        password: &str,
+        client_address: &str,
+        now: i64,
+    ) -> Result<User, AuthError> {
         let normalized = crate::domain::normalize_email(email);
         let subjects = Subjects::new(&normalized, client_address);
-        self.throttle.check(&subjects, now).await?;
+        let reservation = self.throttle.reserve(&subjects, now).await?;
+        match self.check_password(email, password).await {
+            Ok(Some(user)) => {
+                self.throttle.succeeded(reservation).await?;
+                Ok(user)
+            }
+            Ok(None) => {
+                self.throttle.failed(reservation).await?;
+                Err(AuthError::InvalidCredentials)
+            }
+            Err(error) => {
+                self.throttle.release(reservation).await;
+                Err(error)
+            }
+        }
+    }
 
+    /// The user whose email and password these are, if they are.
+    async fn check_password(&self, email: &str, password: &str) -> Result<Option<User>, AuthError> {
         let credentials = match Email::parse(email) {
             Ok(email) if password.chars().count() <= MAX_PASSWORD_CHARS => {
                 users::find_credentials_by_email(&self.pool, email.as_str()).await?
@@ -151,24 +205,7 @@ impl Auth {
         // and the timing the same.
         let candidate: String = password.chars().take(MAX_PASSWORD_CHARS + 1).collect();
         let matches = password::verify(candidate, stored_hash).await?;
-        let user = match user {
-            Some(user) if matches => user,
-            _ => {
-                self.throttle.record_failure(&subjects, now).await?;
-                return Err(AuthError::InvalidCredentials);
-            }
-        };
-        self.throttle.record_success(&subjects).await?;
-
-        let session_id = uuid::Uuid::now_v7().to_string();
-        let (refresh_token, refresh_hash) = tokens::new_refresh_token();
-        let mut transaction = self.pool.begin().await?;
-        self.insert_session(&mut transaction, &session_id, &user.id, &refresh_hash, now)
-            .await?;
-        transaction.commit().await?;
-        let memberships = workspaces::list_memberships(&self.pool, &user.id).await?;
-        tracing::info!(user_id = %user.id, session_id, "user signed in");
-        self.issued(session_id, refresh_token, user, memberships, now)
+        Ok(user.filter(|_| matches))
     }
 
     /// Exchanges a refresh token for a new access token and a new refresh token. A refresh token

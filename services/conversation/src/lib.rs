@@ -17,12 +17,12 @@ use std::time::Duration;
 use crawbl_infra::bus::EventBus;
 use crawbl_infra::config;
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
-use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use context::ContextBudget;
 pub use error::ConversationError;
+pub use scheduler::TurnSettings;
 
 /// Entry points for the fuzz targets in `fuzz/` (not an API: hidden, no stability promise).
 #[doc(hidden)]
@@ -34,7 +34,8 @@ pub mod fuzzing {
 pub struct Config {
     pub listen: SocketAddr,
     pub database_url: String,
-    /// gRPC address of runtime-proxy, e.g. `http://127.0.0.1:50053`.
+    /// gRPC address of runtime-proxy, e.g. `http://127.0.0.1:50053`; with several instances,
+    /// every one, comma-separated (each workspace goes to one of them, the same for every caller).
     pub runtime_proxy_url: String,
     /// Redis for events; `None` publishes on the in-process bus.
     pub redis_url: Option<String>,
@@ -44,6 +45,8 @@ pub struct Config {
     pub runtime_wait: Duration,
     /// How much of the conversation each turn carries to the runtime.
     pub context_budget: ContextBudget,
+    /// How turns are leased to instances and found.
+    pub turns: TurnSettings,
 }
 
 impl Config {
@@ -61,6 +64,7 @@ impl Config {
             ),
             runtime_wait: Duration::from_millis(config::parse_or("RUNTIME_WAIT_MS", 10_000u64)?),
             context_budget: context_budget_from_env()?,
+            turns: turn_settings_from_env()?,
         })
     }
 }
@@ -77,6 +81,26 @@ fn context_budget_from_env() -> anyhow::Result<ContextBudget> {
         );
     }
     Ok(budget)
+}
+
+fn turn_settings_from_env() -> anyhow::Result<TurnSettings> {
+    let defaults = TurnSettings::default();
+    let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    let settings = TurnSettings {
+        lease: Duration::from_millis(config::parse_or("TURN_LEASE_MS", millis(defaults.lease))?),
+        poll: Duration::from_millis(config::parse_or("TURN_POLL_MS", millis(defaults.poll))?),
+        max_running: config::parse_or("TURNS_PER_INSTANCE", defaults.max_running)?,
+        sole_instance: false,
+    };
+    if settings.lease < Duration::from_millis(300)
+        || settings.poll.is_zero()
+        || settings.max_running == 0
+    {
+        anyhow::bail!(
+            "TURN_LEASE_MS must be at least 300, TURN_POLL_MS and TURNS_PER_INSTANCE at least 1"
+        );
+    }
+    Ok(settings)
 }
 
 fn migrations() -> crawbl_infra::db::Migrations {
@@ -96,20 +120,33 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = crawbl_infra::db::connect(&config.database_url, migrations()).await?;
-    let outbox = outbox::Outbox::new(pool.clone(), bus);
+    // One process owns an SQLite file; a Postgres database may be shared by several instances.
+    let sole_instance = crawbl_infra::db::Backend::of_url(&config.database_url)?
+        == crawbl_infra::db::Backend::Sqlite;
+    let outbox = outbox::Outbox::new(pool.clone(), bus, !sole_instance);
     recover_interrupted_turns(&pool, &outbox).await?;
 
-    let runtime = RuntimeProxyClient::new(crawbl_infra::grpc::channel(&config.runtime_proxy_url)?);
+    let runtime = crawbl_infra::grpc::Shards::new(&config.runtime_proxy_url)?;
+    // One process owns an SQLite file: turns it finds running at start are its own orphans.
+    let sole_instance = crawbl_infra::db::Backend::of_url(&config.database_url)?
+        == crawbl_infra::db::Backend::Sqlite;
     let service = service::Conversations::new(
         pool,
         outbox.clone(),
         runtime,
         config.runtime_wait,
         config.context_budget,
+        TurnSettings {
+            sole_instance,
+            ..config.turns
+        },
     );
-    let turns = service.scheduler().tracker();
+    let scheduler = service.scheduler();
+    scheduler.settle_orphans_of_a_previous_run().await;
+    let turns = scheduler.tracker();
 
     let background = shutdown.child_token();
+    let claims = tokio::spawn(scheduler.run(background.clone()));
     let relay = tokio::spawn(outbox.clone().run_relay(background.clone()));
     let pruner = tokio::spawn(outbox.run_pruner(config.event_retention, background.clone()));
 
@@ -128,11 +165,12 @@ pub async fn run(
         );
     }
     background.cancel();
-    let _ = tokio::join!(relay, pruner);
+    let _ = tokio::join!(claims, relay, pruner);
     served
 }
 
-/// A previous run may have stopped mid-turn: no message stays `streaming` and no agent `busy`.
+/// A previous version may have stopped mid-turn: no message it left `streaming` stays so, and no
+/// agent `busy` where no turn runs. (Turns of this version are taken over by the scheduler.)
 async fn recover_interrupted_turns(
     pool: &sqlx::AnyPool,
     outbox: &outbox::Outbox,

@@ -23,11 +23,17 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 pub struct Outbox {
     pool: AnyPool,
     bus: EventBus,
+    /// Other instances may relay from the same database (Postgres): relays take turns.
+    shared_store: bool,
 }
 
 impl Outbox {
-    pub fn new(pool: AnyPool, bus: EventBus) -> Self {
-        Self { pool, bus }
+    pub fn new(pool: AnyPool, bus: EventBus, shared_store: bool) -> Self {
+        Self {
+            pool,
+            bus,
+            shared_store,
+        }
     }
 
     /// Publishes committed durable events in order. At the first failure the rest stay pending
@@ -82,16 +88,35 @@ impl Outbox {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(RELAY_INTERVAL) => {}
             }
-            let cutoff = db::now_ms() - RELAY_GRACE_MS;
-            match db::pending_events(&self.pool, cutoff, RELAY_BATCH).await {
-                Ok(pending) if !pending.is_empty() => {
-                    let count = pending.len();
-                    tracing::info!(count, "relaying pending events");
-                    self.publish(pending).await;
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "cannot read pending events"),
+            if let Err(error) = self.relay_once().await {
+                tracing::warn!(%error, "cannot relay pending events");
             }
+        }
+    }
+
+    /// Publishes what is pending, unless another instance's relay is at it: on a shared
+    /// database one relay runs at a time (a transaction-scoped advisory lock), so the same
+    /// events are not read and published by every instance.
+    async fn relay_once(&self) -> Result<(), sqlx::Error> {
+        let lock = if self.shared_store {
+            let mut lock = self.pool.begin().await?;
+            if !db::try_relay_lock(&mut lock).await? {
+                return Ok(());
+            }
+            Some(lock)
+        } else {
+            None
+        };
+        let cutoff = db::now_ms() - RELAY_GRACE_MS;
+        let pending = db::pending_events(&self.pool, cutoff, RELAY_BATCH).await?;
+        if !pending.is_empty() {
+            tracing::info!(count = pending.len(), "relaying pending events");
+            self.publish(pending).await;
+        }
+        // Ending the transaction releases the lock.
+        match lock {
+            Some(lock) => lock.commit().await,
+            None => Ok(()),
         }
     }
 

@@ -1,52 +1,78 @@
-//! Agent turns, one conversation at a time: a message sent while the agent is still answering
-//! the previous one waits behind it, so replies come in the order the messages were sent.
-//! Deleting a conversation cancels its running turn and drops the queued ones.
+//! Running durable turns (see [`crate::db::ClaimedTurn`]) on this instance: a loop claims queued
+//! turns that may run now (one per conversation, in send order, across every instance), takes
+//! over turns whose owner's lease lapsed, and runs each claimed turn while renewing its lease.
+//!
+//! The instance that stored a message starts its turn at once when it may run, and an instance
+//! that ends a turn starts the conversation's next one, so turns run where they are queued and
+//! ended, without waiting. Beyond that the loop polls: for turns whose instance could not start
+//! them (it died right after the commit) once they are [`QUEUE_GRACE`] old, and for turns whose
+//! owner stopped renewing its lease. A turn whose lease cannot be renewed (it was deleted with
+//! its conversation, or another instance took it over) is cancelled here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
-use crawbl_proto::conversation::v1::{Conversation, Message};
-use tokio::sync::{mpsc, oneshot};
+use crawbl_proto::conversation::v1::Message;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::db::{self, ClaimedTurn, Queued, TurnFence};
 use crate::turn::{self, TurnDeps};
 
-struct Job {
-    conversation: Conversation,
-    user_message: Message,
-    /// The span of the send that queued the turn: the turn continues its trace.
-    span: tracing::Span,
+/// How long a polling instance leaves a queued turn to the instance that stored it.
+pub const QUEUE_GRACE: Duration = Duration::from_secs(1);
+
+/// How turns are leased and found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnSettings {
+    /// `TURN_LEASE_MS`: how long a turn stays its owner's without a renewal; renewed every third
+    /// of it. A turn of an instance that died is taken over this long after its last renewal.
+    pub lease: Duration,
+    /// `TURN_POLL_MS`: how often turns queued or orphaned elsewhere are looked for.
+    pub poll: Duration,
+    /// `TURNS_PER_INSTANCE`: turns this instance runs at once at most.
+    pub max_running: usize,
+    /// Only this instance uses the database (SQLite): every running turn found at start is an
+    /// orphan of a previous run (see [`Scheduler::settle_orphans_of_a_previous_run`]).
+    pub sole_instance: bool,
 }
 
-struct Queue {
-    /// Tells this queue from a later one of the same conversation.
-    generation: u64,
-    jobs: mpsc::UnboundedSender<Job>,
-    cancel: CancellationToken,
-}
-
-#[derive(Default)]
-struct State {
-    queues: HashMap<String, Queue>,
-    generations: u64,
-    /// Turns queued or running, by user message id, with whoever waits for their reply.
-    waiters: HashMap<String, Vec<oneshot::Sender<Option<Message>>>>,
+impl Default for TurnSettings {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(10),
+            poll: Duration::from_millis(500),
+            max_running: 256,
+            sole_instance: false,
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct Scheduler {
     deps: TurnDeps,
-    state: Arc<Mutex<State>>,
+    settings: TurnSettings,
+    /// This instance, as turn owner.
+    instance: Arc<str>,
+    /// User message ids whose turn ended here, for `?wait=true` callers on this instance.
+    ended: broadcast::Sender<String>,
+    /// The turns running here, by turn id: their conversation and how to cancel them.
+    running: Arc<Mutex<HashMap<String, (String, CancellationToken)>>>,
     tracker: TaskTracker,
 }
 
 impl Scheduler {
-    pub fn new(deps: TurnDeps) -> Self {
+    pub fn new(deps: TurnDeps, settings: TurnSettings) -> Self {
+        let instance = format!("conversation-{}", uuid::Uuid::new_v4().simple());
         Self {
             deps,
-            state: Arc::default(),
+            settings,
+            instance: Arc::from(instance),
+            ended: broadcast::channel(1024).0,
+            running: Arc::default(),
             tracker: TaskTracker::new(),
         }
     }
@@ -56,116 +82,216 @@ impl Scheduler {
         self.tracker.clone()
     }
 
-    /// Queues the agent's turn for `user_message` behind the conversation's earlier turns.
-    pub fn enqueue(&self, conversation: Conversation, user_message: Message) {
-        let conversation_id = conversation.id.clone();
-        let mut state = self.lock();
-        state.waiters.entry(user_message.id.clone()).or_default();
-        let mut job = Job {
-            conversation,
-            user_message,
-            span: tracing::Span::current(),
-        };
-        if let Some(queue) = state.queues.get(&conversation_id) {
-            match queue.jobs.send(job) {
-                Ok(()) => return,
-                // The worker is retiring; start a new one with this job.
-                Err(mpsc::error::SendError(returned)) => job = returned,
-            }
+    /// Starts the conversation's next turn here, if it may run now (no earlier turn of the
+    /// conversation is open) and no other instance took it first.
+    pub fn start_next(&self, conversation_id: &str) {
+        if self.capacity() == 0 {
+            return; // A poll will find it.
         }
-        let (jobs, receiver) = mpsc::unbounded_channel();
-        let cancel = CancellationToken::new();
-        let _ = jobs.send(job);
-        state.generations += 1;
-        let generation = state.generations;
-        state.queues.insert(
-            conversation_id.clone(),
-            Queue {
-                generation,
-                jobs,
-                cancel: cancel.clone(),
-            },
-        );
-        drop(state);
-        self.tracker.spawn(
-            self.clone()
-                .drain(conversation_id, generation, receiver, cancel),
-        );
+        let scheduler = self.clone();
+        let conversation_id = conversation_id.to_owned();
+        self.tracker.spawn(async move {
+            let claimed = db::claim_queued(
+                &scheduler.deps.pool,
+                &scheduler.instance,
+                scheduler.lease_ms(),
+                Queued::Of(&conversation_id),
+                1,
+            )
+            .await;
+            match claimed {
+                Ok(claimed) => claimed.into_iter().for_each(|turn| scheduler.start(turn)),
+                Err(error) => tracing::debug!(%error, "cannot claim a queued turn; a poll will"),
+            }
+        });
     }
 
-    /// Cancels the conversation's running turn and drops its queued ones.
+    /// Cancels the conversation's turn running on this instance (its queued turns went with its
+    /// rows; a turn running on another instance stops when its lease renewal finds it gone).
     pub fn cancel_conversation(&self, conversation_id: &str) {
-        if let Some(queue) = self.lock().queues.remove(conversation_id) {
-            queue.cancel.cancel();
-        }
-    }
-
-    /// A receiver of the reply to `user_message_id` if its turn is queued or running; `None` when
-    /// it already ended (or never started), in which case the database has the outcome.
-    pub fn wait_for(&self, user_message_id: &str) -> Option<oneshot::Receiver<Option<Message>>> {
-        let mut state = self.lock();
-        let waiters = state.waiters.get_mut(user_message_id)?;
-        let (sender, receiver) = oneshot::channel();
-        waiters.push(sender);
-        Some(receiver)
-    }
-
-    async fn drain(
-        self,
-        conversation_id: String,
-        generation: u64,
-        mut jobs: mpsc::UnboundedReceiver<Job>,
-        cancel: CancellationToken,
-    ) {
-        loop {
-            let job = match jobs.try_recv() {
-                Ok(job) => job,
-                Err(_) => {
-                    // Senders only send under the lock, so an empty queue seen under it stays empty.
-                    let mut state = self.lock();
-                    match jobs.try_recv() {
-                        Ok(job) => job,
-                        Err(_) => {
-                            if state
-                                .queues
-                                .get(&conversation_id)
-                                .is_some_and(|queue| queue.generation == generation)
-                            {
-                                state.queues.remove(&conversation_id);
-                            }
-                            return;
-                        }
-                    }
-                }
-            };
-            let user_message_id = job.user_message.id.clone();
-            let reply = if cancel.is_cancelled() {
-                None
-            } else {
-                let span = tracing::info_span!(
-                    parent: &job.span,
-                    "agent.turn",
-                    conversation_id = %job.conversation.id,
-                    message_id = %user_message_id,
-                );
-                turn::run(
-                    self.deps.clone(),
-                    job.conversation,
-                    job.user_message,
-                    cancel.clone(),
-                )
-                .instrument(span)
-                .await
-            };
-            let waiters = self.lock().waiters.remove(&user_message_id);
-            for waiter in waiters.into_iter().flatten() {
-                let _ = waiter.send(reply.clone());
+        for (conversation, cancel) in self.lock().values() {
+            if conversation == conversation_id {
+                cancel.cancel();
             }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // The state stays consistent even if a holder panicked: every update is one map call.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Waits until the turn answering `user_message_id` has ended, wherever it runs, and returns
+    /// the reply (`None` when there is none). Ends of turns here wake it at once; turns elsewhere
+    /// are polled for.
+    pub async fn wait_for_reply(
+        &self,
+        user_message_id: &str,
+    ) -> Result<Option<Message>, sqlx::Error> {
+        let mut ended = self.ended.subscribe();
+        loop {
+            if !db::turn_open(&self.deps.pool, user_message_id).await? {
+                return db::find_reply(&self.deps.pool, user_message_id).await;
+            }
+            let poll = tokio::time::sleep(self.settings.poll);
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    () = &mut poll => break,
+                    id = ended.recv() => match id {
+                        Ok(id) if id != user_message_id => continue,
+                        // This one, or missed ends (lagged): look again.
+                        _ => break,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Claims and runs turns until `shutdown`; turns already running are left to finish (the
+    /// caller waits for them through [`Scheduler::tracker`]).
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(self.settings.poll) => {}
+            }
+            self.take_over(db::now_ms()).await;
+            self.claim().await;
+        }
+    }
+
+    /// With a database only this instance uses, every turn still running is an orphan of a
+    /// previous run: settle them now, before serving, rather than when their leases lapse.
+    pub async fn settle_orphans_of_a_previous_run(&self) {
+        if self.settings.sole_instance {
+            self.take_over(i64::MAX).await;
+        }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.settings.lease.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn capacity(&self) -> u32 {
+        let free = self.settings.max_running.saturating_sub(self.lock().len());
+        u32::try_from(free).unwrap_or(u32::MAX)
+    }
+
+    /// Settles turns whose owner is gone: see [`turn::settle_orphan`].
+    async fn take_over(&self, expired_before: i64) {
+        let capacity = self.capacity();
+        if capacity == 0 {
+            return;
+        }
+        let pool = &self.deps.pool;
+        match db::take_over_expired(
+            pool,
+            &self.instance,
+            self.lease_ms(),
+            expired_before,
+            capacity,
+        )
+        .await
+        {
+            Ok(orphans) => {
+                for orphan in orphans {
+                    tracing::warn!(
+                        turn_id = %orphan.fence.turn_id,
+                        conversation_id = %orphan.conversation_id,
+                        attempts = orphan.attempts,
+                        "took over a turn whose owner stopped renewing its lease"
+                    );
+                    turn::settle_orphan(&self.deps, orphan).await;
+                }
+                // Requeued turns run through the claim that follows.
+            }
+            Err(error) => tracing::debug!(%error, "cannot look for orphaned turns"),
+        }
+    }
+
+    async fn claim(&self) {
+        let capacity = self.capacity();
+        if capacity == 0 {
+            return;
+        }
+        let grace = i64::try_from(QUEUE_GRACE.as_millis()).unwrap_or(i64::MAX);
+        let before = Queued::Before(db::now_ms() - grace);
+        match db::claim_queued(
+            &self.deps.pool,
+            &self.instance,
+            self.lease_ms(),
+            before,
+            capacity,
+        )
+        .await
+        {
+            Ok(claimed) => {
+                for turn in claimed {
+                    self.start(turn);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot claim queued turns"),
+        }
+    }
+
+    fn start(&self, turn: ClaimedTurn) {
+        let cancel = CancellationToken::new();
+        self.lock().insert(
+            turn.fence.turn_id.clone(),
+            (turn.conversation_id.clone(), cancel.clone()),
+        );
+        let span = tracing::info_span!(
+            "agent.turn",
+            conversation_id = %turn.conversation_id,
+            message_id = %turn.user_message_id,
+            attempt = turn.attempts,
+        );
+        crawbl_infra::trace::continue_from_map(&span, &turn.trace_context);
+        let scheduler = self.clone();
+        self.tracker.spawn(
+            async move {
+                let renewal = scheduler.keep_leased(turn.fence.clone(), cancel.clone());
+                let user_message_id = turn.user_message_id.clone();
+                let conversation_id = turn.conversation_id.clone();
+                let turn_id = turn.fence.turn_id.clone();
+                tokio::select! {
+                    () = turn::run(scheduler.deps.clone(), turn, cancel.clone()) => {}
+                    () = renewal => {}
+                }
+                scheduler.lock().remove(&turn_id);
+                let _ = scheduler.ended.send(user_message_id);
+                scheduler.start_next(&conversation_id);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Renews the turn's lease until it ends; when the turn is found no longer this instance's,
+    /// cancels it and waits for it to stop. Never returns before the turn is cancelled, so the
+    /// `select!` in [`Scheduler::start`] ends with the turn.
+    async fn keep_leased(&self, fence: TurnFence, cancel: CancellationToken) {
+        let every = self.settings.lease / 3;
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+            match db::renew_lease(&self.deps.pool, &fence, self.lease_ms()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(
+                        turn_id = %fence.turn_id,
+                        "the turn is no longer this instance's (deleted or taken over); stopping it"
+                    );
+                    cancel.cancel();
+                    break;
+                }
+                // The database is away: keep running; the turn's writes wait for it, and a
+                // take-over meanwhile is caught by their fence.
+                Err(error) => tracing::debug!(%error, "cannot renew a turn's lease"),
+            }
+        }
+        std::future::pending::<()>().await;
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (String, CancellationToken)>> {
+        // Every update is one map call, so the map stays consistent even if a holder panicked.
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use crawbl_infra::grpc::Channel;
-use crawbl_infra::grpc::status_with_code;
+use crawbl_infra::grpc::{Shards, status_with_code};
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationService;
 use crawbl_proto::conversation::v1::{
     Agent, AgentStatus, ArchiveAgentRequest, CreateAgentRequest, GetAgentRequest,
@@ -22,7 +21,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::context::ContextBudget;
 use crate::outbox::Outbox;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Scheduler, TurnSettings};
 use crate::turn::TurnDeps;
 use crate::validate::{self, AgentChanges, NewAgent, NewUserMessage};
 use crate::{ConversationError, db};
@@ -30,7 +29,8 @@ use crate::{ConversationError, db};
 pub struct Conversations {
     pool: AnyPool,
     outbox: Outbox,
-    runtime: RuntimeProxyClient<Channel>,
+    /// runtime-proxy instances, each owning the runtimes of its share of the workspaces.
+    runtime: Shards,
     scheduler: Scheduler,
     /// How long a send waits for the workspace's runtime to become ready.
     runtime_wait: Duration,
@@ -40,16 +40,20 @@ impl Conversations {
     pub fn new(
         pool: AnyPool,
         outbox: Outbox,
-        runtime: RuntimeProxyClient<Channel>,
+        runtime: Shards,
         runtime_wait: Duration,
         context_budget: ContextBudget,
+        turn_settings: TurnSettings,
     ) -> Self {
-        let scheduler = Scheduler::new(TurnDeps {
-            pool: pool.clone(),
-            outbox: outbox.clone(),
-            runtime: runtime.clone(),
-            context_budget,
-        });
+        let scheduler = Scheduler::new(
+            TurnDeps {
+                pool: pool.clone(),
+                outbox: outbox.clone(),
+                runtime: runtime.clone(),
+                context_budget,
+            },
+            turn_settings,
+        );
         Self {
             pool,
             outbox,
@@ -81,7 +85,8 @@ impl Conversations {
             workspace_id: workspace_id.to_owned(),
         });
         request.set_timeout(self.runtime_wait);
-        match self.runtime.clone().ensure_runtime(request).await {
+        let mut client = RuntimeProxyClient::new(self.runtime.pick(workspace_id));
+        match client.ensure_runtime(request).await {
             Ok(_) => Ok(()),
             Err(status) => {
                 tracing::info!(code = ?status.code(), message = status.message(), workspace_id, "runtime not ready for a send");
@@ -106,7 +111,8 @@ impl Conversations {
         let request = GetRuntimeRequest {
             workspace_id: workspace_id.to_owned(),
         };
-        let ready = match self.runtime.clone().get_runtime(request).await {
+        let mut client = RuntimeProxyClient::new(self.runtime.pick(workspace_id));
+        let ready = match client.get_runtime(request).await {
             Ok(info) => info.into_inner().state() == RuntimeState::Ready,
             Err(status) => {
                 tracing::debug!(code = ?status.code(), "cannot ask runtime-proxy for the runtime's state");
@@ -133,10 +139,7 @@ fn db_error(error: sqlx::Error) -> Status {
 
 /// A write that named a slug another agent of the workspace has is a 409.
 fn agent_write_error(error: sqlx::Error) -> Status {
-    if error
-        .as_database_error()
-        .is_some_and(|error| error.is_unique_violation())
-    {
+    if db::is_unique_violation(&error) {
         return ConversationError::Conflict {
             code: "AGENT_SLUG_TAKEN",
             message: "another agent of the workspace has this slug".to_owned(),
@@ -322,15 +325,14 @@ impl ConversationService for Conversations {
             .map_err(db_error)?;
         if let Some(event) = created {
             self.outbox.publish([event]).await;
-            self.scheduler.enqueue(conversation, message.clone());
+            // Its turn was queued with it; run it here now if it may start.
+            self.scheduler.start_next(&conversation.id);
         }
         let reply = if wait {
-            match self.scheduler.wait_for(&message.id) {
-                Some(receiver) => receiver.await.ok().flatten(),
-                None => db::find_reply(&self.pool, &message.id)
-                    .await
-                    .map_err(db_error)?,
-            }
+            self.scheduler
+                .wait_for_reply(&message.id)
+                .await
+                .map_err(db_error)?
         } else {
             None
         };

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crawbl_infra::grpc::Channel;
+use crawbl_infra::grpc::Shards;
 use crawbl_proto::conversation::v1::{
     Agent, AgentStatus, Conversation, Message, MessageStatus, ToolCall,
 };
@@ -19,6 +19,7 @@ use sqlx::AnyPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::{self, ContextBudget};
+use crate::db::{ClaimedTurn, TurnFence};
 use crate::outbox::Outbox;
 use crate::{ConversationError, db};
 
@@ -30,18 +31,36 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct TurnDeps {
     pub pool: AnyPool,
     pub outbox: Outbox,
-    pub runtime: RuntimeProxyClient<Channel>,
+    /// runtime-proxy instances: a workspace's turns go to the one that owns its runtime.
+    pub runtime: Shards,
     pub context_budget: ContextBudget,
 }
 
-/// Runs the agent's turn in answer to `user_message` and returns the agent's final message
-/// (`None` when the turn could not start or its conversation was deleted). Errors are logged.
-pub async fn run(
-    deps: TurnDeps,
-    conversation: Conversation,
-    user_message: Message,
-    cancel: CancellationToken,
-) -> Option<Message> {
+/// Most attempts a turn gets when each owner died before anything of it reached clients.
+const MAX_ATTEMPTS: i64 = 3;
+/// How long streamed text may wait to be checkpointed; deltas go out once their text is saved,
+/// so an interruption keeps everything clients were shown.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Runs a claimed turn: the agent answers the user message, streaming into its reply (a new one,
+/// or the one an earlier owner started and showed nothing of). Errors are logged.
+pub async fn run(deps: TurnDeps, turn: ClaimedTurn, cancel: CancellationToken) {
+    let loaded = until_available(&cancel, || async {
+        let message = db::find_message(&deps.pool, &turn.user_message_id).await?;
+        let conversation =
+            db::find_conversation(&deps.pool, &turn.workspace_id, &turn.conversation_id).await?;
+        Ok(message.zip(conversation))
+    })
+    .await;
+    let (user_message, conversation) = match loaded {
+        Ok(Some(found)) => found,
+        // Deleted with its conversation meanwhile: its row went too.
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, "cannot load a turn's message; it is taken over later");
+            return;
+        }
+    };
     let agent = match until_available(&cancel, || {
         db::agent_for_conversation(&deps.pool, &conversation)
     })
@@ -49,8 +68,10 @@ pub async fn run(
     {
         Ok(agent) => agent,
         Err(error) => {
-            tracing::error!(%error, conversation_id = %conversation.id, "cannot start a turn: no agent");
-            return None;
+            // Sends to such a conversation are refused; this one raced an archive.
+            tracing::warn!(%error, conversation_id = %conversation.id, "a turn has no agent to answer; it ends unanswered");
+            end_unanswered(&deps, &turn, &cancel).await;
+            return;
         }
     };
     let workspace_id = conversation.workspace_id.as_str();
@@ -58,13 +79,12 @@ pub async fn run(
     set_status(&deps, workspace_id, &agent, AgentStatus::Busy).await;
     set_typing(&deps, &conversation, &agent, true).await;
 
-    let outcome = answer(&deps, &conversation, &agent, &user_message, &cancel).await;
-    let (reply, runtime_died) = match outcome {
-        Ok(Some((reply, ending))) => (Some(reply), ending == Ending::RuntimeDied),
-        Ok(None) => (None, false),
+    let outcome = answer(&deps, &turn, &conversation, &agent, &user_message, &cancel).await;
+    let runtime_died = match outcome {
+        Ok(ending) => ending == Ending::RuntimeDied,
         Err(error) => {
             tracing::error!(%error, conversation_id = %conversation.id, "agent turn failed");
-            (None, false)
+            false
         }
     };
 
@@ -76,7 +96,79 @@ pub async fn run(
     } else {
         set_status(&deps, workspace_id, &agent, AgentStatus::Online).await;
     }
-    reply
+}
+
+/// Settles a turn taken over from an owner that stopped renewing its lease. A reply that showed
+/// clients something (text or a tool call) ends `incomplete` with it: running the turn again
+/// would rewrite what they saw. A turn that showed nothing runs again from the start, unless it
+/// already had [`MAX_ATTEMPTS`]; then it ends `failed`.
+pub async fn settle_orphan(deps: &TurnDeps, turn: ClaimedTurn) {
+    let reply = match &turn.reply_id {
+        Some(reply_id) => match db::find_message(&deps.pool, reply_id).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read an orphaned turn's reply; retried later");
+                return;
+            }
+        },
+        None => None,
+    };
+    let text = reply
+        .as_ref()
+        .and_then(|reply| reply.content.as_ref())
+        .map(|content| content.text.clone())
+        .unwrap_or_default();
+    let shown = reply
+        .as_ref()
+        .is_some_and(|reply| !text.is_empty() || !reply.tool_calls.is_empty());
+    if !shown && turn.attempts < MAX_ATTEMPTS {
+        if let Err(error) = db::requeue(&deps.pool, &turn.fence).await {
+            tracing::warn!(%error, "cannot requeue an orphaned turn; retried later");
+        }
+        return;
+    }
+    let Some(reply) = reply else {
+        tracing::error!(turn_id = %turn.fence.turn_id, attempts = turn.attempts, "a turn failed on every attempt before it started a reply; it ends unanswered");
+        end_unanswered(deps, &turn, &CancellationToken::new()).await;
+        return;
+    };
+    let status = db::ended_status(&text, &reply.tool_calls);
+    let finished =
+        db::finish_message(&deps.pool, reply.clone(), text, status, Some(&turn.fence)).await;
+    match finished {
+        Ok(Some((_, updated))) => deps.outbox.publish([updated]).await,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, "cannot end an orphaned turn's reply; retried later");
+            return;
+        }
+    }
+    // Its owner never said the agent stopped.
+    let agent_id = reply.agent_id.clone().unwrap_or_default();
+    let agent = Agent {
+        id: agent_id,
+        workspace_id: reply.workspace_id.clone(),
+        ..Agent::default()
+    };
+    let conversation = Conversation {
+        id: reply.conversation_id.clone(),
+        workspace_id: reply.workspace_id.clone(),
+        ..Conversation::default()
+    };
+    set_typing(deps, &conversation, &agent, false).await;
+    set_status(deps, &reply.workspace_id, &agent, AgentStatus::Online).await;
+}
+
+/// Ends a turn that gets no reply.
+async fn end_unanswered(deps: &TurnDeps, turn: &ClaimedTurn, cancel: &CancellationToken) {
+    let ended = until_available(cancel, || async {
+        let mut connection = deps.pool.acquire().await?;
+        Ok(db::end_turn(&mut connection, &turn.fence).await?)
+    })
+    .await;
+    if let Err(error) = ended {
+        tracing::warn!(%error, "cannot end a turn; it is taken over later");
+    }
 }
 
 /// How a turn's stream ended.
@@ -88,16 +180,20 @@ enum Ending {
     Early,
     /// Early because the runtime died (runtime-proxy's `RUNTIME_DIED`).
     RuntimeDied,
+    /// The turn is no longer this instance's (deleted, or taken over): write nothing more.
+    Lost,
 }
 
-/// Creates the agent's message, streams the runtime's reply into it and stores the outcome.
+/// Creates (or resumes) the agent's reply, streams the runtime's answer into it and stores the
+/// outcome.
 async fn answer(
     deps: &TurnDeps,
+    turn: &ClaimedTurn,
     conversation: &Conversation,
     agent: &Agent,
     user_message: &Message,
     cancel: &CancellationToken,
-) -> Result<Option<(Message, Ending)>, ConversationError> {
+) -> Result<Ending, ConversationError> {
     // Read before the reply exists, so a failure here leaves no reply `streaming`.
     let request = until_available(cancel, || async {
         context::turn_request(&deps.pool, deps.context_budget, agent, user_message)
@@ -106,65 +202,136 @@ async fn answer(
     })
     .await?;
     let mut retry = false;
-    let (mut reply, created) = until_available(cancel, || {
+    let started = until_available(cancel, || {
         let again = std::mem::replace(&mut retry, true);
-        start_reply(deps, conversation, agent, user_message, again)
+        start_reply(deps, turn, conversation, agent, user_message, again)
     })
     .await?;
+    let Some((mut reply, created)) = started else {
+        return Ok(Ending::Lost);
+    };
     deps.outbox.publish(created).await;
+
     let mut text = String::new();
-    let ending = stream_reply(deps, &mut reply, &mut text, request, cancel).await;
+    let ending = stream_reply(deps, &turn.fence, &mut reply, &mut text, request, cancel).await;
     let status = match ending {
+        Ending::Lost => return Ok(Ending::Lost),
         Ending::Done => MessageStatus::Delivered,
-        Ending::Early | Ending::RuntimeDied if text.is_empty() => MessageStatus::Failed,
-        Ending::Early | Ending::RuntimeDied => MessageStatus::Incomplete,
+        Ending::Early | Ending::RuntimeDied => db::ended_status(&text, &reply.tool_calls),
     };
     let finish = || async {
-        db::finish_message(&deps.pool, reply.clone(), text.clone(), status)
-            .await
-            .map_err(ConversationError::from)
+        db::finish_message(
+            &deps.pool,
+            reply.clone(),
+            text.clone(),
+            status,
+            Some(&turn.fence),
+        )
+        .await
+        .map_err(ConversationError::from)
     };
-    let Some((finished, updated)) = until_available(cancel, finish).await? else {
-        return Ok(None); // The conversation was deleted meanwhile.
+    // Not cancellable: a cancelled turn still ends its reply.
+    let Some((_, updated)) = until_available(&CancellationToken::new(), finish).await? else {
+        return Ok(Ending::Lost); // Deleted with its conversation, or taken over.
     };
     deps.outbox.publish([updated]).await;
-    Ok(Some((finished, ending)))
+    Ok(ending)
 }
 
-/// Creates the agent's empty `streaming` reply to `user_message` with its `message.new` event.
-/// `again`: an earlier attempt failed, maybe only after its commit, so a reply already stored
-/// is taken instead of a second one started (its event is then in the log, for the relay).
+/// The agent's `streaming` reply: the one the turn already started (an earlier owner's, or an
+/// earlier attempt of this one's that failed, maybe only after its commit), or a new one with its
+/// `message.new` event. `None`: the turn is no longer this instance's, or its reply already ended.
 async fn start_reply(
     deps: &TurnDeps,
+    turn: &ClaimedTurn,
     conversation: &Conversation,
     agent: &Agent,
     user_message: &Message,
     again: bool,
-) -> Result<(Message, Option<Event>), ConversationError> {
-    if again && let Some(reply) = db::find_reply(&deps.pool, &user_message.id).await? {
-        return Ok((reply, None));
+) -> Result<Option<(Message, Option<Event>)>, ConversationError> {
+    let earlier = match (&turn.reply_id, again) {
+        (Some(reply_id), _) => db::find_message(&deps.pool, reply_id).await?,
+        (None, true) => db::find_reply(&deps.pool, &user_message.id).await?,
+        (None, false) => None,
+    };
+    if let Some(mut reply) = earlier {
+        if reply.status() != MessageStatus::Streaming {
+            return Ok(None);
+        }
+        // It showed nothing (else it would not run again): start it over.
+        reply.tool_calls.clear();
+        return Ok(Some((reply, None)));
     }
-    let (reply, created) = db::insert_agent_message(
+    let created = db::insert_agent_message(
         &deps.pool,
+        &turn.fence,
         &conversation.workspace_id,
         &conversation.id,
         &agent.id,
         &user_message.id,
     )
     .await?;
-    Ok((reply, Some(created)))
+    Ok(created.map(|(reply, event)| (reply, Some(event))))
+}
+
+/// What a turn streamed that clients have not been sent yet: deltas wait until their text is
+/// checkpointed.
+struct Unsaved {
+    deltas: Vec<MessageDelta>,
+    last_saved: tokio::time::Instant,
+}
+
+impl Unsaved {
+    fn new() -> Self {
+        Self {
+            deltas: Vec::new(),
+            last_saved: tokio::time::Instant::now(),
+        }
+    }
+
+    /// When the pending deltas are due to be saved and sent.
+    fn due(&self) -> Option<tokio::time::Instant> {
+        (!self.deltas.is_empty()).then(|| self.last_saved + CHECKPOINT_INTERVAL)
+    }
+}
+
+/// Checkpoints the reply's text and tool calls, then sends the deltas that text covers. `false`:
+/// the turn is no longer this instance's. While the database is away the deltas wait.
+async fn save(
+    deps: &TurnDeps,
+    fence: &TurnFence,
+    reply: &Message,
+    text: &str,
+    unsaved: &mut Unsaved,
+) -> bool {
+    match db::checkpoint_reply(&deps.pool, fence, reply, text).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(error) => {
+            tracing::debug!(%error, "cannot checkpoint a reply; its deltas wait");
+            return true;
+        }
+    }
+    unsaved.last_saved = tokio::time::Instant::now();
+    for delta in unsaved.deltas.drain(..) {
+        deps.outbox
+            .publish_volatile(&reply.workspace_id, event::Kind::MessageDelta(delta))
+            .await;
+    }
+    true
 }
 
 /// Forwards the turn to runtime-proxy, appending the reply to `text` and recording tool calls
-/// on `reply`, and publishing each delta and tool call as it comes.
+/// on `reply`; deltas and tool calls go out once checkpointed.
 async fn stream_reply(
     deps: &TurnDeps,
+    fence: &TurnFence,
     reply: &mut Message,
     text: &mut String,
     request: TurnRequest,
     cancel: &CancellationToken,
 ) -> Ending {
-    let mut runtime = deps.runtime.clone();
+    let mut runtime = RuntimeProxyClient::new(deps.runtime.pick(&request.workspace_id));
     let call = runtime.forward_turn(request);
     let mut stream = tokio::select! {
         () = cancel.cancelled() => return Ending::Early,
@@ -177,44 +344,55 @@ async fn stream_reply(
         },
     };
     let mut index = 0u32;
-    loop {
+    let mut unsaved = Unsaved::new();
+    let ending = loop {
+        let due = unsaved.due();
         // Dropping the stream on cancellation cancels the call, and runtime-proxy the runtime's.
         let item = tokio::select! {
             () = cancel.cancelled() => {
                 tracing::info!(message_id = %reply.id, "turn cancelled");
-                return Ending::Early;
+                break Ending::Early;
+            }
+            () = sleep_until(due) => {
+                if !save(deps, fence, reply, text, &mut unsaved).await {
+                    return Ending::Lost;
+                }
+                continue;
             }
             item = stream.next() => item,
         };
-        let Some(item) = item else { break };
+        let Some(item) = item else {
+            tracing::warn!("turn stream ended without done");
+            break Ending::Early;
+        };
         let event = match item {
             Ok(event) => event.event,
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "turn stream broke");
-                return Ending::Early;
+                break Ending::Early;
             }
         };
         match event {
             Some(turn_event::Event::Delta(delta)) => {
                 text.push_str(&delta.text);
-                deps.outbox
-                    .publish_volatile(
-                        &reply.workspace_id,
-                        event::Kind::MessageDelta(MessageDelta {
-                            message_id: reply.id.clone(),
-                            conversation_id: reply.conversation_id.clone(),
-                            agent_id: reply.agent_id.clone().unwrap_or_default(),
-                            delta: delta.text,
-                            index,
-                        }),
-                    )
-                    .await;
+                unsaved.deltas.push(MessageDelta {
+                    message_id: reply.id.clone(),
+                    conversation_id: reply.conversation_id.clone(),
+                    agent_id: reply.agent_id.clone().unwrap_or_default(),
+                    delta: delta.text,
+                    index,
+                });
                 index += 1;
+                if unsaved.last_saved.elapsed() >= CHECKPOINT_INTERVAL
+                    && !save(deps, fence, reply, text, &mut unsaved).await
+                {
+                    return Ending::Lost;
+                }
             }
-            Some(turn_event::Event::Done(_)) => return Ending::Done,
+            Some(turn_event::Event::Done(_)) => break Ending::Done,
             Some(turn_event::Event::Error(error)) => {
                 tracing::warn!(code = %error.code, message = %error.message, "the turn failed");
-                return if error.code == "RUNTIME_DIED" {
+                break if error.code == "RUNTIME_DIED" {
                     Ending::RuntimeDied
                 } else {
                     Ending::Early
@@ -228,6 +406,9 @@ async fn stream_reply(
                     result_json: None,
                 };
                 reply.tool_calls.push(call.clone());
+                if !save(deps, fence, reply, text, &mut unsaved).await {
+                    return Ending::Lost;
+                }
                 publish_tool(deps, reply, call).await;
             }
             Some(turn_event::Event::ToolResult(result)) => {
@@ -241,13 +422,27 @@ async fn stream_reply(
                 };
                 call.result_json = Some(result.result_json);
                 let call = call.clone();
+                if !save(deps, fence, reply, text, &mut unsaved).await {
+                    return Ending::Lost;
+                }
                 publish_tool(deps, reply, call).await;
             }
             Some(turn_event::Event::Usage(_)) | None => {}
         }
+    };
+    // The last deltas go out before the final `message.updated`, which carries the whole text.
+    if !unsaved.deltas.is_empty() && !save(deps, fence, reply, text, &mut unsaved).await {
+        return Ending::Lost;
     }
-    tracing::warn!("turn stream ended without done");
-    Ending::Early
+    ending
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn publish_tool(deps: &TurnDeps, reply: &Message, call: ToolCall) {

@@ -156,6 +156,8 @@ pub struct Stack {
     pub internals: Option<Internals>,
     /// Each process with its name (`auth`, `edge-0`, …).
     processes: Vec<(String, Child)>,
+    /// How each process was started, by name, to start it again.
+    specs: Vec<(String, Vec<String>, Vec<(String, String)>)>,
     dir: TempDir,
 }
 
@@ -191,19 +193,42 @@ impl Stack {
         edge_count: usize,
         extra_env: &[(&str, &str)],
     ) -> Self {
+        Self::replicated_on(database_url, 1, edge_count, extra_env).await
+    }
+
+    /// `instances` processes of each service (`auth-0`, `auth-1`, …, `conversation-0`, …,
+    /// `runtime-proxy-0`, …) and `edge_count` edges on a fresh Postgres database and the shared
+    /// Redis, as a deployment behind load balancers runs them: edge `i` and conversation
+    /// instance `i` talk to auth and conversation instance `i % instances`, and every component
+    /// knows every runtime-proxy (each owns a share of the workspaces).
+    pub async fn replicated(
+        instances: usize,
+        edge_count: usize,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let database_url = fresh_postgres_database().await;
+        Self::replicated_on(database_url, instances, edge_count, extra_env).await
+    }
+
+    async fn replicated_on(
+        database_url: String,
+        instances: usize,
+        edge_count: usize,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let service_token = format!("test-service-token-{}", uuid::Uuid::new_v4().simple());
         let dir = TempDir::new();
-        let [auth, conversation, runtime_proxy] = [free_port(), free_port(), free_port()];
         let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let ports = |_| (0..instances).map(|_| free_port()).collect::<Vec<u16>>();
+        let [auth, conversation, runtime_proxy]: [Vec<u16>; 3] = [0, 1, 2].map(ports);
+        let runtime_proxies = runtime_proxy
+            .iter()
+            .map(|port| url(*port))
+            .collect::<Vec<_>>();
         let mut common = vec![
             ("DATABASE_URL", database_url.clone()),
             ("REDIS_URL", redis_url()),
-            ("AUTH_URL", url(auth)),
-            ("CONVERSATION_URL", url(conversation)),
-            ("RUNTIME_PROXY_URL", url(runtime_proxy)),
-            ("AUTH_LISTEN", format!("127.0.0.1:{auth}")),
-            ("CONVERSATION_LISTEN", format!("127.0.0.1:{conversation}")),
-            ("RUNTIME_PROXY_LISTEN", format!("127.0.0.1:{runtime_proxy}")),
+            ("RUNTIME_PROXY_URL", runtime_proxies.join(",")),
             ("RUNTIME_COMMAND", format!("{CRAWBL} runtime-stub")),
             ("RUNTIME_STUB_TOKEN_DELAY_MS", "5".to_owned()),
             ("CRAWBL_SERVICE_TOKEN", service_token.clone()),
@@ -213,30 +238,53 @@ impl Stack {
                 .iter()
                 .map(|(key, value)| (*key, (*value).to_owned())),
         );
+        // What a component of index `i` talks to.
+        let peers = |i: usize| {
+            let mut env = common.clone();
+            env.push(("AUTH_URL", url(auth[i % instances])));
+            env.push(("CONVERSATION_URL", url(conversation[i % instances])));
+            env
+        };
         let mut stack = Self {
             edges: Vec::new(),
             internals: Some(Internals {
-                auth_url: url(auth),
-                conversation_url: url(conversation),
-                runtime_proxy_url: url(runtime_proxy),
+                auth_url: url(auth[0]),
+                conversation_url: url(conversation[0]),
+                runtime_proxy_url: runtime_proxies[0].clone(),
                 service_token,
                 database_url: database_url.clone(),
             }),
             processes: Vec::new(),
+            specs: Vec::new(),
             dir,
         };
-        for component in ["auth", "runtime-proxy", "conversation"] {
-            stack.spawn(component, &[component], &common);
+        let name = |component: &str, i: usize| {
+            if instances == 1 {
+                component.to_owned()
+            } else {
+                format!("{component}-{i}")
+            }
+        };
+        for i in 0..instances {
+            for (component, listen, port) in [
+                ("auth", "AUTH_LISTEN", auth[i]),
+                ("runtime-proxy", "RUNTIME_PROXY_LISTEN", runtime_proxy[i]),
+                ("conversation", "CONVERSATION_LISTEN", conversation[i]),
+            ] {
+                let mut env = peers(i);
+                env.push((listen, format!("127.0.0.1:{port}")));
+                stack.spawn(&name(component, i), &[component], &env);
+            }
         }
         for index in 0..edge_count {
             let port = free_port();
-            let mut env = common.clone();
+            let mut env = peers(index);
             env.push(("EDGE_LISTEN", format!("127.0.0.1:{port}")));
             stack.spawn(&format!("edge-{index}"), &["edge"], &env);
             stack.edges.push(url(port));
         }
-        for port in [auth, conversation, runtime_proxy] {
-            wait_for_grpc_health(&url(port)).await;
+        for port in auth.iter().chain(&conversation).chain(&runtime_proxy) {
+            wait_for_grpc_health(&url(*port)).await;
         }
         stack.wait_for_edges().await;
         stack
@@ -281,6 +329,7 @@ impl Stack {
             edges: vec![format!("http://127.0.0.1:{port}")],
             internals: None,
             processes: Vec::new(),
+            specs: Vec::new(),
             dir,
         };
         stack.spawn("crawbl", &[], &env);
@@ -300,13 +349,58 @@ impl Stack {
     /// Kills edge node `index` of a stack of separate processes at once (SIGKILL: no graceful
     /// shutdown, its sockets just drop).
     pub async fn kill_edge(&mut self, index: usize) {
-        let name = format!("edge-{index}");
+        self.kill_process(&format!("edge-{index}")).await;
+    }
+
+    /// Kills process `name` at once (SIGKILL: no graceful shutdown).
+    pub async fn kill_process(&mut self, name: &str) {
         let (_, child) = self
             .processes
             .iter_mut()
             .find(|(process, _)| *process == name)
             .unwrap_or_else(|| panic!("no process {name}"));
-        child.kill().await.expect("kill the edge");
+        child.kill().await.expect("kill the process");
+    }
+
+    /// Stops process `name` as an orchestrator does (SIGTERM, then waits up to 30 s for it to
+    /// exit), then starts it again with the same settings; returns once it answers its gRPC
+    /// health check (`grpc_url`).
+    pub async fn restart_process(&mut self, name: &str, grpc_url: &str) {
+        let index = self
+            .processes
+            .iter()
+            .position(|(process, _)| process == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let (_, mut child) = self.processes.remove(index);
+        let pid = child.id().expect("a running process has a pid");
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{name} still running 30 s after SIGTERM"))
+            .expect("wait for the process");
+        self.respawn(name);
+        wait_for_grpc_health(grpc_url).await;
+    }
+
+    /// Starts process `name` again (after [`Stack::kill_process`]) with the same settings.
+    pub fn respawn(&mut self, name: &str) {
+        self.processes.retain(|(process, _)| process != name);
+        let (_, args, env) = self
+            .specs
+            .iter()
+            .find(|(process, _, _)| process == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no process {name}"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, String)> = env
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.clone()))
+            .collect();
+        self.start_process(name, &args, &env);
     }
 
     /// The pid of process `name` (`crawbl` for the embedded stack, `edge-0`, …).
@@ -362,8 +456,24 @@ impl Stack {
     }
 
     fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, String)]) {
+        self.specs.push((
+            name.to_owned(),
+            args.iter().map(|arg| (*arg).to_owned()).collect(),
+            env.iter()
+                .map(|(key, value)| ((*key).to_owned(), value.clone()))
+                .collect(),
+        ));
+        self.start_process(name, args, env);
+    }
+
+    fn start_process(&mut self, name: &str, args: &[&str], env: &[(&str, String)]) {
+        // Appended to, so a restarted process keeps its earlier log.
         let log_path = self.dir.path().join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).expect("create log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open log file");
         let mut command = Command::new(CRAWBL);
         command
             .args(args)

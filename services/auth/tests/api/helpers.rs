@@ -56,6 +56,18 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
     app
 }
 
+/// `count` servers started at the same moment on one fresh database (replicas deployed together);
+/// the first owns the database.
+pub async fn spawn_apps_at_once(backend: Backend, count: usize) -> Vec<TestApp> {
+    let database = TestDatabase::create(backend).await;
+    let url = database.url();
+    let mut apps = futures::future::join_all((0..count).map(|_| start(url.clone(), |_| {}))).await;
+    if let Some(first) = apps.first_mut() {
+        first.database = Some(database);
+    }
+    apps
+}
+
 /// Another server on `app`'s database (as a second replica, or after a restart would be).
 pub async fn spawn_replica(app: &TestApp, configure: impl FnOnce(&mut Config)) -> TestApp {
     start(app.database_url.clone(), configure).await

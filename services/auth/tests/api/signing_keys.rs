@@ -1,17 +1,27 @@
-//! Access tokens are signed JWTs the edge verifies with published keys; keys rotate.
+//! Access tokens are signed JWTs the edge verifies with published keys; keys rotate, once per
+//! rotation however many replicas find the newest key due at the same moment.
+
+use std::time::Duration;
 
 use crawbl_auth::tokens::{AUDIENCE, AccessClaims, ISSUER};
 use crawbl_infra::jws::{self, PublicKey};
 use crawbl_proto::auth::v1::{GetSigningKeysRequest, RotateSigningKeyRequest, SigningKeys};
 use tonic::Code;
 
-use crate::helpers::{Backend, TestApp, assert_fails_with, spawn_app, spawn_replica};
+use futures::future::join_all;
+
+use crate::helpers::{
+    Backend, TestApp, assert_fails_with, spawn_app, spawn_app_with, spawn_apps_at_once,
+    spawn_replica,
+};
 
 on_both_backends!(
     access_tokens_verify_with_the_published_key_and_carry_the_session,
     rotation_publishes_the_new_key_first_and_keeps_the_previous_one,
     every_replica_and_restart_signs_with_the_same_stored_key,
     tokens_for_another_audience_or_issuer_are_refused,
+    replicas_finding_the_key_due_at_the_same_moment_make_exactly_one_new_key,
+    concurrent_rotation_checks_in_one_instance_make_exactly_one_new_key,
 );
 
 async fn keys(app: &TestApp) -> SigningKeys {
@@ -145,4 +155,82 @@ async fn tokens_for_another_audience_or_issuer_are_refused(backend: Backend) {
     app.verify_token(&remade)
         .await
         .expect("re-signed genuine claims");
+}
+
+/// A rotation period of 2 s (it must exceed the access-token lifetime, 1 s here).
+fn rotating_every_two_seconds(config: &mut crawbl_auth::Config) {
+    config.access_token_ttl = Duration::from_secs(1);
+    config.signing_key_rotation = Duration::from_secs(2);
+}
+
+/// Sleeps until the newest of `published` is older than the 2-second rotation period.
+async fn until_the_newest_is_due(published: &SigningKeys) {
+    let newest = published
+        .keys
+        .iter()
+        .map(|key| key.created_at)
+        .max()
+        .expect("a published key");
+    let due_at = newest + 2_000 + 20;
+    let now = chrono::Utc::now().timestamp_millis();
+    let wait = u64::try_from(due_at - now).unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+}
+
+/// Each call of `GetSigningKeys` rotates when the newest key is due, like the periodic check.
+/// Two replicas asked 8 times each at once, when the key is due, make one new key between them
+/// (not one each), twice in a row, and then publish the same keys.
+async fn replicas_finding_the_key_due_at_the_same_moment_make_exactly_one_new_key(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, rotating_every_two_seconds).await;
+    let replica = spawn_replica(&app, rotating_every_two_seconds).await;
+    let first = keys(&app).await;
+    assert_eq!(first.keys.len(), 1);
+
+    let mut published = first;
+    for rotation in 1..=2 {
+        until_the_newest_is_due(&published).await;
+        let answers = join_all((0..16).map(|index| {
+            let replica = if index % 2 == 0 { &app } else { &replica };
+            keys(replica)
+        }))
+        .await;
+        published = keys(&app).await;
+        assert_eq!(
+            published.keys.len(),
+            1 + rotation,
+            "rotation {rotation}: {:?}",
+            published.keys
+        );
+        assert_eq!(keys(&replica).await.keys, published.keys);
+        // Every answer already had the new key first: none saw a second one.
+        for answer in answers {
+            assert_eq!(answer.keys[0].kid, published.keys[0].kid);
+        }
+    }
+}
+
+/// The same in one instance: concurrent checks that find the key due make one new key.
+async fn concurrent_rotation_checks_in_one_instance_make_exactly_one_new_key(backend: Backend) {
+    let app = spawn_app_with(backend, rotating_every_two_seconds).await;
+    let first = keys(&app).await;
+
+    until_the_newest_is_due(&first).await;
+    join_all((0..16).map(|_| keys(&app))).await;
+    let published = keys(&app).await;
+    assert_eq!(published.keys.len(), 2, "{:?}", published.keys);
+    assert_eq!(published.keys[1].kid, first.keys[0].kid);
+}
+
+/// Replicas that start together on an empty database make one first key between them. (Postgres
+/// only: there the migrations of replicas starting together are serialized by sqlx's lock.)
+#[tokio::test]
+async fn replicas_starting_together_on_an_empty_database_make_one_first_key_on_postgres() {
+    let apps = spawn_apps_at_once(Backend::Postgres, 4).await;
+    let published = keys(&apps[0]).await;
+    assert_eq!(published.keys.len(), 1, "{:?}", published.keys);
+    for app in &apps[1..] {
+        assert_eq!(keys(app).await.keys, published.keys);
+    }
 }

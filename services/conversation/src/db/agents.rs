@@ -325,14 +325,19 @@ pub async fn set_agent_status(
     Ok(())
 }
 
-/// After a restart no turn is running, so no agent is busy.
+/// Agents left `busy` by an instance that stopped mid-turn, in workspaces where no turn runs any
+/// more. An agent of a workspace with a running turn (another instance's, or one about to be
+/// taken over) is left alone: that turn's end sets it online.
 pub async fn reset_busy_agents(pool: &AnyPool) -> Result<u64, sqlx::Error> {
-    Ok(
-        sqlx::query("UPDATE agents SET status = 'online' WHERE status = 'busy'")
-            .execute(pool)
-            .await?
-            .rows_affected(),
+    Ok(sqlx::query(
+        "UPDATE agents SET status = 'online' WHERE status = 'busy'
+           AND NOT EXISTS (SELECT 1 FROM turns
+                           WHERE turns.workspace_id = agents.workspace_id
+                             AND turns.state = 'running')",
     )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 fn agent_status_to_db(status: AgentStatus) -> &'static str {

@@ -51,6 +51,17 @@ pub async fn append_event(
     Ok(event)
 }
 
+/// Takes the relay's lock for the caller's transaction (Postgres only: `false` when another
+/// instance's relay holds it).
+pub async fn try_relay_lock(connection: &mut AnyConnection) -> Result<bool, sqlx::Error> {
+    /// Any fixed number: the lock's name among the database's advisory locks.
+    const RELAY_LOCK: i64 = 0x6372_6177_626c_7231; // "crawblr1"
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(RELAY_LOCK)
+        .fetch_one(connection)
+        .await
+}
+
 pub async fn mark_published(pool: &AnyPool, event: &Event) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE events SET published_at = $1 WHERE workspace_id = $2 AND seq = $3")
         .bind(now_ms())

@@ -5,7 +5,7 @@ use crawbl_proto::events::v1::{Event, event};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
 
-use super::{Cursor, append_event, new_id, now_ms, page};
+use super::{Cursor, TurnFence, append_event, insert_turn, new_id, now_ms, page};
 use crate::validate::NewUserMessage;
 
 const MESSAGE_COLUMNS: &str = "id, workspace_id, conversation_id, role, author_id, agent_id, \
@@ -138,18 +138,29 @@ pub async fn insert_user_message(
         event::Kind::MessageNew(message.clone()),
     )
     .await?;
+    // The turn that answers it is committed with it: a stored message always gets its turn.
+    insert_turn(
+        &mut tx,
+        &new.workspace_id,
+        &new.conversation_id,
+        &message.id,
+        event.seq,
+    )
+    .await?;
     tx.commit().await?;
     Ok((message, Some(event)))
 }
 
-/// Creates the agent's (empty, `streaming`) reply to `reply_to` with its `message.new` event.
+/// Creates the agent's (empty, `streaming`) reply to `reply_to` with its `message.new` event,
+/// and records it on the turn. `None` when the turn is no longer `fence`'s owner's.
 pub async fn insert_agent_message(
     pool: &AnyPool,
+    fence: &TurnFence,
     workspace_id: &str,
     conversation_id: &str,
     agent_id: &str,
     reply_to: &str,
-) -> Result<(Message, Event), sqlx::Error> {
+) -> Result<Option<(Message, Event)>, sqlx::Error> {
     let now = now_ms();
     let message = Message {
         id: new_id(),
@@ -182,6 +193,10 @@ pub async fn insert_agent_message(
     .bind(reply_to)
     .execute(&mut *tx)
     .await?;
+    if !super::set_reply(&mut tx, fence, &message.id).await? {
+        tx.rollback().await?;
+        return Ok(None);
+    }
     touch_conversation(&mut tx, conversation_id, now).await?;
     let event = append_event(
         &mut tx,
@@ -190,22 +205,32 @@ pub async fn insert_agent_message(
     )
     .await?;
     tx.commit().await?;
-    Ok((message, event))
+    Ok(Some((message, event)))
 }
 
-/// Sets a message's final text, status and tool calls and logs `message.updated`. `None` when the message
-/// is gone (its conversation was deleted meanwhile).
+/// Ends a reply that is still `streaming`: its final text, status and tool calls, and its
+/// `message.updated`. With `fence`, the turn's row goes in the same transaction, and nothing is
+/// written unless the turn is still the fence's owner's. `None` when nothing was written: the
+/// reply already ended (a compare-and-set on `streaming`: a delivered reply is never rewritten),
+/// its conversation was deleted, or the turn is no longer this owner's.
 pub async fn finish_message(
     pool: &AnyPool,
     mut message: Message,
     text: String,
     status: MessageStatus,
+    fence: Option<&TurnFence>,
 ) -> Result<Option<(Message, Event)>, sqlx::Error> {
     let now = now_ms();
     let mut tx = pool.begin().await?;
+    if let Some(fence) = fence
+        && !super::end_turn(&mut tx, fence).await?
+    {
+        tx.rollback().await?;
+        return Ok(None);
+    }
     let updated = sqlx::query(
         "UPDATE messages SET text = $1, status = $2, updated_at = $3, tool_calls = $4
-         WHERE id = $5",
+         WHERE id = $5 AND status = 'streaming'",
     )
     .bind(&text)
     .bind(message_status_to_db(status))
@@ -217,7 +242,8 @@ pub async fn finish_message(
     .rows_affected()
         == 1;
     if !updated {
-        tx.rollback().await?;
+        // The turn (if fenced) is over all the same.
+        tx.commit().await?;
         return Ok(None);
     }
     if let Some(content) = message.content.as_mut() {
@@ -235,11 +261,45 @@ pub async fn finish_message(
     Ok(Some((message, event)))
 }
 
-/// Ends every message left `streaming` by a previous run that stopped mid-turn: `incomplete`
-/// with the text it had, or `failed` when it had none. Returns their `message.updated` events.
+/// Saves what a streaming reply has so far (text and tool calls), so an interruption keeps what
+/// clients were shown. `false`: the turn is no longer `fence`'s owner's or the reply ended (or
+/// was deleted), and the owner must stop.
+pub async fn checkpoint_reply(
+    pool: &AnyPool,
+    fence: &TurnFence,
+    reply: &Message,
+    text: &str,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if !super::still_owned(&mut tx, fence).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    let saved = sqlx::query(
+        "UPDATE messages SET text = $1, tool_calls = $2, updated_at = $3
+         WHERE id = $4 AND status = 'streaming'",
+    )
+    .bind(text)
+    .bind(tool_calls_to_db(&reply.tool_calls))
+    .bind(now_ms())
+    .bind(&reply.id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    tx.commit().await?;
+    Ok(saved)
+}
+
+/// Ends every message left `streaming` that no turn row owns: only a version from before durable
+/// turns could leave one (every reply since is recorded on its turn, and a turn whose owner died
+/// is taken over by another instance instead). `incomplete` with the text it had, or `failed`
+/// when it had none. Returns their `message.updated` events.
 pub async fn recover_streaming_messages(pool: &AnyPool) -> Result<Vec<Event>, sqlx::Error> {
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE status = 'streaming' ORDER BY created_at"
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE status = 'streaming'
+           AND NOT EXISTS (SELECT 1 FROM turns WHERE turns.reply_id = messages.id)
+         ORDER BY created_at"
     )))
     .fetch_all(pool)
     .await?;
@@ -251,16 +311,36 @@ pub async fn recover_streaming_messages(pool: &AnyPool) -> Result<Vec<Event>, sq
             .as_ref()
             .map(|content| content.text.clone())
             .unwrap_or_default();
-        let status = if text.is_empty() {
-            MessageStatus::Failed
-        } else {
-            MessageStatus::Incomplete
-        };
-        if let Some((_, event)) = finish_message(pool, message, text, status).await? {
+        let status = ended_status(&text, &message.tool_calls);
+        if let Some((_, event)) = finish_message(pool, message, text, status, None).await? {
             events.push(event);
         }
     }
     Ok(events)
+}
+
+/// How a reply that was cut short ends: `incomplete` when it had shown something (text or a
+/// tool call), `failed` when it had not.
+pub fn ended_status(text: &str, tool_calls: &[ToolCall]) -> MessageStatus {
+    if text.is_empty() && tool_calls.is_empty() {
+        MessageStatus::Failed
+    } else {
+        MessageStatus::Incomplete
+    }
+}
+
+/// A message by id.
+pub async fn find_message(
+    pool: &AnyPool,
+    message_id: &str,
+) -> Result<Option<Message>, sqlx::Error> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1"
+    )))
+    .bind(message_id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(message_from_row).transpose()
 }
 
 /// The agent's reply to a user message, if one was started.

@@ -5,11 +5,13 @@ mod agents;
 mod conversations;
 mod events;
 mod messages;
+mod turns;
 
 pub use agents::*;
 pub use conversations::*;
 pub use events::*;
 pub use messages::*;
+pub use turns::*;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -18,6 +20,13 @@ use crate::ConversationError;
 
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Whether `error` is a unique-constraint violation, on either backend.
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_unique_violation())
 }
 
 fn new_id() -> String {

@@ -8,7 +8,7 @@ use crate::ConversationError;
 pub const MAX_SLUG_CHARS: usize = 32;
 pub const MAX_NAME_CHARS: usize = 100;
 pub const MAX_DESCRIPTION_CHARS: usize = 1000;
-pub const MAX_SYSTEM_PROMPT_BYTES: usize = 16 * 1024;
+pub const MAX_SYSTEM_PROMPT_CHARS: usize = 16 * 1024;
 pub const MAX_MODEL_CHARS: usize = 200;
 pub const MAX_TEMPERATURE: f32 = 2.0;
 pub const MAX_TOOLS: usize = 32;
@@ -159,10 +159,10 @@ fn description(raw: &str) -> Result<String, ConversationError> {
 }
 
 fn system_prompt(raw: String) -> Result<String, ConversationError> {
-    if raw.len() > MAX_SYSTEM_PROMPT_BYTES || !is_multiline_text(&raw) {
+    if raw.chars().count() > MAX_SYSTEM_PROMPT_CHARS || !is_multiline_text(&raw) {
         return refuse(
             "INVALID_SYSTEM_PROMPT",
-            format!("systemPrompt must be at most {MAX_SYSTEM_PROMPT_BYTES} bytes of text"),
+            format!("systemPrompt must be at most {MAX_SYSTEM_PROMPT_CHARS} characters of text"),
         );
     }
     Ok(raw)
@@ -345,7 +345,7 @@ mod tests {
             ),
             (
                 CreateAgentRequest {
-                    system_prompt: "x".repeat(MAX_SYSTEM_PROMPT_BYTES + 1),
+                    system_prompt: "x".repeat(MAX_SYSTEM_PROMPT_CHARS + 1),
                     ..create("a")
                 },
                 "INVALID_SYSTEM_PROMPT",

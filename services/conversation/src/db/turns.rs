@@ -1,0 +1,295 @@
+//! Agent turns as durable rows, so that any number of conversation instances run each turn
+//! exactly once, one at a time per conversation, in send order:
+//!
+//! - a turn is written in the transaction of the user message it answers, with the `seq` of that
+//!   message's `message.new` (the workspace's send order), so a committed message always gets
+//!   its turn, even when the instance that stored it dies at once;
+//! - an instance *claims* a queued turn (a conditional update) only when no earlier turn of the
+//!   conversation is still open, and a unique index allows one `running` turn per conversation;
+//! - the owner holds a lease that it renews; a turn whose lease expired is *taken over* by
+//!   another instance;
+//! - every write of the owner (the reply's creation, its checkpoints, its end) is fenced by the
+//!   ownership, and the turn's row is deleted in the transaction that ends its reply.
+
+use std::collections::HashMap;
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
+
+use super::{new_id, now_ms};
+
+/// Proof of ownership every write of a running turn carries: the turn and its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnFence {
+    pub turn_id: String,
+    pub owner: String,
+}
+
+/// A turn this instance now owns.
+#[derive(Debug, Clone)]
+pub struct ClaimedTurn {
+    pub fence: TurnFence,
+    pub workspace_id: String,
+    pub conversation_id: String,
+    pub user_message_id: String,
+    /// The reply an earlier owner started, if any.
+    pub reply_id: Option<String>,
+    /// How many owners (this one included) have run the turn.
+    pub attempts: i64,
+    /// The trace context of the send that queued the turn.
+    pub trace_context: HashMap<String, String>,
+}
+
+const TURN_COLUMNS: &str =
+    "id, workspace_id, conversation_id, user_message_id, reply_id, attempts, owner, trace_context";
+
+fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTurn, sqlx::Error> {
+    Ok(ClaimedTurn {
+        fence: TurnFence {
+            turn_id: row.try_get("id")?,
+            owner: row
+                .try_get::<Option<String>, _>("owner")?
+                .unwrap_or_default(),
+        },
+        workspace_id: row.try_get("workspace_id")?,
+        conversation_id: row.try_get("conversation_id")?,
+        user_message_id: row.try_get("user_message_id")?,
+        reply_id: row.try_get("reply_id")?,
+        attempts: row.try_get("attempts")?,
+        // A context that does not parse only costs the trace its parent.
+        trace_context: serde_json::from_str(&row.try_get::<String, _>("trace_context")?)
+            .unwrap_or_default(),
+    })
+}
+
+/// Queues the turn that answers a user message, inside the message's transaction.
+pub async fn insert_turn(
+    connection: &mut AnyConnection,
+    workspace_id: &str,
+    conversation_id: &str,
+    user_message_id: &str,
+    seq: u64,
+) -> Result<(), sqlx::Error> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO turns (id, workspace_id, conversation_id, user_message_id, seq, state,
+                            attempts, trace_context, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $7)",
+    )
+    .bind(new_id())
+    .bind(workspace_id)
+    .bind(conversation_id)
+    .bind(user_message_id)
+    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+    .bind(serde_json::to_string(&crawbl_infra::trace::current_context()).unwrap_or_default())
+    .bind(now)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Which queued turns a claim looks at.
+#[derive(Debug, Clone, Copy)]
+pub enum Queued<'a> {
+    /// Turns queued before this time (unix ms), in every conversation: a poll, which leaves
+    /// younger turns to the instance that stored them.
+    Before(i64),
+    /// The next turn of one conversation, however young.
+    Of(&'a str),
+}
+
+/// Claims up to `limit` queued turns that may run now: the first open turn of their
+/// conversation. A turn another instance claims first is skipped.
+pub async fn claim_queued(
+    pool: &AnyPool,
+    owner: &str,
+    lease_ms: i64,
+    which: Queued<'_>,
+    limit: u32,
+) -> Result<Vec<ClaimedTurn>, sqlx::Error> {
+    let (condition, bound) = match which {
+        Queued::Before(at) => ("t.created_at < $1", SqlValue::Time(at)),
+        Queued::Of(conversation_id) => ("t.conversation_id = $1", SqlValue::Id(conversation_id)),
+    };
+    let query = format!(
+        "SELECT t.id FROM turns t WHERE t.state = 'queued' AND {condition}
+           AND NOT EXISTS (SELECT 1 FROM turns o
+                           WHERE o.conversation_id = t.conversation_id AND o.seq < t.seq)
+         ORDER BY t.seq LIMIT $2"
+    );
+    let query = sqlx::query_scalar(AssertSqlSafe(query));
+    let query = match bound {
+        SqlValue::Time(at) => query.bind(at),
+        SqlValue::Id(id) => query.bind(id.to_owned()),
+    };
+    let candidates: Vec<String> = query.bind(i64::from(limit)).fetch_all(pool).await?;
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for id in candidates {
+        let now = now_ms();
+        let taken = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE turns SET state = 'running', owner = $1, lease_until = $2,
+                              attempts = attempts + 1, updated_at = $3
+             WHERE id = $4 AND state = 'queued'
+             RETURNING {TURN_COLUMNS}"
+        )))
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(&id)
+        .fetch_optional(pool)
+        .await;
+        match taken {
+            Ok(Some(row)) => claimed.push(claimed_from_row(&row)?),
+            Ok(None) => {}
+            // Another instance started a turn of this conversation in between.
+            Err(error) if super::is_unique_violation(&error) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(claimed)
+}
+
+enum SqlValue<'a> {
+    Time(i64),
+    Id(&'a str),
+}
+
+/// Takes over up to `limit` running turns whose lease ran out before `expired_before` (unix ms;
+/// `i64::MAX` takes every running turn, for a store only this instance uses).
+pub async fn take_over_expired(
+    pool: &AnyPool,
+    owner: &str,
+    lease_ms: i64,
+    expired_before: i64,
+    limit: u32,
+) -> Result<Vec<ClaimedTurn>, sqlx::Error> {
+    let now = now_ms();
+    let candidates: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM turns WHERE state = 'running' AND lease_until < $1
+         ORDER BY seq LIMIT $2",
+    )
+    .bind(expired_before)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    let mut taken = Vec::with_capacity(candidates.len());
+    for id in candidates {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE turns SET owner = $1, lease_until = $2, attempts = attempts + 1,
+                              updated_at = $3
+             WHERE id = $4 AND state = 'running' AND lease_until < $5
+             RETURNING {TURN_COLUMNS}"
+        )))
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(&id)
+        .bind(expired_before)
+        .fetch_optional(pool)
+        .await?;
+        if let Some(row) = row {
+            taken.push(claimed_from_row(&row)?);
+        }
+    }
+    Ok(taken)
+}
+
+/// Extends the owner's lease. `false`: the turn is no longer this owner's to run (it ended, its
+/// conversation was deleted, or another instance took it over after the lease lapsed).
+pub async fn renew_lease(
+    pool: &AnyPool,
+    fence: &TurnFence,
+    lease_ms: i64,
+) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
+    let renewed = sqlx::query(
+        "UPDATE turns SET lease_until = $1, updated_at = $2
+         WHERE id = $3 AND owner = $4 AND state = 'running'",
+    )
+    .bind(now + lease_ms)
+    .bind(now)
+    .bind(&fence.turn_id)
+    .bind(&fence.owner)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(renewed == 1)
+}
+
+/// Whether the fenced turn is still its owner's, inside a transaction: locks its row until the
+/// transaction ends, so a take-over cannot slip between this check and the caller's write.
+pub async fn still_owned(
+    connection: &mut AnyConnection,
+    fence: &TurnFence,
+) -> Result<bool, sqlx::Error> {
+    let touched = sqlx::query(
+        "UPDATE turns SET updated_at = $1 WHERE id = $2 AND owner = $3 AND state = 'running'",
+    )
+    .bind(now_ms())
+    .bind(&fence.turn_id)
+    .bind(&fence.owner)
+    .execute(connection)
+    .await?
+    .rows_affected();
+    Ok(touched == 1)
+}
+
+/// Records the reply a turn started, inside the reply's transaction. `false`: not owned.
+pub async fn set_reply(
+    connection: &mut AnyConnection,
+    fence: &TurnFence,
+    reply_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let set = sqlx::query(
+        "UPDATE turns SET reply_id = $1, updated_at = $2
+         WHERE id = $3 AND owner = $4 AND state = 'running'",
+    )
+    .bind(reply_id)
+    .bind(now_ms())
+    .bind(&fence.turn_id)
+    .bind(&fence.owner)
+    .execute(connection)
+    .await?
+    .rows_affected();
+    Ok(set == 1)
+}
+
+/// Ends a turn: its row goes. `false`: it was not (or no longer) this owner's.
+pub async fn end_turn(
+    connection: &mut AnyConnection,
+    fence: &TurnFence,
+) -> Result<bool, sqlx::Error> {
+    let ended = sqlx::query("DELETE FROM turns WHERE id = $1 AND owner = $2")
+        .bind(&fence.turn_id)
+        .bind(&fence.owner)
+        .execute(connection)
+        .await?
+        .rows_affected();
+    Ok(ended == 1)
+}
+
+/// Puts a turn taken over back in the queue, to run again from the start (nothing of it reached
+/// clients). `false`: not this owner's.
+pub async fn requeue(pool: &AnyPool, fence: &TurnFence) -> Result<bool, sqlx::Error> {
+    let requeued = sqlx::query(
+        "UPDATE turns SET state = 'queued', owner = NULL, lease_until = NULL, updated_at = $1
+         WHERE id = $2 AND owner = $3 AND state = 'running'",
+    )
+    .bind(now_ms())
+    .bind(&fence.turn_id)
+    .bind(&fence.owner)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(requeued == 1)
+}
+
+/// Whether the turn answering a user message is still queued or running anywhere.
+pub async fn turn_open(pool: &AnyPool, user_message_id: &str) -> Result<bool, sqlx::Error> {
+    let open: Option<String> =
+        sqlx::query_scalar("SELECT id FROM turns WHERE user_message_id = $1 LIMIT 1")
+            .bind(user_message_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(open.is_some())
+}
