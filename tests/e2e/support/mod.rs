@@ -156,9 +156,17 @@ pub struct Stack {
     pub internals: Option<Internals>,
     /// Each process with its name (`auth`, `edge-0`, …).
     processes: Vec<(String, Child)>,
-    /// How each process was started, by name, to start it again.
-    specs: Vec<(String, Vec<String>, Vec<(String, String)>)>,
+    /// How each process was started, to start it again.
+    specs: Vec<ProcessSpec>,
     dir: TempDir,
+}
+
+/// A process of the stack: its name, the `crawbl` arguments and the environment it started with.
+#[derive(Clone)]
+struct ProcessSpec {
+    name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 /// What only components (never clients) reach in a stack of separate processes.
@@ -389,14 +397,15 @@ impl Stack {
     /// Starts process `name` again (after [`Stack::kill_process`]) with the same settings.
     pub fn respawn(&mut self, name: &str) {
         self.processes.retain(|(process, _)| process != name);
-        let (_, args, env) = self
+        let spec = self
             .specs
             .iter()
-            .find(|(process, _, _)| process == name)
+            .find(|spec| spec.name == name)
             .cloned()
             .unwrap_or_else(|| panic!("no process {name}"));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, String)> = env
+        let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, String)> = spec
+            .env
             .iter()
             .map(|(key, value)| (key.as_str(), value.clone()))
             .collect();
@@ -456,13 +465,14 @@ impl Stack {
     }
 
     fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, String)]) {
-        self.specs.push((
-            name.to_owned(),
-            args.iter().map(|arg| (*arg).to_owned()).collect(),
-            env.iter()
+        self.specs.push(ProcessSpec {
+            name: name.to_owned(),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            env: env
+                .iter()
                 .map(|(key, value)| ((*key).to_owned(), value.clone()))
                 .collect(),
-        ));
+        });
         self.start_process(name, args, env);
     }
 
