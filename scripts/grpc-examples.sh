@@ -55,4 +55,12 @@ example '"state"' -plaintext -H "x-service-token: $token" -d '{"workspaceId": "n
   "$runtime_proxy" crawbl.runtimeproxy.v1.RuntimeProxy/GetRuntime
 example Unauthenticated -plaintext "$auth" crawbl.auth.v1.AuthService/GetSigningKeys
 
+# Plans and usage, as a billing system sets and reads them.
+example '"monthlyTokenQuota": "1000000"' -plaintext -H "authorization: Bearer $token" \
+  -d '{"workspaceId": "billing-example", "plan": "pro", "monthlyTokenQuota": 1000000}' \
+  "$conversation" crawbl.conversation.v1.ConversationService/SetWorkspacePlan
+example '"plan": "pro"' -plaintext -H "authorization: Bearer $token" \
+  -d '{"workspaceId": "billing-example"}' \
+  "$conversation" crawbl.conversation.v1.ConversationService/GetWorkspaceUsage
+
 printf '\ngrpc examples: all passed\n'

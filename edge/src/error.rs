@@ -14,6 +14,10 @@ use utoipa::ToSchema;
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+    /// What the refusal is about, where it helps (the message a cancel found already ended).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -33,6 +37,7 @@ pub struct ApiError {
     code: Cow<'static, str>,
     message: String,
     retry_after_secs: Option<u64>,
+    data: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -42,6 +47,15 @@ impl ApiError {
             code: Cow::Borrowed(code),
             message: message.into(),
             retry_after_secs: None,
+            data: None,
+        }
+    }
+
+    /// The same error, carrying `data` beside it (`{"error": …, "data": …}`).
+    pub fn with_data(self, data: impl Serialize) -> Self {
+        Self {
+            data: serde_json::to_value(data).ok(),
+            ..self
         }
     }
 
@@ -95,6 +109,7 @@ impl From<tonic::Status> for ApiError {
             message: status.message().to_owned(),
             // A service that says when to retry (a rate limit) is passed on as `Retry-After`.
             retry_after_secs: crawbl_infra::grpc::retry_after(&status),
+            data: None,
         };
         if http.is_server_error() {
             tracing::error!(code = ?status.code(), message = status.message(), "service call failed");
@@ -126,6 +141,7 @@ impl IntoResponse for ApiError {
                 message: self.message,
                 request_id,
             },
+            data: self.data,
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after_secs {

@@ -208,7 +208,7 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_id: Option<String>,
     pub content: Content,
-    /// `sent | streaming | delivered | incomplete | failed`
+    /// `sent | streaming | delivered | incomplete | failed | cancelled`
     pub status: &'static str,
     /// RFC 3339
     pub created_at: String,
@@ -256,6 +256,7 @@ impl From<conv::Message> for Message {
             conv::MessageStatus::Delivered => "delivered",
             conv::MessageStatus::Incomplete => "incomplete",
             conv::MessageStatus::Failed => "failed",
+            conv::MessageStatus::Cancelled => "cancelled",
             conv::MessageStatus::Sent | conv::MessageStatus::Unspecified => "sent",
         };
         let content = message.content.unwrap_or_default();
@@ -342,6 +343,16 @@ pub struct AgentTool {
     pub call: ToolCall,
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageUpdate {
+    pub workspace_id: String,
+    pub used: u64,
+    /// Absent: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+}
+
 /// A bus event as a Socket.IO event: its name, its payload, and whether it is durable.
 pub struct SocketEvent {
     pub name: &'static str,
@@ -350,7 +361,8 @@ pub struct SocketEvent {
 }
 
 impl SocketEvent {
-    pub fn from_kind(kind: events::event::Kind) -> serde_json::Result<Self> {
+    /// `workspace_id`: the workspace the event belongs to (some payloads name it).
+    pub fn from_kind(workspace_id: &str, kind: events::event::Kind) -> serde_json::Result<Self> {
         use events::event::Kind;
         let (name, payload, durable) = match kind {
             Kind::MessageNew(message) => (
@@ -388,6 +400,15 @@ impl SocketEvent {
                     agent_id: delta.agent_id,
                     delta: delta.delta,
                     index: delta.index,
+                })?,
+                false,
+            ),
+            Kind::UsageUpdate(usage) => (
+                "usage.update",
+                serde_json::to_value(UsageUpdate {
+                    workspace_id: workspace_id.to_owned(),
+                    used: usage.used,
+                    limit: usage.limit,
                 })?,
                 false,
             ),

@@ -237,6 +237,7 @@ pub mod fuzzing {
     pub use crate::routes::router;
 
     /// Parsers of Socket.IO client payloads; their methods are defined beside the code they call,
-    /// in `realtime/since.rs` and `realtime/subscriptions.rs` (modules private to `realtime`).
+    /// in `realtime/since.rs`, `realtime/subscriptions.rs` and `realtime/cancel.rs` (modules
+    /// private to `realtime`).
     pub struct Parsers;
 }

@@ -1,12 +1,13 @@
 //! What Socket.IO clients send the edge, as JSON: the handshake's `auth` payload
 //! (`{"token", "workspaceId", "since": {"<workspaceId>": <seq>}}`, read before any credential is
 //! checked) and the payloads of `workspace.subscribe` / `workspace.unsubscribe`
-//! (`{"workspaceIds": [...], "since"?}`).
+//! (`{"workspaceIds": [...], "since"?}`), and of `message.cancel` (`{conversationId, messageId}`).
 //!
 //! Properties: nothing panics; an accepted `since` names at most 100 workspaces by ids of 1..=64
 //! bytes, each with exactly the whole number the client sent; an accepted request names 1..=100
 //! distinct workspaces of 1..=64 bytes in the order sent, `since` only for some of them, and an
-//! unsubscribe never carries `since`; every refusal is `INVALID_PAYLOAD` with a message.
+//! unsubscribe never carries `since`; every refusal is `INVALID_PAYLOAD` with a message; an
+//! accepted cancel names exactly the two ids sent, each of 1..=128 bytes.
 
 #![no_main]
 
@@ -38,6 +39,13 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             other => panic!("since accepted {other}"),
+        }
+    }
+
+    if let Some((conversation_id, message_id)) = Parsers::cancel_request(Some(value.clone())) {
+        for (id, field) in [(&conversation_id, "conversationId"), (&message_id, "messageId")] {
+            assert!(!id.is_empty() && id.len() <= 128, "{field} {id:?}");
+            assert_eq!(value[field].as_str(), Some(id.as_str()));
         }
     }
 

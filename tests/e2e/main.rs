@@ -14,4 +14,5 @@ mod operability;
 mod realtime;
 mod replicas;
 mod runtime_lifecycle;
+mod turn_control;
 mod walking_skeleton;

@@ -194,7 +194,7 @@ async fn send_paced<T: Serialize + ?Sized>(
 
 fn encode(event: Event) -> Option<SocketEvent> {
     let kind = event.kind?;
-    match SocketEvent::from_kind(kind) {
+    match SocketEvent::from_kind(&event.workspace_id, kind) {
         Ok(socket_event) => Some(socket_event),
         Err(error) => {
             tracing::warn!(%error, "cannot encode an event for sockets");

@@ -1,6 +1,7 @@
 //! Socket.IO on namespace `/v1`: handshake authentication, workspace rooms, replay on reconnect,
 //! and delivery of bus events to the sockets of this node (see [`fanout`]).
 
+mod cancel;
 mod emit;
 mod fanout;
 mod presence;
@@ -219,6 +220,7 @@ async fn admit(
 async fn on_connect(socket: SocketRef<Adapter>, State(state): State<AppState>) {
     socket.on("workspace.subscribe", subscriptions::subscribe);
     socket.on("workspace.unsubscribe", subscriptions::unsubscribe);
+    socket.on("message.cancel", cancel::cancel);
     let user_id = socket
         .extensions
         .get::<Caller>()

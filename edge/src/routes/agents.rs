@@ -17,9 +17,9 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::json::{Agent, Data, Page};
 
-/// Agents are managed by owners and admins; members see the 403 (the workspace is theirs to
-/// see, so nothing leaks).
-fn require_admin(membership: &Membership) -> Result<(), ApiError> {
+/// Agents (and usage) are managed by owners and admins; members see the 403 (the workspace is
+/// theirs to see, so nothing leaks).
+pub(super) fn require_admin(membership: &Membership) -> Result<(), ApiError> {
     if matches!(membership.role.as_str(), "owner" | "admin") {
         return Ok(());
     }

@@ -78,7 +78,7 @@ pub async fn list(
     let mut events = Vec::with_capacity(page.events.len());
     for event in page.events {
         let Some(kind) = event.kind else { continue };
-        let logged = SocketEvent::from_kind(kind).map_err(|error| {
+        let logged = SocketEvent::from_kind(&event.workspace_id, kind).map_err(|error| {
             tracing::error!(%error, "cannot encode a logged event");
             ApiError::from(tonic::Status::internal("event encoding"))
         })?;

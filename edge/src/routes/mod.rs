@@ -9,6 +9,7 @@ mod extract;
 mod members;
 mod messages;
 mod operability;
+mod turns;
 mod users;
 mod workspaces;
 
@@ -50,6 +51,8 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(conversations::list, conversations::create))
         .routes(routes!(conversations::get, conversations::delete))
         .routes(routes!(messages::list, messages::send))
+        .routes(routes!(turns::cancel))
+        .routes(routes!(turns::usage))
         .routes(routes!(events::list))
         .routes(routes!(operability::openapi_json));
     OpenApiRouter::with_openapi(ApiDoc::openapi())

@@ -114,7 +114,10 @@ impl OpenAi {
     ) -> Result<TurnEnd, CallerGone> {
         let mut messages = openai_messages(turn, &system_prompt(turn, agent));
         let definitions = tools.definitions();
-        let mut usage = Usage::default();
+        let mut usage = Usage {
+            model: self.model_for(agent).to_owned(),
+            ..Usage::default()
+        };
         let mut ids = CallIds::default();
         let mut rounds = 0;
         loop {
@@ -131,7 +134,7 @@ impl OpenAi {
                 .output_tokens
                 .saturating_add(round_usage.output_tokens);
             if answer.tool_calls.is_empty() {
-                events.send(turn_event::Event::Usage(usage)).await?;
+                events.send(turn_event::Event::Usage(usage.clone())).await?;
                 events.send(turn_event::Event::Done(Done {})).await?;
                 return Ok(TurnEnd::Done);
             }
@@ -147,11 +150,16 @@ impl OpenAi {
         }
     }
 
-    fn body(&self, agent: &AgentConfig, messages: &[Value], tools: &[Value]) -> Value {
-        let model = match agent.model.trim() {
+    /// The agent's model, or the configured one for agents that name none.
+    fn model_for<'a>(&'a self, agent: &'a AgentConfig) -> &'a str {
+        match agent.model.trim() {
             "" => self.model.as_str(),
             model => model,
-        };
+        }
+    }
+
+    fn body(&self, agent: &AgentConfig, messages: &[Value], tools: &[Value]) -> Value {
+        let model = self.model_for(agent);
         let mut body = json!({
             "model": model,
             "messages": messages,
@@ -327,7 +335,7 @@ async fn end_with_error(
     code: &str,
     message: String,
 ) -> Result<TurnEnd, CallerGone> {
-    if usage != Usage::default() {
+    if usage.input_tokens > 0 || usage.output_tokens > 0 {
         events.send(turn_event::Event::Usage(usage)).await?;
     }
     events.fail(code, message).await
@@ -514,6 +522,7 @@ impl Answer {
             return Usage {
                 input_tokens: usage.prompt_tokens,
                 output_tokens: usage.completion_tokens,
+                ..Usage::default()
             };
         }
         let input = messages
@@ -525,6 +534,7 @@ impl Answer {
         Usage {
             input_tokens: input,
             output_tokens: count_tokens(&self.text),
+            ..Usage::default()
         }
     }
 }

@@ -135,6 +135,7 @@ async fn play(
     let usage = Usage {
         input_tokens: count_tokens(&turn.text),
         output_tokens: count_tokens(&said),
+        model: String::new(),
     };
     events.send(turn_event::Event::Usage(usage)).await?;
     events.send(turn_event::Event::Done(Done {})).await?;

@@ -12,6 +12,8 @@ pub enum ConversationError {
     ConversationNotFound,
     #[error("agent not found")]
     AgentNotFound,
+    #[error("message not found")]
+    MessageNotFound,
     /// The conversation's agent was archived: its conversation stays readable, but takes no new
     /// message until it is moved to another agent.
     #[error("the conversation's agent was archived")]
@@ -57,6 +59,9 @@ impl From<ConversationError> for tonic::Status {
             ),
             ConversationError::AgentNotFound => {
                 status_with_code(Code::NotFound, "AGENT_NOT_FOUND", "agent not found")
+            }
+            ConversationError::MessageNotFound => {
+                status_with_code(Code::NotFound, "MESSAGE_NOT_FOUND", "message not found")
             }
             ConversationError::AgentArchived => status_with_code(
                 Code::AlreadyExists,

@@ -5,6 +5,7 @@
 mod context;
 mod db;
 mod error;
+mod metrics;
 mod outbox;
 mod scheduler;
 mod service;
@@ -47,6 +48,9 @@ pub struct Config {
     pub context_budget: ContextBudget,
     /// How turns are leased to instances and found.
     pub turns: TurnSettings,
+    /// `DEFAULT_PLAN` and `DEFAULT_MONTHLY_TOKEN_QUOTA`: the plan of workspaces a billing system
+    /// set none for (default: `default`, unlimited).
+    pub default_plan: db::Plan,
 }
 
 impl Config {
@@ -65,9 +69,25 @@ impl Config {
             runtime_wait: Duration::from_millis(config::parse_or("RUNTIME_WAIT_MS", 10_000u64)?),
             context_budget: context_budget_from_env()?,
             turns: turn_settings_from_env()?,
+            default_plan: validate::plan(
+                &config::optional("DEFAULT_PLAN").unwrap_or_else(|| "default".to_owned()),
+                config::optional("DEFAULT_MONTHLY_TOKEN_QUOTA")
+                    .map(|quota| {
+                        quota.trim().parse::<u64>().map_err(|_| {
+                            anyhow::anyhow!(
+                                "DEFAULT_MONTHLY_TOKEN_QUOTA={quota:?} is not a number of tokens"
+                            )
+                        })
+                    })
+                    .transpose()?,
+            )
+            .map_err(|error| anyhow::anyhow!("DEFAULT_PLAN: {error}"))?,
         })
     }
 }
+
+/// Where conversation instances ask each other to stop a turn (Redis pub/sub, or in-process).
+const STOPS_CHANNEL: &str = "crawbl:turn-stops";
 
 fn context_budget_from_env() -> anyhow::Result<ContextBudget> {
     let defaults = ContextBudget::default();
@@ -90,14 +110,16 @@ fn turn_settings_from_env() -> anyhow::Result<TurnSettings> {
         lease: Duration::from_millis(config::parse_or("TURN_LEASE_MS", millis(defaults.lease))?),
         poll: Duration::from_millis(config::parse_or("TURN_POLL_MS", millis(defaults.poll))?),
         max_running: config::parse_or("TURNS_PER_INSTANCE", defaults.max_running)?,
+        per_workspace: config::parse_or("TURNS_PER_WORKSPACE", defaults.per_workspace)?,
         sole_instance: false,
     };
     if settings.lease < Duration::from_millis(300)
         || settings.poll.is_zero()
         || settings.max_running == 0
+        || settings.per_workspace == 0
     {
         anyhow::bail!(
-            "TURN_LEASE_MS must be at least 300, TURN_POLL_MS and TURNS_PER_INSTANCE at least 1"
+            "TURN_LEASE_MS must be at least 300; TURN_POLL_MS, TURNS_PER_INSTANCE and TURNS_PER_WORKSPACE at least 1"
         );
     }
     Ok(settings)
@@ -127,26 +149,18 @@ pub async fn run(
     recover_interrupted_turns(&pool, &outbox).await?;
 
     let runtime = crawbl_infra::grpc::Shards::new(&config.runtime_proxy_url)?;
-    // One process owns an SQLite file: turns it finds running at start are its own orphans.
-    let sole_instance = crawbl_infra::db::Backend::of_url(&config.database_url)?
-        == crawbl_infra::db::Backend::Sqlite;
-    let service = service::Conversations::new(
-        pool,
-        outbox.clone(),
-        runtime,
-        config.runtime_wait,
-        config.context_budget,
-        TurnSettings {
-            sole_instance,
-            ..config.turns
-        },
-    );
+    let stops =
+        crawbl_infra::notify::Notifier::from_url(config.redis_url.as_deref(), STOPS_CHANNEL)
+            .await?;
+    let service =
+        service::Conversations::new(pool, outbox.clone(), runtime, stops, &config, sole_instance);
     let scheduler = service.scheduler();
     scheduler.settle_orphans_of_a_previous_run().await;
     let turns = scheduler.tracker();
 
     let background = shutdown.child_token();
-    let claims = tokio::spawn(scheduler.run(background.clone()));
+    let claims = tokio::spawn(scheduler.clone().run(background.clone()));
+    let follower = tokio::spawn(scheduler.follow_stops(background.clone()));
     let relay = tokio::spawn(outbox.clone().run_relay(background.clone()));
     let pruner = tokio::spawn(outbox.run_pruner(config.event_retention, background.clone()));
 
@@ -165,7 +179,7 @@ pub async fn run(
         );
     }
     background.cancel();
-    let _ = tokio::join!(claims, relay, pruner);
+    let _ = tokio::join!(claims, follower, relay, pruner);
     served
 }
 

@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::db::{self, ClaimedTurn, Queued, TurnFence};
+use crawbl_infra::notify::{Notice, Notifier};
+use futures::StreamExt as _;
+
+use crate::db::{self, ClaimedTurn, Lease, Queued, TurnFence};
 use crate::turn::{self, TurnDeps};
 
 /// How long a polling instance leaves a queued turn to the instance that stored it.
@@ -35,6 +38,9 @@ pub struct TurnSettings {
     pub poll: Duration,
     /// `TURNS_PER_INSTANCE`: turns this instance runs at once at most.
     pub max_running: usize,
+    /// `TURNS_PER_WORKSPACE`: turns one workspace runs at once at most, across every instance;
+    /// more wait, in send order.
+    pub per_workspace: u32,
     /// Only this instance uses the database (SQLite): every running turn found at start is an
     /// orphan of a previous run (see [`Scheduler::settle_orphans_of_a_previous_run`]).
     pub sole_instance: bool,
@@ -46,9 +52,19 @@ impl Default for TurnSettings {
             lease: Duration::from_secs(10),
             poll: Duration::from_millis(500),
             max_running: 256,
+            per_workspace: 4,
             sole_instance: false,
         }
     }
+}
+
+/// A turn running on this instance.
+struct Running {
+    conversation_id: String,
+    /// Ends the turn with nothing more written (deleted, or no longer ours).
+    cancel: CancellationToken,
+    /// Stops the turn at a person's request: its reply ends `cancelled`.
+    stop: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -59,13 +75,15 @@ pub struct Scheduler {
     instance: Arc<str>,
     /// User message ids whose turn ended here, for `?wait=true` callers on this instance.
     ended: broadcast::Sender<String>,
-    /// The turns running here, by turn id: their conversation and how to cancel them.
-    running: Arc<Mutex<HashMap<String, (String, CancellationToken)>>>,
+    /// The turns running here, by turn id.
+    running: Arc<Mutex<HashMap<String, Running>>>,
+    /// Asks every instance to stop a turn (its id), so the cancel reaches whichever runs it.
+    stops: Notifier,
     tracker: TaskTracker,
 }
 
 impl Scheduler {
-    pub fn new(deps: TurnDeps, settings: TurnSettings) -> Self {
+    pub fn new(deps: TurnDeps, settings: TurnSettings, stops: Notifier) -> Self {
         let instance = format!("conversation-{}", uuid::Uuid::new_v4().simple());
         Self {
             deps,
@@ -73,7 +91,55 @@ impl Scheduler {
             instance: Arc::from(instance),
             ended: broadcast::channel(1024).0,
             running: Arc::default(),
+            stops,
             tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Asks the instance running `turn_id` (any, this one included) to stop it now. The turn's
+    /// row already says so, which its owner also reads at its next lease renewal: a stop is not
+    /// lost when the notice is.
+    pub async fn stop_turn(&self, turn_id: &str) {
+        self.stop_here(turn_id);
+        if let Err(error) = self.stops.publish(turn_id.as_bytes().to_vec()).await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                turn_id,
+                "cannot announce a stop; its owner sees it at its next renewal"
+            );
+        }
+    }
+
+    fn stop_here(&self, turn_id: &str) {
+        if let Some(running) = self.lock().get(turn_id) {
+            running.stop.cancel();
+        }
+    }
+
+    /// Stops the turns running here that someone asked to stop, as announced; after a gap in
+    /// the announcements, from the database.
+    pub async fn follow_stops(self, shutdown: CancellationToken) {
+        let mut notices = self.stops.subscribe();
+        loop {
+            let notice = tokio::select! {
+                () = shutdown.cancelled() => return,
+                notice = notices.next() => notice,
+            };
+            match notice {
+                Some(Notice::Message(turn_id)) => {
+                    self.stop_here(&String::from_utf8_lossy(&turn_id));
+                }
+                Some(Notice::Resync) => self.stop_requested_here().await,
+                None => return,
+            }
+        }
+    }
+
+    async fn stop_requested_here(&self) {
+        let here: Vec<String> = self.lock().keys().cloned().collect();
+        match db::cancel_requested(&self.deps.pool, &here).await {
+            Ok(requested) => requested.iter().for_each(|turn_id| self.stop_here(turn_id)),
+            Err(error) => tracing::debug!(%error, "cannot read requested stops"),
         }
     }
 
@@ -96,7 +162,7 @@ impl Scheduler {
                 &scheduler.instance,
                 scheduler.lease_ms(),
                 Queued::Of(&conversation_id),
-                1,
+                (1, i64::from(scheduler.settings.per_workspace)),
             )
             .await;
             match claimed {
@@ -109,9 +175,9 @@ impl Scheduler {
     /// Cancels the conversation's turn running on this instance (its queued turns went with its
     /// rows; a turn running on another instance stops when its lease renewal finds it gone).
     pub fn cancel_conversation(&self, conversation_id: &str) {
-        for (conversation, cancel) in self.lock().values() {
-            if conversation == conversation_id {
-                cancel.cancel();
+        for running in self.lock().values() {
+            if running.conversation_id == conversation_id {
+                running.cancel.cancel();
             }
         }
     }
@@ -217,7 +283,7 @@ impl Scheduler {
             &self.instance,
             self.lease_ms(),
             before,
-            capacity,
+            (capacity, i64::from(self.settings.per_workspace)),
         )
         .await
         {
@@ -232,9 +298,14 @@ impl Scheduler {
 
     fn start(&self, turn: ClaimedTurn) {
         let cancel = CancellationToken::new();
+        let stop = CancellationToken::new();
         self.lock().insert(
             turn.fence.turn_id.clone(),
-            (turn.conversation_id.clone(), cancel.clone()),
+            Running {
+                conversation_id: turn.conversation_id.clone(),
+                cancel: cancel.clone(),
+                stop: stop.clone(),
+            },
         );
         let span = tracing::info_span!(
             "agent.turn",
@@ -246,12 +317,20 @@ impl Scheduler {
         let scheduler = self.clone();
         self.tracker.spawn(
             async move {
-                let renewal = scheduler.keep_leased(turn.fence.clone(), cancel.clone());
+                let renewal =
+                    scheduler.keep_leased(turn.fence.clone(), cancel.clone(), stop.clone());
                 let user_message_id = turn.user_message_id.clone();
                 let conversation_id = turn.conversation_id.clone();
                 let turn_id = turn.fence.turn_id.clone();
+                // A stop asked for between the claim and now was announced to nobody.
+                if let Ok(requested) =
+                    db::cancel_requested(&scheduler.deps.pool, std::slice::from_ref(&turn_id)).await
+                    && !requested.is_empty()
+                {
+                    stop.cancel();
+                }
                 tokio::select! {
-                    () = turn::run(scheduler.deps.clone(), turn, cancel.clone()) => {}
+                    () = turn::run(scheduler.deps.clone(), turn, cancel.clone(), stop) => {}
                     () = renewal => {}
                 }
                 scheduler.lock().remove(&turn_id);
@@ -265,7 +344,12 @@ impl Scheduler {
     /// Renews the turn's lease until it ends; when the turn is found no longer this instance's,
     /// cancels it and waits for it to stop. Never returns before the turn is cancelled, so the
     /// `select!` in [`Scheduler::start`] ends with the turn.
-    async fn keep_leased(&self, fence: TurnFence, cancel: CancellationToken) {
+    async fn keep_leased(
+        &self,
+        fence: TurnFence,
+        cancel: CancellationToken,
+        stop: CancellationToken,
+    ) {
         let every = self.settings.lease / 3;
         loop {
             tokio::select! {
@@ -273,8 +357,9 @@ impl Scheduler {
                 () = tokio::time::sleep(every) => {}
             }
             match db::renew_lease(&self.deps.pool, &fence, self.lease_ms()).await {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Lease::Held) => {}
+                Ok(Lease::CancelRequested) => stop.cancel(),
+                Ok(Lease::Lost) => {
                     tracing::info!(
                         turn_id = %fence.turn_id,
                         "the turn is no longer this instance's (deleted or taken over); stopping it"
@@ -290,7 +375,7 @@ impl Scheduler {
         std::future::pending::<()>().await;
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (String, CancellationToken)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Running>> {
         // Every update is one map call, so the map stays consistent even if a holder panicked.
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }

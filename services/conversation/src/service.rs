@@ -5,8 +5,10 @@ use std::time::Duration;
 use crawbl_infra::grpc::{Shards, status_with_code};
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationService;
 use crawbl_proto::conversation::v1::{
-    Agent, AgentStatus, ArchiveAgentRequest, CreateAgentRequest, GetAgentRequest,
-    UpdateAgentRequest,
+    Agent, AgentStatus, ArchiveAgentRequest, CancelTurnRequest, CancelTurnResponse,
+    CreateAgentRequest, GetAgentRequest, GetWorkspaceUsageRequest, Message, MessageRole,
+    MessageStatus, Quota, SetWorkspacePlanRequest, UpdateAgentRequest, WorkspacePlan,
+    WorkspaceUsage,
 };
 use crawbl_proto::conversation::v1::{
     Conversation, CreateConversationRequest, DeleteConversationRequest, DeleteConversationResponse,
@@ -19,7 +21,6 @@ use crawbl_proto::runtimeproxy::v1::{EnsureRuntimeRequest, GetRuntimeRequest, Ru
 use sqlx::AnyPool;
 use tonic::{Code, Request, Response, Status};
 
-use crate::context::ContextBudget;
 use crate::outbox::Outbox;
 use crate::scheduler::{Scheduler, TurnSettings};
 use crate::turn::TurnDeps;
@@ -34,32 +35,46 @@ pub struct Conversations {
     scheduler: Scheduler,
     /// How long a send waits for the workspace's runtime to become ready.
     runtime_wait: Duration,
+    /// The plan of workspaces a billing system set none for.
+    default_plan: db::Plan,
 }
 
+/// How long `?wait=true` waits for a reply at most, so a send never waits unboundedly.
+const WAIT_LIMIT: Duration = Duration::from_secs(300);
+/// How long a cancel waits for the running turn to end before answering with the reply as it is.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 impl Conversations {
+    /// `sole_instance`: only this instance uses the database (SQLite).
     pub fn new(
         pool: AnyPool,
         outbox: Outbox,
         runtime: Shards,
-        runtime_wait: Duration,
-        context_budget: ContextBudget,
-        turn_settings: TurnSettings,
+        stops: crawbl_infra::notify::Notifier,
+        config: &crate::Config,
+        sole_instance: bool,
     ) -> Self {
         let scheduler = Scheduler::new(
             TurnDeps {
                 pool: pool.clone(),
                 outbox: outbox.clone(),
                 runtime: runtime.clone(),
-                context_budget,
+                context_budget: config.context_budget,
+                default_plan: config.default_plan.clone(),
             },
-            turn_settings,
+            TurnSettings {
+                sole_instance,
+                ..config.turns
+            },
+            stops,
         );
         Self {
             pool,
             outbox,
             runtime,
             scheduler,
-            runtime_wait,
+            runtime_wait: config.runtime_wait,
+            default_plan: config.default_plan.clone(),
         }
     }
 
@@ -96,6 +111,108 @@ impl Conversations {
                     "the workspace's agent runtime is starting; retry shortly",
                 ))
             }
+        }
+    }
+}
+
+impl Conversations {
+    /// The workspace's plan: its own, or the default.
+    async fn plan(&self, workspace_id: &str) -> Result<db::Plan, ConversationError> {
+        Ok(db::plan_of(&self.pool, workspace_id)
+            .await?
+            .unwrap_or_else(|| self.default_plan.clone()))
+    }
+
+    /// Refuses a send from a workspace at or over its monthly quota, until the month ends.
+    async fn check_quota(&self, workspace_id: &str) -> Result<(), Status> {
+        let plan = self.plan(workspace_id).await?;
+        let Some(limit) = plan.monthly_token_quota else {
+            return Ok(());
+        };
+        let now = db::now_ms();
+        let used = db::month_tokens(&self.pool, workspace_id, now)
+            .await
+            .map_err(db_error)?;
+        if used < limit {
+            return Ok(());
+        }
+        let reset_in = (db::month_end_ms(now) - now).max(0) / 1000 + 1;
+        Err(crawbl_infra::grpc::with_retry_after(
+            status_with_code(
+                Code::ResourceExhausted,
+                "QUOTA_EXCEEDED",
+                format!(
+                    "the workspace used {used} of its {limit} tokens this month; sends are refused until the month ends"
+                ),
+            ),
+            u64::try_from(reset_in).unwrap_or(u64::MAX),
+        ))
+    }
+
+    /// The conversation, from its workspace, or when none is named, from the caller's.
+    async fn conversation_among(
+        &self,
+        workspace_id: &str,
+        member_of: &[String],
+        conversation_id: &str,
+    ) -> Result<Conversation, ConversationError> {
+        if !workspace_id.is_empty() {
+            return self.conversation(workspace_id, conversation_id).await;
+        }
+        for workspace_id in member_of {
+            if let Some(found) =
+                db::find_conversation(&self.pool, workspace_id, conversation_id).await?
+            {
+                return Ok(found);
+            }
+        }
+        Err(ConversationError::ConversationNotFound)
+    }
+
+    /// The user message a cancel names: itself, or the one the named agent reply answers.
+    async fn answered_message(
+        &self,
+        conversation: &Conversation,
+        message_id: &str,
+    ) -> Result<Message, ConversationError> {
+        let not_found = || ConversationError::MessageNotFound;
+        let named = db::find_message(&self.pool, message_id)
+            .await?
+            .filter(|message| message.conversation_id == conversation.id)
+            .ok_or_else(not_found)?;
+        match named.role() {
+            MessageRole::User => Ok(named),
+            MessageRole::Agent => {
+                let answered = db::reply_to(&self.pool, &named.id)
+                    .await?
+                    .ok_or_else(not_found)?;
+                db::find_message(&self.pool, &answered)
+                    .await?
+                    .ok_or_else(not_found)
+            }
+            MessageRole::System | MessageRole::Unspecified => Err(not_found()),
+        }
+    }
+
+    /// The agent whose reply a turn cancelled before it started is: the conversation's, archived
+    /// or not, or the workspace's first.
+    async fn answering_agent_id(
+        &self,
+        conversation: &Conversation,
+    ) -> Result<String, ConversationError> {
+        if let Some(agent_id) = &conversation.agent_id {
+            return Ok(agent_id.clone());
+        }
+        match db::agent_for_conversation(&self.pool, conversation).await {
+            Ok(agent) => Ok(agent.id),
+            Err(_) => Ok(
+                db::list_agents(&self.pool, &conversation.workspace_id, true)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(|agent| agent.id)
+                    .unwrap_or_default(),
+            ),
         }
     }
 }
@@ -317,9 +434,14 @@ impl ConversationService for Conversations {
         let conversation = self
             .conversation(&new.workspace_id, &new.conversation_id)
             .await?;
-        // A conversation whose agent was archived stays readable but takes no new message.
-        db::agent_for_conversation(&self.pool, &conversation).await?;
-        self.ensure_runtime(&new.workspace_id).await?;
+        // A retry of a message already stored is answered with it, quota or not.
+        let stored = db::find_sent(&self.pool, &new).await.map_err(db_error)?;
+        if stored.is_none() {
+            // A conversation whose agent was archived stays readable but takes no new message.
+            db::agent_for_conversation(&self.pool, &conversation).await?;
+            self.check_quota(&new.workspace_id).await?;
+            self.ensure_runtime(&new.workspace_id).await?;
+        }
         let (message, created) = db::insert_user_message(&self.pool, &new)
             .await
             .map_err(db_error)?;
@@ -329,16 +451,144 @@ impl ConversationService for Conversations {
             self.scheduler.start_next(&conversation.id);
         }
         let reply = if wait {
-            self.scheduler
-                .wait_for_reply(&message.id)
-                .await
-                .map_err(db_error)?
+            match tokio::time::timeout(WAIT_LIMIT, self.scheduler.wait_for_reply(&message.id)).await
+            {
+                Ok(reply) => reply.map_err(db_error)?,
+                // Still queued or running: the reply comes as events, and in the list.
+                Err(_) => None,
+            }
         } else {
             None
         };
         Ok(Response::new(SendMessageResponse {
             message: Some(message),
             reply,
+        }))
+    }
+
+    async fn cancel_turn(
+        &self,
+        request: Request<CancelTurnRequest>,
+    ) -> Result<Response<CancelTurnResponse>, Status> {
+        let request = request.into_inner();
+        let conversation = self
+            .conversation_among(
+                &request.workspace_id,
+                &request.member_of,
+                &request.conversation_id,
+            )
+            .await?;
+        let user_message = self
+            .answered_message(&conversation, &request.message_id)
+            .await?;
+        let stopped = |message: Message| {
+            Ok(Response::new(CancelTurnResponse {
+                already_finished: message.status() != MessageStatus::Cancelled,
+                message: Some(message),
+            }))
+        };
+        // A queued turn may start while it is being cancelled: look again, a few times at most.
+        for _ in 0..3 {
+            match db::open_turn(&self.pool, &user_message.id)
+                .await
+                .map_err(db_error)?
+            {
+                None => break,
+                Some((turn_id, false)) => {
+                    let agent_id = self.answering_agent_id(&conversation).await?;
+                    if let Some((reply, created)) =
+                        db::cancel_queued_turn(&self.pool, &turn_id, &user_message, &agent_id)
+                            .await
+                            .map_err(db_error)?
+                    {
+                        self.outbox.publish([created]).await;
+                        return stopped(reply);
+                    }
+                }
+                Some((turn_id, true)) => {
+                    if db::request_cancel(&self.pool, &turn_id)
+                        .await
+                        .map_err(db_error)?
+                    {
+                        self.scheduler.stop_turn(&turn_id).await;
+                    }
+                    let ended = tokio::time::timeout(
+                        STOP_WAIT,
+                        self.scheduler.wait_for_reply(&user_message.id),
+                    )
+                    .await;
+                    if let Ok(reply) = ended
+                        && let Some(reply) = reply.map_err(db_error)?
+                    {
+                        return stopped(reply);
+                    }
+                    break;
+                }
+            }
+        }
+        // Over (or not over in time): the reply as it is, or the message if it has none.
+        let reply = db::find_reply(&self.pool, &user_message.id)
+            .await
+            .map_err(db_error)?;
+        stopped(reply.unwrap_or(user_message))
+    }
+
+    async fn set_workspace_plan(
+        &self,
+        request: Request<SetWorkspacePlanRequest>,
+    ) -> Result<Response<WorkspacePlan>, Status> {
+        let request = request.into_inner();
+        let plan = validate::plan(&request.plan, request.monthly_token_quota)?;
+        if request.workspace_id.trim().is_empty() {
+            return Err(ConversationError::invalid(
+                "INVALID_WORKSPACE",
+                "workspace_id is required",
+            )
+            .into());
+        }
+        db::set_plan(&self.pool, &request.workspace_id, &plan)
+            .await
+            .map_err(db_error)?;
+        tracing::info!(workspace_id = %request.workspace_id, plan = %plan.name, quota = ?plan.monthly_token_quota, "plan set");
+        Ok(Response::new(WorkspacePlan {
+            workspace_id: request.workspace_id,
+            plan: plan.name,
+            monthly_token_quota: plan.monthly_token_quota,
+        }))
+    }
+
+    async fn get_workspace_usage(
+        &self,
+        request: Request<GetWorkspaceUsageRequest>,
+    ) -> Result<Response<WorkspaceUsage>, Status> {
+        let request = request.into_inner();
+        let now = db::now_ms();
+        let (from_day, to_day) = validate::usage_days(&request.from_day, &request.to_day, now)?;
+        let workspace_id = request.workspace_id;
+        let totals =
+            |column| db::usage_totals(&self.pool, &workspace_id, &from_day, &to_day, column);
+        let total = totals(None).await.map_err(db_error)?.into_iter().next();
+        let by_day = totals(Some("day")).await.map_err(db_error)?;
+        let by_agent = totals(Some("agent_id")).await.map_err(db_error)?;
+        let by_user = totals(Some("user_id")).await.map_err(db_error)?;
+        let plan = self.plan(&workspace_id).await?;
+        let used = db::month_tokens(&self.pool, &workspace_id, now)
+            .await
+            .map_err(db_error)?;
+        Ok(Response::new(WorkspaceUsage {
+            workspace_id,
+            plan: plan.name,
+            from_day,
+            to_day,
+            total,
+            by_day,
+            by_agent,
+            by_user,
+            quota: Some(Quota {
+                limit: plan.monthly_token_quota,
+                used,
+                resets_at_ms: db::month_end_ms(now),
+            }),
         }))
     }
 

@@ -10,9 +10,9 @@ use crawbl_proto::conversation::v1::{
     Agent, AgentStatus, Conversation, Message, MessageStatus, ToolCall,
 };
 use crawbl_proto::events::v1::{
-    AgentStatusChanged, AgentTool, AgentTyping, Event, MessageDelta, event,
+    AgentStatusChanged, AgentTool, AgentTyping, Event, MessageDelta, UsageUpdate, event,
 };
-use crawbl_proto::runtime::v1::{TurnRequest, turn_event};
+use crawbl_proto::runtime::v1::{TurnRequest, Usage as RuntimeUsage, turn_event};
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use futures::StreamExt;
 use sqlx::AnyPool;
@@ -34,6 +34,8 @@ pub struct TurnDeps {
     /// runtime-proxy instances: a workspace's turns go to the one that owns its runtime.
     pub runtime: Shards,
     pub context_budget: ContextBudget,
+    /// The plan of workspaces a billing system set none for.
+    pub default_plan: db::Plan,
 }
 
 /// Most attempts a turn gets when each owner died before anything of it reached clients.
@@ -44,7 +46,13 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs a claimed turn: the agent answers the user message, streaming into its reply (a new one,
 /// or the one an earlier owner started and showed nothing of). Errors are logged.
-pub async fn run(deps: TurnDeps, turn: ClaimedTurn, cancel: CancellationToken) {
+pub async fn run(
+    deps: TurnDeps,
+    turn: ClaimedTurn,
+    cancel: CancellationToken,
+    stop: CancellationToken,
+) {
+    let started = tokio::time::Instant::now();
     let loaded = until_available(&cancel, || async {
         let message = db::find_message(&deps.pool, &turn.user_message_id).await?;
         let conversation =
@@ -79,7 +87,12 @@ pub async fn run(deps: TurnDeps, turn: ClaimedTurn, cancel: CancellationToken) {
     set_status(&deps, workspace_id, &agent, AgentStatus::Busy).await;
     set_typing(&deps, &conversation, &agent, true).await;
 
-    let outcome = answer(&deps, &turn, &conversation, &agent, &user_message, &cancel).await;
+    let signals = Signals {
+        cancel: cancel.clone(),
+        stop,
+        started,
+    };
+    let outcome = answer(&deps, &turn, &conversation, &agent, &user_message, &signals).await;
     let runtime_died = match outcome {
         Ok(ending) => ending == Ending::RuntimeDied,
         Err(error) => {
@@ -133,8 +146,15 @@ pub async fn settle_orphan(deps: &TurnDeps, turn: ClaimedTurn) {
         return;
     };
     let status = db::ended_status(&text, &reply.tool_calls);
-    let finished =
-        db::finish_message(&deps.pool, reply.clone(), text, status, Some(&turn.fence)).await;
+    let finished = db::finish_message(
+        &deps.pool,
+        reply.clone(),
+        text,
+        status,
+        Some(&turn.fence),
+        None,
+    )
+    .await;
     match finished {
         Ok(Some((_, updated))) => deps.outbox.publish([updated]).await,
         Ok(None) => return,
@@ -171,11 +191,22 @@ async fn end_unanswered(deps: &TurnDeps, turn: &ClaimedTurn, cancel: &Cancellati
     }
 }
 
+/// What ends a running turn early, and when it started.
+struct Signals {
+    /// Nothing more is written: the turn was deleted or is no longer this instance's.
+    cancel: CancellationToken,
+    /// A person stopped it: the reply ends `cancelled`.
+    stop: CancellationToken,
+    started: tokio::time::Instant,
+}
+
 /// How a turn's stream ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     /// With the runtime's `done`.
     Done,
+    /// Stopped at a person's request.
+    Stopped,
     /// Early: an error, a broken stream, a refusal or a cancellation.
     Early,
     /// Early because the runtime died (runtime-proxy's `RUNTIME_DIED`).
@@ -192,8 +223,9 @@ async fn answer(
     conversation: &Conversation,
     agent: &Agent,
     user_message: &Message,
-    cancel: &CancellationToken,
+    signals: &Signals,
 ) -> Result<Ending, ConversationError> {
+    let cancel = &signals.cancel;
     // Read before the reply exists, so a failure here leaves no reply `streaming`.
     let request = until_available(cancel, || async {
         context::turn_request(&deps.pool, deps.context_budget, agent, user_message)
@@ -213,12 +245,14 @@ async fn answer(
     deps.outbox.publish(created).await;
 
     let mut text = String::new();
-    let ending = stream_reply(deps, &turn.fence, &mut reply, &mut text, request, cancel).await;
-    let status = match ending {
+    let streamed = stream_reply(deps, &turn.fence, &mut reply, &mut text, request, signals).await;
+    let status = match streamed.ending {
         Ending::Lost => return Ok(Ending::Lost),
         Ending::Done => MessageStatus::Delivered,
+        Ending::Stopped => MessageStatus::Cancelled,
         Ending::Early | Ending::RuntimeDied => db::ended_status(&text, &reply.tool_calls),
     };
+    let usage = turn_usage(streamed.usage, agent, user_message, &text, signals.started);
     let finish = || async {
         db::finish_message(
             &deps.pool,
@@ -226,6 +260,7 @@ async fn answer(
             text.clone(),
             status,
             Some(&turn.fence),
+            Some(&usage),
         )
         .await
         .map_err(ConversationError::from)
@@ -235,7 +270,66 @@ async fn answer(
         return Ok(Ending::Lost); // Deleted with its conversation, or taken over.
     };
     deps.outbox.publish([updated]).await;
-    Ok(ending)
+    announce_usage(deps, &reply.workspace_id, &usage).await;
+    Ok(streamed.ending)
+}
+
+/// What the turn cost: as the runtime reported it, or, when it reported nothing (the turn was
+/// stopped or broke first), the words of the text as output tokens, like the scripted runtime
+/// counts them.
+fn turn_usage(
+    reported: Option<RuntimeUsage>,
+    agent: &Agent,
+    user_message: &Message,
+    text: &str,
+    started: tokio::time::Instant,
+) -> db::TurnUsage {
+    let (input_tokens, output_tokens, model) = match reported {
+        Some(usage) => (
+            u64::from(usage.input_tokens),
+            u64::from(usage.output_tokens),
+            usage.model,
+        ),
+        None => (0, text.split_whitespace().count() as u64, String::new()),
+    };
+    db::TurnUsage {
+        input_tokens,
+        output_tokens,
+        model: if model.is_empty() {
+            agent.model.clone()
+        } else {
+            model
+        },
+        agent_id: agent.id.clone(),
+        user_id: user_message.author_id.clone().unwrap_or_default(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Counts the turn's tokens and tells the workspace where its month stands (`usage.update`).
+async fn announce_usage(deps: &TurnDeps, workspace_id: &str, usage: &db::TurnUsage) {
+    let plan = match db::plan_of(&deps.pool, workspace_id).await {
+        Ok(plan) => plan.unwrap_or_else(|| deps.default_plan.clone()),
+        Err(error) => {
+            tracing::debug!(%error, "cannot read the workspace's plan");
+            deps.default_plan.clone()
+        }
+    };
+    crate::metrics::count_tokens(&plan.name, &usage.model, usage);
+    match db::month_tokens(&deps.pool, workspace_id, db::now_ms()).await {
+        Ok(used) => {
+            deps.outbox
+                .publish_volatile(
+                    workspace_id,
+                    event::Kind::UsageUpdate(UsageUpdate {
+                        used,
+                        limit: plan.monthly_token_quota,
+                    }),
+                )
+                .await;
+        }
+        Err(error) => tracing::debug!(%error, "cannot read the month's usage"),
+    }
 }
 
 /// The agent's `streaming` reply: the one the turn already started (an earlier owner's, or an
@@ -329,17 +423,20 @@ async fn stream_reply(
     reply: &mut Message,
     text: &mut String,
     request: TurnRequest,
-    cancel: &CancellationToken,
-) -> Ending {
+    signals: &Signals,
+) -> Streamed {
+    let (cancel, stop) = (&signals.cancel, &signals.stop);
+    let mut usage = None;
     let mut runtime = RuntimeProxyClient::new(deps.runtime.pick(&request.workspace_id));
     let call = runtime.forward_turn(request);
     let mut stream = tokio::select! {
-        () = cancel.cancelled() => return Ending::Early,
+        () = cancel.cancelled() => return Streamed::from(Ending::Early),
+        () = stop.cancelled() => return Streamed::from(Ending::Stopped),
         response = call => match response {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "runtime-proxy refused the turn");
-                return Ending::Early;
+                return Streamed::from(Ending::Early);
             }
         },
     };
@@ -353,9 +450,13 @@ async fn stream_reply(
                 tracing::info!(message_id = %reply.id, "turn cancelled");
                 break Ending::Early;
             }
+            () = stop.cancelled() => {
+                tracing::info!(message_id = %reply.id, "turn stopped on request");
+                break Ending::Stopped;
+            }
             () = sleep_until(due) => {
                 if !save(deps, fence, reply, text, &mut unsaved).await {
-                    return Ending::Lost;
+                    return Streamed::from(Ending::Lost);
                 }
                 continue;
             }
@@ -386,7 +487,7 @@ async fn stream_reply(
                 if unsaved.last_saved.elapsed() >= CHECKPOINT_INTERVAL
                     && !save(deps, fence, reply, text, &mut unsaved).await
                 {
-                    return Ending::Lost;
+                    return Streamed::from(Ending::Lost);
                 }
             }
             Some(turn_event::Event::Done(_)) => break Ending::Done,
@@ -407,7 +508,7 @@ async fn stream_reply(
                 };
                 reply.tool_calls.push(call.clone());
                 if !save(deps, fence, reply, text, &mut unsaved).await {
-                    return Ending::Lost;
+                    return Streamed::from(Ending::Lost);
                 }
                 publish_tool(deps, reply, call).await;
             }
@@ -423,18 +524,34 @@ async fn stream_reply(
                 call.result_json = Some(result.result_json);
                 let call = call.clone();
                 if !save(deps, fence, reply, text, &mut unsaved).await {
-                    return Ending::Lost;
+                    return Streamed::from(Ending::Lost);
                 }
                 publish_tool(deps, reply, call).await;
             }
-            Some(turn_event::Event::Usage(_)) | None => {}
+            Some(turn_event::Event::Usage(reported)) => usage = Some(reported),
+            None => {}
         }
     };
     // The last deltas go out before the final `message.updated`, which carries the whole text.
     if !unsaved.deltas.is_empty() && !save(deps, fence, reply, text, &mut unsaved).await {
-        return Ending::Lost;
+        return Streamed::from(Ending::Lost);
     }
-    ending
+    Streamed { ending, usage }
+}
+
+/// How a turn's stream ended, and the usage the runtime reported.
+struct Streamed {
+    ending: Ending,
+    usage: Option<RuntimeUsage>,
+}
+
+impl From<Ending> for Streamed {
+    fn from(ending: Ending) -> Self {
+        Self {
+            ending,
+            usage: None,
+        }
+    }
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.

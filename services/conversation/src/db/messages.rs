@@ -151,6 +151,23 @@ pub async fn insert_user_message(
     Ok((message, Some(event)))
 }
 
+/// The message this author already sent with this `localId` in the conversation, if any.
+pub async fn find_sent(
+    pool: &AnyPool,
+    new: &NewUserMessage,
+) -> Result<Option<Message>, sqlx::Error> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+         WHERE conversation_id = $1 AND author_id = $2 AND local_id = $3"
+    )))
+    .bind(&new.conversation_id)
+    .bind(&new.author_id)
+    .bind(&new.local_id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(message_from_row).transpose()
+}
+
 /// Creates the agent's (empty, `streaming`) reply to `reply_to` with its `message.new` event,
 /// and records it on the turn. `None` when the turn is no longer `fence`'s owner's.
 pub async fn insert_agent_message(
@@ -219,6 +236,7 @@ pub async fn finish_message(
     text: String,
     status: MessageStatus,
     fence: Option<&TurnFence>,
+    usage: Option<&super::TurnUsage>,
 ) -> Result<Option<(Message, Event)>, sqlx::Error> {
     let now = now_ms();
     let mut tx = pool.begin().await?;
@@ -251,6 +269,9 @@ pub async fn finish_message(
     }
     message.status = status as i32;
     message.updated_at_ms = now;
+    if let Some(usage) = usage {
+        super::record_usage(&mut tx, &message, usage).await?;
+    }
     let event = append_event(
         &mut tx,
         &message.workspace_id,
@@ -259,6 +280,76 @@ pub async fn finish_message(
     .await?;
     tx.commit().await?;
     Ok(Some((message, event)))
+}
+
+/// Ends a turn that had not started (still queued) with a `cancelled` reply of `agent_id`, and
+/// that reply's `message.new`. `None`: the turn is no longer queued (it started, or ended).
+pub async fn cancel_queued_turn(
+    pool: &AnyPool,
+    turn_id: &str,
+    user_message: &Message,
+    agent_id: &str,
+) -> Result<Option<(Message, Event)>, sqlx::Error> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let removed = sqlx::query("DELETE FROM turns WHERE id = $1 AND state = 'queued'")
+        .bind(turn_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if removed != 1 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let reply = Message {
+        id: new_id(),
+        workspace_id: user_message.workspace_id.clone(),
+        conversation_id: user_message.conversation_id.clone(),
+        role: MessageRole::Agent as i32,
+        author_id: None,
+        agent_id: Some(agent_id.to_owned()),
+        local_id: None,
+        content: Some(MessageContent {
+            r#type: "text".to_owned(),
+            text: String::new(),
+        }),
+        status: MessageStatus::Cancelled as i32,
+        created_at_ms: now,
+        updated_at_ms: now,
+        tool_calls: Vec::new(),
+    };
+    sqlx::query(
+        "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
+             local_id, content_type, text, status, created_at, updated_at, reply_to)
+         VALUES ($1, $2, $3, 'agent', NULL, $4, NULL, 'text', '', 'cancelled', $5, $5, $6)",
+    )
+    .bind(&reply.id)
+    .bind(&reply.workspace_id)
+    .bind(&reply.conversation_id)
+    .bind(agent_id)
+    .bind(now)
+    .bind(&user_message.id)
+    .execute(&mut *tx)
+    .await?;
+    touch_conversation(&mut tx, &reply.conversation_id, now).await?;
+    let event = append_event(
+        &mut tx,
+        &reply.workspace_id,
+        event::Kind::MessageNew(reply.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some((reply, event)))
+}
+
+/// The user message an agent reply answers.
+pub async fn reply_to(pool: &AnyPool, reply_id: &str) -> Result<Option<String>, sqlx::Error> {
+    let answered: Option<Option<String>> =
+        sqlx::query_scalar("SELECT reply_to FROM messages WHERE id = $1")
+            .bind(reply_id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(answered.flatten())
 }
 
 /// Saves what a streaming reply has so far (text and tool calls), so an interruption keeps what
@@ -312,7 +403,7 @@ pub async fn recover_streaming_messages(pool: &AnyPool) -> Result<Vec<Event>, sq
             .map(|content| content.text.clone())
             .unwrap_or_default();
         let status = ended_status(&text, &message.tool_calls);
-        if let Some((_, event)) = finish_message(pool, message, text, status, None).await? {
+        if let Some((_, event)) = finish_message(pool, message, text, status, None, None).await? {
             events.push(event);
         }
     }
@@ -445,6 +536,7 @@ fn message_status_to_db(status: MessageStatus) -> &'static str {
         MessageStatus::Delivered => "delivered",
         MessageStatus::Incomplete => "incomplete",
         MessageStatus::Failed => "failed",
+        MessageStatus::Cancelled => "cancelled",
     }
 }
 
@@ -455,6 +547,7 @@ fn message_status_from_db(text: &str) -> MessageStatus {
         "delivered" => MessageStatus::Delivered,
         "incomplete" => MessageStatus::Incomplete,
         "failed" => MessageStatus::Failed,
+        "cancelled" => MessageStatus::Cancelled,
         _ => MessageStatus::Unspecified,
     }
 }

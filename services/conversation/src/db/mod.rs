@@ -6,12 +6,14 @@ mod conversations;
 mod events;
 mod messages;
 mod turns;
+mod usage;
 
 pub use agents::*;
 pub use conversations::*;
 pub use events::*;
 pub use messages::*;
 pub use turns::*;
+pub use usage::*;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

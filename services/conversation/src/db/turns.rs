@@ -99,54 +99,100 @@ pub enum Queued<'a> {
 }
 
 /// Claims up to `limit` queued turns that may run now: the first open turn of their
-/// conversation. A turn another instance claims first is skipped.
+/// conversation, while their workspace runs fewer than `per_workspace` turns. A turn another
+/// instance claims first is skipped.
 pub async fn claim_queued(
     pool: &AnyPool,
     owner: &str,
     lease_ms: i64,
     which: Queued<'_>,
-    limit: u32,
+    limits: (u32, i64),
 ) -> Result<Vec<ClaimedTurn>, sqlx::Error> {
+    let (limit, per_workspace) = limits;
     let (condition, bound) = match which {
         Queued::Before(at) => ("t.created_at < $1", SqlValue::Time(at)),
         Queued::Of(conversation_id) => ("t.conversation_id = $1", SqlValue::Id(conversation_id)),
     };
     let query = format!(
-        "SELECT t.id FROM turns t WHERE t.state = 'queued' AND {condition}
+        "SELECT t.id, t.workspace_id FROM turns t WHERE t.state = 'queued' AND {condition}
            AND NOT EXISTS (SELECT 1 FROM turns o
                            WHERE o.conversation_id = t.conversation_id AND o.seq < t.seq)
          ORDER BY t.seq LIMIT $2"
     );
-    let query = sqlx::query_scalar(AssertSqlSafe(query));
+    let query = sqlx::query(AssertSqlSafe(query));
     let query = match bound {
         SqlValue::Time(at) => query.bind(at),
         SqlValue::Id(id) => query.bind(id.to_owned()),
     };
-    let candidates: Vec<String> = query.bind(i64::from(limit)).fetch_all(pool).await?;
+    let candidates = query.bind(i64::from(limit)).fetch_all(pool).await?;
     let mut claimed = Vec::with_capacity(candidates.len());
-    for id in candidates {
-        let now = now_ms();
-        let taken = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE turns SET state = 'running', owner = $1, lease_until = $2,
-                              attempts = attempts + 1, updated_at = $3
-             WHERE id = $4 AND state = 'queued'
-             RETURNING {TURN_COLUMNS}"
-        )))
-        .bind(owner)
-        .bind(now + lease_ms)
-        .bind(now)
-        .bind(&id)
-        .fetch_optional(pool)
-        .await;
-        match taken {
-            Ok(Some(row)) => claimed.push(claimed_from_row(&row)?),
-            Ok(None) => {}
-            // Another instance started a turn of this conversation in between.
-            Err(error) if super::is_unique_violation(&error) => {}
-            Err(error) => return Err(error),
+    for candidate in candidates {
+        let id: String = candidate.try_get("id")?;
+        let workspace_id: String = candidate.try_get("workspace_id")?;
+        if let Some(turn) =
+            claim_one(pool, owner, lease_ms, &id, &workspace_id, per_workspace).await?
+        {
+            claimed.push(turn);
         }
     }
     Ok(claimed)
+}
+
+/// Claims one queued turn unless its workspace already runs `per_workspace` turns. Claims in one
+/// workspace take turns (its sequence row is locked), so the bound holds across instances.
+async fn claim_one(
+    pool: &AnyPool,
+    owner: &str,
+    lease_ms: i64,
+    id: &str,
+    workspace_id: &str,
+    per_workspace: i64,
+) -> Result<Option<ClaimedTurn>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE workspace_sequences SET last_seq = last_seq WHERE workspace_id = $1")
+        .bind(workspace_id)
+        .execute(&mut *tx)
+        .await?;
+    let running: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM turns WHERE workspace_id = $1 AND state = 'running'",
+    )
+    .bind(workspace_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if running >= per_workspace {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let now = now_ms();
+    let taken = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE turns SET state = 'running', owner = $1, lease_until = $2,
+                          attempts = attempts + 1, updated_at = $3
+         WHERE id = $4 AND state = 'queued'
+         RETURNING {TURN_COLUMNS}"
+    )))
+    .bind(owner)
+    .bind(now + lease_ms)
+    .bind(now)
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await;
+    match taken {
+        Ok(Some(row)) => {
+            let turn = claimed_from_row(&row)?;
+            tx.commit().await?;
+            Ok(Some(turn))
+        }
+        Ok(None) => {
+            tx.rollback().await?;
+            Ok(None)
+        }
+        // Another instance started a turn of this conversation in between.
+        Err(error) if super::is_unique_violation(&error) => {
+            tx.rollback().await?;
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 enum SqlValue<'a> {
@@ -194,26 +240,95 @@ pub async fn take_over_expired(
     Ok(taken)
 }
 
-/// Extends the owner's lease. `false`: the turn is no longer this owner's to run (it ended, its
-/// conversation was deleted, or another instance took it over after the lease lapsed).
+/// What a lease renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    Held,
+    /// Held, and someone asked for the turn to stop.
+    CancelRequested,
+    /// The turn is no longer this owner's to run (it ended, its conversation was deleted, or
+    /// another instance took it over after the lease lapsed).
+    Lost,
+}
+
+/// Extends the owner's lease.
 pub async fn renew_lease(
     pool: &AnyPool,
     fence: &TurnFence,
     lease_ms: i64,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Lease, sqlx::Error> {
     let now = now_ms();
     let renewed = sqlx::query(
         "UPDATE turns SET lease_until = $1, updated_at = $2
-         WHERE id = $3 AND owner = $4 AND state = 'running'",
+         WHERE id = $3 AND owner = $4 AND state = 'running'
+         RETURNING cancel_requested_at",
     )
     .bind(now + lease_ms)
     .bind(now)
     .bind(&fence.turn_id)
     .bind(&fence.owner)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match renewed {
+        None => Lease::Lost,
+        Some(row)
+            if row
+                .try_get::<Option<i64>, _>("cancel_requested_at")?
+                .is_some() =>
+        {
+            Lease::CancelRequested
+        }
+        Some(_) => Lease::Held,
+    })
+}
+
+/// The open turn answering a user message: its id and whether it is running (else queued).
+pub async fn open_turn(
+    pool: &AnyPool,
+    user_message_id: &str,
+) -> Result<Option<(String, bool)>, sqlx::Error> {
+    let row = sqlx::query("SELECT id, state FROM turns WHERE user_message_id = $1 LIMIT 1")
+        .bind(user_message_id)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|row| {
+        let state: String = row.try_get("state")?;
+        Ok((row.try_get("id")?, state == "running"))
+    })
+    .transpose()
+}
+
+/// Asks a running turn's owner to stop it. `false`: it is not running (any more).
+pub async fn request_cancel(pool: &AnyPool, turn_id: &str) -> Result<bool, sqlx::Error> {
+    let marked = sqlx::query(
+        "UPDATE turns SET cancel_requested_at = COALESCE(cancel_requested_at, $1)
+         WHERE id = $2 AND state = 'running'",
+    )
+    .bind(now_ms())
+    .bind(turn_id)
     .execute(pool)
     .await?
     .rows_affected();
-    Ok(renewed == 1)
+    Ok(marked == 1)
+}
+
+/// Which of `turn_ids` someone asked to stop.
+pub async fn cancel_requested(
+    pool: &AnyPool,
+    turn_ids: &[String],
+) -> Result<Vec<String>, sqlx::Error> {
+    let mut requested = Vec::new();
+    for turn_id in turn_ids {
+        let asked: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT cancel_requested_at FROM turns WHERE id = $1")
+                .bind(turn_id)
+                .fetch_optional(pool)
+                .await?;
+        if asked.flatten().is_some() {
+            requested.push(turn_id.clone());
+        }
+    }
+    Ok(requested)
 }
 
 /// Whether the fenced turn is still its owner's, inside a transaction: locks its row until the

@@ -114,6 +114,71 @@ pub fn event_page_size(limit: u32) -> Result<u32, ConversationError> {
     }
 }
 
+/// A plan from a billing system: a name of 1 to 64 of a-z, 0-9, `-`, `_` and `.`, and a quota.
+pub fn plan(name: &str, quota: Option<u64>) -> Result<crate::db::Plan, ConversationError> {
+    let name = name.trim();
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+    if !valid {
+        return Err(ConversationError::invalid(
+            "INVALID_PLAN",
+            "plan must be 1 to 64 of a-z, 0-9, '-', '_' and '.'",
+        ));
+    }
+    if quota.is_some_and(|quota| i64::try_from(quota).is_err()) {
+        return Err(ConversationError::invalid(
+            "INVALID_QUOTA",
+            "monthly_token_quota must be at most 9223372036854775807",
+        ));
+    }
+    Ok(crate::db::Plan {
+        name: name.to_owned(),
+        monthly_token_quota: quota,
+    })
+}
+
+/// Longest span a usage report covers.
+pub const MAX_USAGE_DAYS: i64 = 366;
+
+/// The days (`YYYY-MM-DD`, UTC) a usage report covers: `from` to `to`, both included; `from`
+/// defaults to the first of the current month and `to` to today.
+pub fn usage_days(
+    from: &str,
+    to: &str,
+    now_ms: i64,
+) -> Result<(String, String), ConversationError> {
+    use chrono::{Datelike as _, NaiveDate};
+    let today = chrono::DateTime::from_timestamp_millis(now_ms)
+        .unwrap_or_default()
+        .date_naive();
+    let parse = |raw: &str, default: NaiveDate| {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Ok(default);
+        }
+        NaiveDate::parse_from_str(raw, "%Y-%m-%d")
+            .ok()
+            // Only the canonical form: `2026-1-5` names the same day another way.
+            .filter(|day| day.format("%Y-%m-%d").to_string() == raw)
+            .ok_or_else(|| ConversationError::invalid("INVALID_DAY", "days are written YYYY-MM-DD"))
+    };
+    let from = parse(from, today.with_day(1).unwrap_or(today))?;
+    let to = parse(to, today)?;
+    if from > to || (to - from).num_days() >= MAX_USAGE_DAYS {
+        return Err(ConversationError::invalid(
+            "INVALID_RANGE",
+            format!("from must not be after to, and a report covers at most {MAX_USAGE_DAYS} days"),
+        ));
+    }
+    Ok((
+        from.format("%Y-%m-%d").to_string(),
+        to.format("%Y-%m-%d").to_string(),
+    ))
+}
+
 fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
 }
@@ -190,6 +255,24 @@ mod tests {
             code_of(NewUserMessage::try_from(request("text", "x", &long))),
             "INVALID_LOCAL_ID"
         );
+    }
+
+    #[test]
+    fn usage_days_default_to_this_month_and_refuse_bad_ranges() {
+        // 2026-12-06T12:00:00Z
+        let now = 1_796_558_400_000;
+        assert_eq!(
+            usage_days("", "", now).ok(),
+            Some(("2026-12-01".to_owned(), "2026-12-06".to_owned()))
+        );
+        assert!(usage_days("2026-12-07", "2026-12-06", now).is_err());
+        assert!(usage_days("2026-1-5", "", now).is_err());
+        assert!(usage_days("2024-01-01", "2026-01-01", now).is_err());
+        assert!(usage_days("tomorrow", "", now).is_err());
+        assert!(plan("pro", Some(10)).is_ok());
+        assert!(plan("", None).is_err());
+        assert!(plan("Pro Plan", None).is_err());
+        assert!(plan("pro", Some(u64::MAX)).is_err());
     }
 
     #[test]

@@ -1,0 +1,154 @@
+//! Client event `message.cancel {conversationId, messageId}`: stops the agent's turn that answers
+//! the message (or writes it), as `POST …/messages/{m}/cancel` does. The ack is `{data: message}`
+//! with the reply as it ended (`cancelled`), or `{error: {code, message}}`, with `data` too when
+//! the turn had already ended (`TURN_FINISHED`). A bad payload gets an error ack, never a
+//! disconnect.
+
+use crawbl_proto::conversation::v1::CancelTurnRequest;
+use serde::Serialize;
+use serde_json::Value;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::cluster::Adapter;
+use crate::json::Message;
+
+/// Longest id accepted in a payload.
+const MAX_ID_BYTES: usize = 128;
+
+#[derive(Serialize)]
+struct Answer {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Message>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<Refusal>,
+}
+
+#[derive(Serialize)]
+struct Refusal {
+    code: String,
+    message: String,
+}
+
+impl Answer {
+    fn refused(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            data: None,
+            error: Some(Refusal {
+                code: code.to_owned(),
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+/// The ids of a `message.cancel` payload; `None` when it is not one.
+fn parse(payload: Option<Value>) -> Option<(String, String)> {
+    let Some(Value::Object(fields)) = payload else {
+        return None;
+    };
+    let id = |name: &str| match fields.get(name) {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Some(id.clone()),
+        _ => None,
+    };
+    Some((id("conversationId")?, id("messageId")?))
+}
+
+impl crate::fuzzing::Parsers {
+    /// [`parse`] of a `message.cancel` payload: the conversation and message ids, or `None`.
+    pub fn cancel_request(payload: Option<Value>) -> Option<(String, String)> {
+        parse(payload)
+    }
+}
+
+pub async fn cancel(
+    socket: SocketRef<Adapter>,
+    State(state): State<AppState>,
+    TryData(payload): TryData<Value>,
+    ack: AckSender<Adapter>,
+) {
+    let answer = match parse(payload.ok()) {
+        Some((conversation_id, message_id)) => {
+            cancel_turn(&socket, &state, conversation_id, message_id).await
+        }
+        None => Answer::refused(
+            "INVALID_PAYLOAD",
+            "expected {\"conversationId\": \"…\", \"messageId\": \"…\"}",
+        ),
+    };
+    if let Err(error) = ack.send(&answer) {
+        tracing::debug!(%error, "cannot answer a message.cancel");
+    }
+}
+
+async fn cancel_turn(
+    socket: &SocketRef<Adapter>,
+    state: &AppState,
+    conversation_id: String,
+    message_id: String,
+) -> Answer {
+    let Some(caller) = socket.extensions.get::<Caller>() else {
+        return Answer::refused("CONVERSATION_NOT_FOUND", "conversation not found");
+    };
+    // Memberships as of now: the conversation must be in one of the user's workspaces.
+    let member_of = match state.access.memberships(caller.user_id()).await {
+        Ok(workspaces) => workspaces.iter().map(|w| w.id.clone()).collect(),
+        Err(_) => {
+            return Answer::refused("UNAVAILABLE", "memberships are unavailable; retry shortly");
+        }
+    };
+    let request = CancelTurnRequest {
+        workspace_id: String::new(),
+        conversation_id,
+        message_id,
+        member_of,
+    };
+    match state.conversations.clone().cancel_turn(request).await {
+        Ok(answer) => {
+            let answer = answer.into_inner();
+            let message = answer.message.map(Message::from);
+            if answer.already_finished {
+                Answer {
+                    data: message,
+                    ..Answer::refused(
+                        "TURN_FINISHED",
+                        "the turn had already ended; nothing was cancelled",
+                    )
+                }
+            } else {
+                Answer {
+                    data: message,
+                    error: None,
+                }
+            }
+        }
+        Err(status) => {
+            let code = crawbl_infra::grpc::stable_code(&status).unwrap_or("UNAVAILABLE");
+            Answer::refused(code, status.message())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn only_an_object_with_both_ids_is_a_cancel() {
+        assert!(parse(Some(json!({"conversationId": "c", "messageId": "m"}))).is_some());
+        for bad in [
+            json!(null),
+            json!([]),
+            json!({"conversationId": "c"}),
+            json!({"conversationId": "", "messageId": "m"}),
+            json!({"conversationId": 5, "messageId": "m"}),
+            json!({"conversationId": "c", "messageId": "x".repeat(200)}),
+        ] {
+            assert!(parse(Some(bad.clone())).is_none(), "{bad}");
+        }
+        assert!(parse(None).is_none());
+    }
+}
