@@ -80,6 +80,7 @@ async fn sends_to_one_conversation_through_both_edges_are_answered_once_each_in_
     let user = Api::new(stack.edge(0)).sign_up().await;
     let apis = [Api::new(stack.edge(0)), Api::new(stack.edge(1))];
     let conversation = apis[0].create_conversation(&user).await;
+    let mut watcher = socket(stack.edge(1), &user).await;
 
     // Ten sends at once, alternating edges (so both conversation instances take them).
     let sends = (0..10).map(|n| {
@@ -140,6 +141,36 @@ async fn sends_to_one_conversation_through_both_edges_are_answered_once_each_in_
         final_updates(&events)
             .values()
             .all(|finals| finals.len() == 1)
+    );
+
+    // A client on the other edge got every durable event of the log, once, in order.
+    let logged_seqs: Vec<u64> = apis[0]
+        .all_events(&user, 0)
+        .await
+        .iter()
+        .filter_map(|event| event["seq"].as_u64())
+        .collect();
+    let last = *logged_seqs.last().expect("events");
+    let seen_seqs: Vec<u64> = watcher
+        .events_until(WAIT, |event| {
+            event
+                .args
+                .get(1)
+                .and_then(|position| position["seq"].as_u64())
+                == Some(last)
+        })
+        .await
+        .iter()
+        .filter_map(|event| {
+            event
+                .args
+                .get(1)
+                .and_then(|position| position["seq"].as_u64())
+        })
+        .collect();
+    assert_eq!(
+        seen_seqs, logged_seqs,
+        "durable events lost or repeated on the way"
     );
 }
 
