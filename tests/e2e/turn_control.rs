@@ -74,6 +74,7 @@ async fn a_reply_stopped_through_the_other_edge_ends_cancelled_with_its_text_and
         )
         .await;
     let took = asked.elapsed();
+    eprintln!("a cancel through the other edge answered in {took:?}");
     assert_eq!(status, StatusCode::OK, "{stopped}");
     let reply = &stopped["data"];
     assert_eq!(reply["status"], "cancelled", "{reply}");
@@ -84,8 +85,9 @@ async fn a_reply_stopped_through_the_other_edge_ends_cancelled_with_its_text_and
         !kept.is_empty() && whole.starts_with(kept) && kept.len() < whole.len(),
         "{kept:?}"
     );
-    // The bound is 500 ms; the check leaves room for a loaded test machine.
-    assert!(took < Duration::from_secs(3), "the cancel took {took:?}");
+    // The bound is 500 ms (about 80 ms here, the reply's end included); the check leaves room
+    // for a test machine loaded by the other tests.
+    assert!(took < Duration::from_millis(1500), "the cancel took {took:?}");
 
     // Clients see it end, typing stop and the agent come back; then nothing more streams.
     let after = watcher

@@ -189,12 +189,22 @@ impl Scheduler {
         &self,
         user_message_id: &str,
     ) -> Result<Option<Message>, sqlx::Error> {
+        self.wait_for_reply_polling(user_message_id, self.settings.poll)
+            .await
+    }
+
+    /// [`Scheduler::wait_for_reply`], looking at turns elsewhere every `poll`.
+    pub async fn wait_for_reply_polling(
+        &self,
+        user_message_id: &str,
+        poll: Duration,
+    ) -> Result<Option<Message>, sqlx::Error> {
         let mut ended = self.ended.subscribe();
         loop {
             if !db::turn_open(&self.deps.pool, user_message_id).await? {
                 return db::find_reply(&self.deps.pool, user_message_id).await;
             }
-            let poll = tokio::time::sleep(self.settings.poll);
+            let poll = tokio::time::sleep(poll);
             tokio::pin!(poll);
             loop {
                 tokio::select! {

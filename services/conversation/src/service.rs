@@ -43,6 +43,8 @@ pub struct Conversations {
 const WAIT_LIMIT: Duration = Duration::from_secs(300);
 /// How long a cancel waits for the running turn to end before answering with the reply as it is.
 const STOP_WAIT: Duration = Duration::from_secs(5);
+/// How often a cancel looks whether the turn it stopped has ended.
+const STOP_POLL: Duration = Duration::from_millis(25);
 
 impl Conversations {
     /// `sole_instance`: only this instance uses the database (SQLite).
@@ -512,9 +514,11 @@ impl ConversationService for Conversations {
                     {
                         self.scheduler.stop_turn(&turn_id).await;
                     }
+                    // Looked for often: the turn ends within moments, maybe on another instance.
                     let ended = tokio::time::timeout(
                         STOP_WAIT,
-                        self.scheduler.wait_for_reply(&user_message.id),
+                        self.scheduler
+                            .wait_for_reply_polling(&user_message.id, STOP_POLL),
                     )
                     .await;
                     if let Ok(reply) = ended
