@@ -19,9 +19,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let encoded = event.encode_to_vec();
-    // Bytes, not values: a float field may hold NaN, which equals nothing, itself included.
     let again = Event::decode(encoded.as_slice()).expect("what was encoded decodes");
-    assert_eq!(again.encode_to_vec(), encoded);
+    // NaN equals nothing, itself included (and bytes cannot be compared: map fields encode in
+    // any order).
+    if !holds_nan(&event) {
+        assert_eq!(again, event);
+    }
 
     let Some(kind) = event.kind else {
         return;
@@ -45,3 +48,8 @@ fuzz_target!(|data: &[u8]| {
     // serde_json's parser allows by default, and its float parsing is not exact by default.)
     serde_json::to_string(&socket_event.payload).expect("payload serializes");
 });
+
+/// Whether a float of the event is NaN (an agent's temperature is the only float).
+fn holds_nan(event: &Event) -> bool {
+    matches!(&event.kind, Some(Kind::AgentUpdated(agent)) if agent.temperature.is_some_and(f32::is_nan))
+}
