@@ -87,7 +87,10 @@ async fn a_reply_stopped_through_the_other_edge_ends_cancelled_with_its_text_and
     );
     // The bound is 500 ms (about 80 ms here, the reply's end included); the check leaves room
     // for a test machine loaded by the other tests.
-    assert!(took < Duration::from_millis(1500), "the cancel took {took:?}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "the cancel took {took:?}"
+    );
 
     // Clients see it end, typing stop and the agent come back; then nothing more streams.
     let after = watcher
@@ -160,6 +163,20 @@ async fn finished_turns_answer_409_with_the_message_and_other_workspaces_turns_a
         body["data"]["content"]["text"],
         "[assistant] You said: hello"
     );
+    // Its tokens are counted by plan and model (the scripted runtime names no model).
+    let metrics = crawbl_loadtest::rest::http_client()
+        .get(format!("{}/metrics", stack.edge(0)))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let output = format!(
+        "crawbl_tokens_total{{plan=\"default\",model=\"unknown\",direction=\"output\"}} {}",
+        crawbl_runtime_stub::count_tokens("[assistant] You said: hello")
+    );
+    assert!(metrics.contains(&output), "no {output:?} in {metrics}");
 
     // Another workspace's member: not found, by REST and by socket.
     let stranger = api.sign_up().await;
