@@ -216,6 +216,15 @@ async fn full_turn_reaches_every_socket_of_the_workspace_and_no_other(stack: &St
             &default_agent,
             &expected_text,
         );
+        // Then where the workspace's month stands, and nothing more.
+        let usage = socket.next_event(QUIET).await.expect("usage.update");
+        assert_eq!(usage.name, "usage.update", "{usage:?}");
+        assert_eq!(usage.payload()["workspaceId"], user.workspace_id.as_str());
+        assert!(
+            usage.payload()["used"]
+                .as_u64()
+                .is_some_and(|used| used > 0)
+        );
         assert_quiet(socket).await;
     }
     if let Some(event) = outsider.next_event(QUIET).await {

@@ -75,11 +75,11 @@ pub async fn cancel(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UsageQuery {
-    /// First day (UTC, `YYYY-MM-DD`); default: the first of this month.
-    #[param(pattern = r"^\d{4}-\d{2}-\d{2}$")]
+    /// First day (UTC, `YYYY-MM-DD`); absent or empty: the first of this month.
+    #[param(pattern = r"^(\d{4}-\d{2}-\d{2})?$")]
     from: Option<String>,
-    /// Last day, included; default: today.
-    #[param(pattern = r"^\d{4}-\d{2}-\d{2}$")]
+    /// Last day, included; absent or empty: today.
+    #[param(pattern = r"^(\d{4}-\d{2}-\d{2})?$")]
     to: Option<String>,
 }
 

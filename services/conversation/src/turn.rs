@@ -93,11 +93,11 @@ pub async fn run(
         started,
     };
     let outcome = answer(&deps, &turn, &conversation, &agent, &user_message, &signals).await;
-    let runtime_died = match outcome {
-        Ok(ending) => ending == Ending::RuntimeDied,
+    let (runtime_died, usage) = match outcome {
+        Ok((ending, usage)) => (ending == Ending::RuntimeDied, usage),
         Err(error) => {
             tracing::error!(%error, conversation_id = %conversation.id, "agent turn failed");
-            false
+            (false, None)
         }
     };
 
@@ -108,6 +108,10 @@ pub async fn run(
         store_status(&deps, &agent, AgentStatus::Offline).await;
     } else {
         set_status(&deps, workspace_id, &agent, AgentStatus::Online).await;
+    }
+    // After the turn's own events, which the spec keeps together.
+    if let Some(usage) = usage {
+        announce_usage(&deps, workspace_id, &usage).await;
     }
 }
 
@@ -216,7 +220,7 @@ enum Ending {
 }
 
 /// Creates (or resumes) the agent's reply, streams the runtime's answer into it and stores the
-/// outcome.
+/// outcome, with the turn's usage (also returned, when it was stored).
 async fn answer(
     deps: &TurnDeps,
     turn: &ClaimedTurn,
@@ -224,7 +228,7 @@ async fn answer(
     agent: &Agent,
     user_message: &Message,
     signals: &Signals,
-) -> Result<Ending, ConversationError> {
+) -> Result<(Ending, Option<db::TurnUsage>), ConversationError> {
     let cancel = &signals.cancel;
     // Read before the reply exists, so a failure here leaves no reply `streaming`.
     let request = until_available(cancel, || async {
@@ -240,14 +244,14 @@ async fn answer(
     })
     .await?;
     let Some((mut reply, created)) = started else {
-        return Ok(Ending::Lost);
+        return Ok((Ending::Lost, None));
     };
     deps.outbox.publish(created).await;
 
     let mut text = String::new();
     let streamed = stream_reply(deps, &turn.fence, &mut reply, &mut text, request, signals).await;
     let status = match streamed.ending {
-        Ending::Lost => return Ok(Ending::Lost),
+        Ending::Lost => return Ok((Ending::Lost, None)),
         Ending::Done => MessageStatus::Delivered,
         Ending::Stopped => MessageStatus::Cancelled,
         Ending::Early | Ending::RuntimeDied => db::ended_status(&text, &reply.tool_calls),
@@ -267,11 +271,10 @@ async fn answer(
     };
     // Not cancellable: a cancelled turn still ends its reply.
     let Some((_, updated)) = until_available(&CancellationToken::new(), finish).await? else {
-        return Ok(Ending::Lost); // Deleted with its conversation, or taken over.
+        return Ok((Ending::Lost, None)); // Deleted with its conversation, or taken over.
     };
     deps.outbox.publish([updated]).await;
-    announce_usage(deps, &reply.workspace_id, &usage).await;
-    Ok(streamed.ending)
+    Ok((streamed.ending, Some(usage)))
 }
 
 /// What the turn cost: as the runtime reported it, or, when it reported nothing (the turn was
