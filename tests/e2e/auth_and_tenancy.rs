@@ -546,12 +546,16 @@ fn workspace_routes(
 }
 
 /// The events of one turn on `socket`, up to the agent going back online.
+/// Every event of a turn, up to the usage update that follows the agent's return online.
 async fn turn_events(socket: &mut SioClient) -> Vec<ServerEvent> {
-    let mut seen_update = false;
+    let (mut seen_update, mut online) = (false, false);
     socket
         .events_until(TURN_TIMEOUT, move |event| {
             seen_update |= event.name == "message.updated";
-            seen_update && event.name == "agent.status" && event.payload()["status"] == "online"
+            online |= seen_update
+                && event.name == "agent.status"
+                && event.payload()["status"] == "online";
+            online && event.name == "usage.update"
         })
         .await
 }

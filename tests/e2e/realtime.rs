@@ -45,11 +45,14 @@ async fn until_seq(socket: &mut SioClient, seq: u64) -> Vec<ServerEvent> {
         .await
 }
 
-/// Every event until the agent is back online (the end of a turn).
+/// Every event until the agent is back online and the workspace's usage is told (the end of a
+/// turn).
 async fn until_online(socket: &mut SioClient) -> Vec<ServerEvent> {
+    let mut online = false;
     socket
-        .events_until(WAIT, |event| {
-            event.name == "agent.status" && event.payload()["status"] == "online"
+        .events_until(WAIT, move |event| {
+            online |= event.name == "agent.status" && event.payload()["status"] == "online";
+            online && event.name == "usage.update"
         })
         .await
 }
