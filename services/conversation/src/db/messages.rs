@@ -178,51 +178,78 @@ pub async fn insert_agent_message(
     agent_id: &str,
     reply_to: &str,
 ) -> Result<Option<(Message, Event)>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let reply = EmptyReply {
+        workspace_id,
+        conversation_id,
+        agent_id,
+        reply_to,
+        status: MessageStatus::Streaming,
+    };
+    let (message, event) = insert_empty_reply(&mut tx, &reply).await?;
+    if !super::set_reply(&mut tx, fence, &message.id).await? {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    tx.commit().await?;
+    Ok(Some((message, event)))
+}
+
+/// An agent reply with no text yet (or ever).
+struct EmptyReply<'a> {
+    workspace_id: &'a str,
+    conversation_id: &'a str,
+    agent_id: &'a str,
+    /// The user message it answers.
+    reply_to: &'a str,
+    status: MessageStatus,
+}
+
+/// Stores `reply` with its `message.new` event, inside the caller's transaction.
+async fn insert_empty_reply(
+    connection: &mut AnyConnection,
+    reply: &EmptyReply<'_>,
+) -> Result<(Message, Event), sqlx::Error> {
     let now = now_ms();
     let message = Message {
         id: new_id(),
-        workspace_id: workspace_id.to_owned(),
-        conversation_id: conversation_id.to_owned(),
+        workspace_id: reply.workspace_id.to_owned(),
+        conversation_id: reply.conversation_id.to_owned(),
         role: MessageRole::Agent as i32,
         author_id: None,
-        agent_id: Some(agent_id.to_owned()),
+        agent_id: Some(reply.agent_id.to_owned()),
         local_id: None,
         content: Some(MessageContent {
             r#type: "text".to_owned(),
             text: String::new(),
         }),
-        status: MessageStatus::Streaming as i32,
+        status: reply.status as i32,
         created_at_ms: now,
         updated_at_ms: now,
         tool_calls: Vec::new(),
     };
-    let mut tx = pool.begin().await?;
     sqlx::query(
         "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
              local_id, content_type, text, status, created_at, updated_at, reply_to)
-         VALUES ($1, $2, $3, 'agent', NULL, $4, NULL, 'text', '', 'streaming', $5, $5, $6)",
+         VALUES ($1, $2, $3, 'agent', NULL, $4, NULL, 'text', '', $5, $6, $6, $7)",
     )
     .bind(&message.id)
-    .bind(workspace_id)
-    .bind(conversation_id)
-    .bind(agent_id)
+    .bind(reply.workspace_id)
+    .bind(reply.conversation_id)
+    .bind(reply.agent_id)
+    .bind(message_status_to_db(reply.status))
     .bind(now)
-    .bind(reply_to)
-    .execute(&mut *tx)
+    .bind(reply.reply_to)
+    .execute(&mut *connection)
     .await?;
-    if !super::set_reply(&mut tx, fence, &message.id).await? {
-        tx.rollback().await?;
-        return Ok(None);
-    }
-    touch_conversation(&mut tx, conversation_id, now).await?;
+    touch_conversation(connection, reply.conversation_id, now).await?;
     let event = append_event(
-        &mut tx,
-        workspace_id,
+        connection,
+        reply.workspace_id,
         event::Kind::MessageNew(message.clone()),
     )
     .await?;
-    tx.commit().await?;
-    Ok(Some((message, event)))
+    Ok((message, event))
 }
 
 /// Ends a reply that is still `streaming`: its final text, status and tool calls, and its
@@ -290,7 +317,6 @@ pub async fn cancel_queued_turn(
     user_message: &Message,
     agent_id: &str,
 ) -> Result<Option<(Message, Event)>, sqlx::Error> {
-    let now = now_ms();
     let mut tx = pool.begin().await?;
     let removed = sqlx::query("DELETE FROM turns WHERE id = $1 AND state = 'queued'")
         .bind(turn_id)
@@ -301,45 +327,16 @@ pub async fn cancel_queued_turn(
         tx.rollback().await?;
         return Ok(None);
     }
-    let reply = Message {
-        id: new_id(),
-        workspace_id: user_message.workspace_id.clone(),
-        conversation_id: user_message.conversation_id.clone(),
-        role: MessageRole::Agent as i32,
-        author_id: None,
-        agent_id: Some(agent_id.to_owned()),
-        local_id: None,
-        content: Some(MessageContent {
-            r#type: "text".to_owned(),
-            text: String::new(),
-        }),
-        status: MessageStatus::Cancelled as i32,
-        created_at_ms: now,
-        updated_at_ms: now,
-        tool_calls: Vec::new(),
+    let reply = EmptyReply {
+        workspace_id: &user_message.workspace_id,
+        conversation_id: &user_message.conversation_id,
+        agent_id,
+        reply_to: &user_message.id,
+        status: MessageStatus::Cancelled,
     };
-    sqlx::query(
-        "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
-             local_id, content_type, text, status, created_at, updated_at, reply_to)
-         VALUES ($1, $2, $3, 'agent', NULL, $4, NULL, 'text', '', 'cancelled', $5, $5, $6)",
-    )
-    .bind(&reply.id)
-    .bind(&reply.workspace_id)
-    .bind(&reply.conversation_id)
-    .bind(agent_id)
-    .bind(now)
-    .bind(&user_message.id)
-    .execute(&mut *tx)
-    .await?;
-    touch_conversation(&mut tx, &reply.conversation_id, now).await?;
-    let event = append_event(
-        &mut tx,
-        &reply.workspace_id,
-        event::Kind::MessageNew(reply.clone()),
-    )
-    .await?;
+    let stored = insert_empty_reply(&mut tx, &reply).await?;
     tx.commit().await?;
-    Ok(Some((reply, event)))
+    Ok(Some(stored))
 }
 
 /// The user message an agent reply answers.
