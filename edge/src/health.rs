@@ -61,10 +61,8 @@ impl Readiness {
             ("conversation", client(&config.conversation_url)?),
         ];
         // Every runtime-proxy instance: each owns a share of the workspaces.
-        for url in config.runtime_proxy_url.split(',').map(str::trim) {
-            if !url.is_empty() {
-                services.push(("runtimeProxy", client(url)?));
-            }
+        for url in crawbl_infra::grpc::Shards::addresses(&config.runtime_proxy_url) {
+            services.push(("runtimeProxy", client(url)?));
         }
         Ok(Self {
             services,

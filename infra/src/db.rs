@@ -107,6 +107,13 @@ pub async fn connect(url: &str, migrations: Migrations) -> anyhow::Result<AnyPoo
     Ok(pool)
 }
 
+/// Whether `error` is a unique-constraint violation, on either backend.
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_unique_violation())
+}
+
 /// Whether `error` says the database cannot be used right now (it is down, restarting, shutting
 /// down or out of connections, or no pool connection freed up in time) rather than that the
 /// query is wrong: the caller should answer "unavailable, retry" instead of "internal error".

@@ -410,20 +410,13 @@ struct Shard {
 impl Shards {
     /// `addresses`: comma-separated `http://host:port`, at least one; duplicates are ignored.
     pub fn new(addresses: &str) -> anyhow::Result<Self> {
-        let mut seen = std::collections::BTreeSet::new();
         let mut instances = Vec::new();
-        for address in addresses
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-        {
-            if seen.insert(address) {
-                instances.push(Shard {
-                    address: address.to_owned(),
-                    hash: stable_hash(address.as_bytes()),
-                    channel: channel(address)?,
-                });
-            }
+        for address in Self::addresses(addresses) {
+            instances.push(Shard {
+                hash: stable_hash(address.as_bytes()),
+                channel: channel(address)?,
+                address: address.to_owned(),
+            });
         }
         anyhow::ensure!(
             !instances.is_empty(),
@@ -432,6 +425,15 @@ impl Shards {
         Ok(Self {
             instances: instances.into(),
         })
+    }
+
+    /// The distinct addresses of a comma-separated list, in order.
+    pub fn addresses(list: &str) -> Vec<&str> {
+        let mut seen = std::collections::BTreeSet::new();
+        list.split(',')
+            .map(str::trim)
+            .filter(|address| !address.is_empty() && seen.insert(*address))
+            .collect()
     }
 
     /// The channel to the instance that owns `key`.

@@ -9,9 +9,4 @@ pub mod throttle;
 pub mod users;
 pub mod workspaces;
 
-/// Whether `error` is a unique-constraint violation, on either backend.
-pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|error| error.is_unique_violation())
-}
+pub use crawbl_infra::db::is_unique_violation;

@@ -24,12 +24,7 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-/// Whether `error` is a unique-constraint violation, on either backend.
-pub fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|error| error.is_unique_violation())
-}
+pub use crawbl_infra::db::is_unique_violation;
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
