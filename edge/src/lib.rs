@@ -3,19 +3,9 @@
 //! never touches a database, and delivers the events services publish to the sockets of each
 //! workspace's room that are connected to this node.
 
-mod access;
-mod auth;
-mod cluster;
-mod error;
-mod health;
-mod json;
-mod keys;
-mod limits;
-mod metrics;
-mod openapi;
-mod peer;
 mod realtime;
-mod routes;
+mod rest;
+mod shared;
 mod state;
 
 use std::net::SocketAddr;
@@ -28,6 +18,7 @@ use crawbl_infra::notify::Notifier;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use shared::{access, cluster, limits, metrics, peer};
 pub use state::AppState;
 
 /// How long sockets get to close at shutdown before the edge stops waiting for them.
@@ -96,10 +87,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (follows, deliveries) = bus.subscriber();
-    let state = AppState::connect(&config, follows, shutdown.clone())?;
+    let state = AppState::connect(&config, shutdown.clone())?;
+    let fanout = realtime::Fanout::new(
+        state.sockets.clone(),
+        state.conversations.clone(),
+        follows,
+        config.typing_ttl,
+    );
     let adapter = cluster::adapter(config.redis_url.as_deref()).await?;
-    let (socket_layer, io) = realtime::layer(state.clone(), adapter).await?;
-    state.sockets.set(io.clone());
+    let (socket_layer, io) = realtime::layer(state.clone(), fanout.clone(), adapter).await?;
+    state
+        .sockets
+        .set(io.clone(), std::sync::Arc::new(realtime::Moves));
     metrics::register(state.sockets.clone());
     let sockets = state.sockets.clone();
     let keys = tokio::spawn(state.access.keys().maintain(shutdown.clone()));
@@ -109,15 +108,14 @@ pub async fn run(
         auth_changes.subscribe(),
         shutdown.clone(),
     ));
-    let state_realtime = state.realtime.clone();
-    let app = routes::router(state)?
+    let app = rest::router(state)?
         .layer(socket_layer)
         .layer(axum::middleware::map_request(own_request_parts))
         .into_make_service_with_connect_info::<SocketAddr>();
 
     let delivery = tokio::spawn(realtime::deliver_events(
         io,
-        state_realtime,
+        fanout,
         deliveries,
         shutdown.clone(),
     ));
@@ -231,10 +229,10 @@ async fn own_request_parts(mut request: axum::extract::Request) -> axum::extract
 /// live in private modules. Not an API (hidden, no stability promise).
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::auth::token_from_headers;
-    pub use crate::json::SocketEvent;
-    pub use crate::peer::TrustedProxies;
-    pub use crate::routes::router;
+    pub use crate::rest::router;
+    pub use crate::shared::auth::token_from_headers;
+    pub use crate::shared::json::SocketEvent;
+    pub use crate::shared::peer::TrustedProxies;
 
     /// Parsers of Socket.IO client payloads; their methods are defined beside the code they call,
     /// in `realtime/since.rs`, `realtime/subscriptions.rs` and `realtime/cancel.rs` (modules

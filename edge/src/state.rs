@@ -2,21 +2,18 @@ use crawbl_proto::auth::v1::auth_service_client::AuthServiceClient;
 use crawbl_proto::conversation::v1::conversation_service_client::ConversationServiceClient;
 use std::sync::Arc;
 
-use crawbl_infra::bus::Follows;
 use crawbl_infra::grpc::{Channel, Shards};
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
-use crate::access::Access;
-use crate::cluster::Sockets;
-use crate::health::Readiness;
-use crate::limits::{Limiter, Limits};
-use crate::realtime::Fanout;
+use crate::shared::access::Access;
+use crate::shared::cluster::Sockets;
+use crate::shared::health::Readiness;
+use crate::shared::limits::{Limiter, Limits};
 
-/// What every handler shares: clients of the services (cheap to clone), who may do what
-/// ([`Access`]), the sockets of every edge node ([`Sockets`]), the delivery of events to this
-/// node's sockets ([`Fanout`]), what `/readyz` asks ([`Readiness`]) and the rate limits
-/// ([`Limits`]).
+/// What every handler, REST or socket, shares: clients of the services (cheap to clone), who
+/// may do what ([`Access`]), the sockets of every edge node ([`Sockets`]), what `/readyz` asks
+/// ([`Readiness`]) and the rate limits ([`Limits`]).
 #[derive(Clone)]
 pub struct AppState {
     pub auth: AuthServiceClient<Channel>,
@@ -25,32 +22,20 @@ pub struct AppState {
     pub runtimes: Shards,
     pub access: Arc<Access>,
     pub sockets: Sockets,
-    pub realtime: Arc<Fanout>,
     pub readiness: Arc<Readiness>,
     pub limits: Arc<Limits>,
 }
 
 impl AppState {
-    /// Clients connect lazily, so the edge starts even when a service is not up yet. `follows`
-    /// picks the workspaces whose bus events this node receives; `shutdown` makes the node
-    /// report itself not ready while it drains.
-    pub fn connect(
-        config: &Config,
-        follows: Follows,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    /// Clients connect lazily, so the edge starts even when a service is not up yet. `shutdown`
+    /// makes the node report itself not ready while it drains.
+    pub fn connect(config: &Config, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let auth = AuthServiceClient::new(crawbl_infra::grpc::channel(&config.auth_url)?);
         let conversations =
             ConversationServiceClient::new(crawbl_infra::grpc::channel(&config.conversation_url)?);
         let sockets = Sockets::default();
         Ok(Self {
             access: Arc::new(Access::new(auth.clone())),
-            realtime: Fanout::new(
-                sockets.clone(),
-                conversations.clone(),
-                follows,
-                config.typing_ttl,
-            ),
             sockets,
             readiness: Arc::new(Readiness::new(config, shutdown)?),
             limits: Arc::new(Limits {

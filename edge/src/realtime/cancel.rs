@@ -10,9 +10,9 @@ use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 
 use crate::AppState;
-use crate::auth::Caller;
-use crate::cluster::Adapter;
-use crate::json::Message;
+use crate::shared::auth::Caller;
+use crate::shared::cluster::Adapter;
+use crate::shared::json::Message;
 
 /// Longest id accepted in a payload.
 const MAX_ID_BYTES: usize = 128;

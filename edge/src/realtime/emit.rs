@@ -19,8 +19,8 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::presence::Presence;
-use crate::cluster::Adapter;
-use crate::json::SocketEvent;
+use crate::shared::cluster::Adapter;
+use crate::shared::json::SocketEvent;
 
 /// How long a replay waits for a socket's full buffer to drain before giving up on the socket.
 const STALL_LIMIT: Duration = Duration::from_secs(10);

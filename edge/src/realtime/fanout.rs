@@ -35,8 +35,8 @@ use super::presence::Presence;
 use super::recent::Recent;
 use super::sequencer::Sequencer;
 use super::typing::Typing;
-use super::workspace_room;
-use crate::cluster::{Adapter, Sockets};
+use crate::shared::cluster::{Adapter, Sockets};
+use crate::shared::rooms::workspace_room;
 
 /// How long an event waits behind a gap for the missing one before the gap is filled from the
 /// log (reordering across publishers settles in milliseconds).
@@ -203,11 +203,6 @@ impl Fanout {
             entry.workspace.stop.cancel();
             tracing::debug!(workspace_id, "unfollowed a workspace");
         }
-    }
-
-    /// How many workspaces this node follows.
-    pub fn tracked_count(&self) -> usize {
-        lock(&self.tracked).len()
     }
 
     /// Waits until `workspace` is followed on the bus and its position known.

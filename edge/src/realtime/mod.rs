@@ -12,10 +12,12 @@ mod subscriptions;
 mod typing;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crawbl_infra::bus::Delivery;
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::Deserialize;
 use serde_json::Value;
@@ -32,13 +34,14 @@ use presence::Presence;
 use since::{Since, SinceError};
 
 use crate::AppState;
-use crate::auth::{AuthFailure, Caller, Credential, token_from_headers, verify};
-use crate::cluster::{
-    Adapter, ClusterDriver, api_key_room, following_room, session_room, user_room,
+use crate::shared::auth::{AuthFailure, Caller, Credential, token_from_headers, verify};
+use crate::shared::cluster::{Adapter, ClusterDriver, RoomMoves};
+use crate::shared::limits::Limited;
+use crate::shared::rooms::{
+    NAMESPACE, WORKSPACE_ROOM_PREFIX, api_key_room, following_room, session_room, user_room,
+    workspace_room,
 };
-use crate::limits::Limited;
 
-pub const NAMESPACE: &str = "/v1";
 /// Largest packet a client may send; clients send little more than acks and subscriptions.
 /// Bounds a long-polling request's body and a websocket message (and frame) alike: socketioxide
 /// applies `max_payload` to polling only and lets websocket messages grow to 64 MiB.
@@ -57,21 +60,17 @@ const WS_READ_BUFFER_BYTES: usize = 256;
 /// through the adapter (another node adding a member), which this node hears of from auth too,
 /// but not if that announcement was lost.
 const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
-const WORKSPACE_ROOM_PREFIX: &str = "workspace:";
-
-/// The room of a workspace's sockets.
-pub fn workspace_room(workspace_id: &str) -> String {
-    format!("{WORKSPACE_ROOM_PREFIX}{workspace_id}")
-}
 
 /// The Socket.IO layer for the router and the handle to emit through, with `adapter` between
-/// edge nodes (see [`crate::cluster`]).
+/// edge nodes (see [`crate::shared::cluster`]).
 pub async fn layer(
     state: AppState,
+    fanout: Arc<Fanout>,
     adapter: RedisAdapterCtr<ClusterDriver>,
 ) -> anyhow::Result<(SocketIoLayer<Adapter>, SocketIo<Adapter>)> {
     let (layer, io) = SocketIo::builder()
         .with_state(state)
+        .with_state(fanout)
         .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
         .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
         .ws_max_frame_size(MAX_CLIENT_PACKET_BYTES)
@@ -135,6 +134,7 @@ struct PendingReplay(Since);
 async fn authenticate(
     socket: SocketRef<Adapter>,
     State(state): State<AppState>,
+    State(fanout): State<Arc<Fanout>>,
     TryData(auth): TryData<HandshakeAuth>,
 ) -> Result<(), HandshakeError> {
     let address = state
@@ -148,7 +148,7 @@ async fn authenticate(
             .check(address)
             .map_err(HandshakeError::RateLimited)?;
     }
-    let admitted = admit(&socket, &state, auth).await;
+    let admitted = admit(&socket, &state, fanout, auth).await;
     if let (Err(error), Some(address)) = (&admitted, &address)
         && error.is_clients_fault()
     {
@@ -162,6 +162,7 @@ async fn authenticate(
 async fn admit(
     socket: &SocketRef<Adapter>,
     state: &AppState,
+    fanout: Arc<Fanout>,
     auth: Result<HandshakeAuth, socketioxide::ParserError>,
 ) -> Result<(), HandshakeError> {
     let auth = auth.map_err(|_| HandshakeError::BadPayload)?;
@@ -197,7 +198,7 @@ async fn admit(
         Credential::Session(session_id) => session_room(session_id),
         Credential::ApiKey(api_key_id) => api_key_room(api_key_id),
     });
-    let presence = Presence::new(state.realtime.clone());
+    let presence = Presence::new(fanout);
     let live: Vec<&String> = workspaces
         .iter()
         .filter(|id| !since.contains_key(*id))
@@ -217,7 +218,7 @@ async fn admit(
     Ok(())
 }
 
-async fn on_connect(socket: SocketRef<Adapter>, State(state): State<AppState>) {
+async fn on_connect(socket: SocketRef<Adapter>, State(fanout): State<Arc<Fanout>>) {
     socket.on("workspace.subscribe", subscriptions::subscribe);
     socket.on("workspace.unsubscribe", subscriptions::unsubscribe);
     socket.on("message.cancel", cancel::cancel);
@@ -235,8 +236,7 @@ async fn on_connect(socket: SocketRef<Adapter>, State(state): State<AppState>) {
         return;
     };
     for (workspace_id, seq) in since {
-        if !state
-            .realtime
+        if !fanout
             .replay_and_join(&socket, &presence, &workspace_id, seq)
             .await
         {
@@ -249,7 +249,7 @@ async fn on_connect(socket: SocketRef<Adapter>, State(state): State<AppState>) {
 /// the followed workspaces in step.
 pub async fn deliver_events(
     io: SocketIo<Adapter>,
-    fanout: std::sync::Arc<Fanout>,
+    fanout: Arc<Fanout>,
     mut deliveries: BoxStream<'static, Delivery>,
     shutdown: CancellationToken,
 ) {
@@ -274,27 +274,39 @@ pub async fn deliver_events(
     }
 }
 
-/// Puts this node's sockets of a user who joined a workspace into its room (they followed all
-/// of the user's workspaces).
-pub async fn join_here(namespace: BroadcastOperators<Adapter>, user_id: &str, workspace_id: &str) {
-    let sockets = namespace.local().to(following_room(user_id)).sockets();
-    for socket in sockets {
-        let Some(presence) = Presence::of(&socket) else {
-            continue;
-        };
-        presence.track(workspace_id).await;
-        socket.join(workspace_room(workspace_id));
-        presence.joined(workspace_id);
-    }
-}
+/// This node's room moves (see [`RoomMoves`]), which keep each socket's [`Presence`] in step.
+pub struct Moves;
 
-/// Takes this node's sockets of a user who left a workspace out of its room.
-pub fn leave_here(namespace: BroadcastOperators<Adapter>, user_id: &str, workspace_id: &str) {
-    let sockets = namespace.local().to(user_room(user_id)).sockets();
-    for socket in sockets {
-        socket.leave(workspace_room(workspace_id));
-        if let Some(presence) = Presence::of(&socket) {
-            presence.untrack(workspace_id);
+impl RoomMoves for Moves {
+    /// Puts this node's sockets of a user who joined a workspace into its room (they followed
+    /// all of the user's workspaces).
+    fn join<'a>(
+        &'a self,
+        namespace: BroadcastOperators<Adapter>,
+        user_id: &'a str,
+        workspace_id: &'a str,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let sockets = namespace.local().to(following_room(user_id)).sockets();
+            for socket in sockets {
+                let Some(presence) = Presence::of(&socket) else {
+                    continue;
+                };
+                presence.track(workspace_id).await;
+                socket.join(workspace_room(workspace_id));
+                presence.joined(workspace_id);
+            }
+        })
+    }
+
+    /// Takes this node's sockets of a user who left a workspace out of its room.
+    fn leave(&self, namespace: BroadcastOperators<Adapter>, user_id: &str, workspace_id: &str) {
+        let sockets = namespace.local().to(user_room(user_id)).sockets();
+        for socket in sockets {
+            socket.leave(workspace_room(workspace_id));
+            if let Some(presence) = Presence::of(&socket) {
+                presence.untrack(workspace_id);
+            }
         }
     }
 }

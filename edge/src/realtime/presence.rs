@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use socketioxide::extract::SocketRef;
 
 use super::fanout::{Fanout, Workspace};
-use crate::cluster::Adapter;
+use crate::shared::cluster::Adapter;
 
 pub struct Presence {
     fanout: Arc<Fanout>,

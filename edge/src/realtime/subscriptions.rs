@@ -4,17 +4,19 @@
 //! of fails the whole request.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 
+use super::fanout::Fanout;
 use super::presence::Presence;
 use super::since::{self, Since};
-use super::workspace_room;
 use crate::AppState;
-use crate::auth::Caller;
-use crate::cluster::Adapter;
+use crate::shared::auth::Caller;
+use crate::shared::cluster::Adapter;
+use crate::shared::rooms::workspace_room;
 
 /// Workspaces one request may name.
 const MAX_WORKSPACES: usize = since::MAX_WORKSPACES;
@@ -86,6 +88,7 @@ struct Request {
 pub async fn subscribe(
     socket: SocketRef<Adapter>,
     State(state): State<AppState>,
+    State(fanout): State<Arc<Fanout>>,
     TryData(payload): TryData<Value>,
     ack: AckSender<Adapter>,
 ) {
@@ -101,8 +104,7 @@ pub async fn subscribe(
             }
             match request.since.get(workspace_id) {
                 Some(&since) => {
-                    if !state
-                        .realtime
+                    if !fanout
                         .replay_and_join(&socket, &presence, workspace_id, since)
                         .await
                     {

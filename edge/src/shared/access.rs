@@ -39,8 +39,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::cluster::{SocketChange, Sockets};
-use crate::keys::KeyStore;
+use crate::shared::cluster::{SocketChange, Sockets};
+use crate::shared::keys::KeyStore;
 
 /// Who access tokens must be issued by and for.
 pub const ISSUER: &str = "crawbl-auth";

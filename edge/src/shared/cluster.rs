@@ -4,7 +4,7 @@
 //! driver is [`ClusterDriver::Alone`] and every operation stays on this node.
 //!
 //! The adapter carries only these operations. Service events are delivered by each node to its
-//! own sockets (`realtime::deliver` uses `.local()`): through the adapter every broadcast would go
+//! own sockets (`realtime::fanout` uses `.local()`): through the adapter every broadcast would go
 //! through Redis first, and during an outage local sockets would get nothing either.
 //!
 //! socketioxide-redis' stock redis-rs driver never recovers after Redis restarts, so
@@ -17,6 +17,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind};
 use socketioxide::SocketIo;
@@ -27,7 +28,9 @@ use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 use tokio::sync::mpsc;
 
-use crate::realtime::{self, NAMESPACE, workspace_room};
+use crate::shared::rooms::{
+    NAMESPACE, api_key_room, following_room, session_room, user_room, workspace_room,
+};
 
 /// The Socket.IO adapter of every edge node.
 pub type Adapter = CustomRedisAdapter<Emitter, ClusterDriver>;
@@ -38,27 +41,6 @@ const CHANNEL_PREFIX: &str = "crawbl:socket.io";
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle connection is checked, so a lost one is replaced (and resubscribed) soon.
 const HEARTBEAT: Duration = Duration::from_secs(5);
-
-/// The room of every socket of a user.
-pub fn user_room(user_id: &str) -> String {
-    format!("user:{user_id}")
-}
-
-/// The room of a user's sockets that follow all of the user's workspaces (connected without
-/// `auth.workspaceId`): they join workspaces the user is added to.
-pub fn following_room(user_id: &str) -> String {
-    format!("user:{user_id}:all")
-}
-
-/// The room of the sockets authenticated by one session's access tokens.
-pub fn session_room(session_id: &str) -> String {
-    format!("session:{session_id}")
-}
-
-/// The room of the sockets authenticated by one API key.
-pub fn api_key_room(api_key_id: &str) -> String {
-    format!("apikey:{api_key_id}")
-}
 
 /// The adapter's constructor for `redis_url`, or for this node alone.
 pub async fn adapter(redis_url: Option<&str>) -> anyhow::Result<RedisAdapterCtr<ClusterDriver>> {
@@ -90,17 +72,33 @@ pub enum SocketChange {
 /// The node's Socket.IO server, for changing sockets from REST handlers and background tasks.
 /// Set once the Socket.IO layer is built.
 #[derive(Clone, Default)]
-pub struct Sockets(Arc<OnceLock<SocketIo<Adapter>>>);
+pub struct Sockets(Arc<OnceLock<Server>>);
+
+/// The Socket.IO server and how it moves this node's sockets between rooms.
+type Server = (SocketIo<Adapter>, Arc<dyn RoomMoves>);
+
+/// How this node moves its own sockets of a user into or out of a workspace's room. The socket
+/// side implements it (`realtime::Moves`), because joining also makes the node follow the
+/// workspace's events.
+pub trait RoomMoves: Send + Sync + 'static {
+    fn join<'a>(
+        &'a self,
+        namespace: BroadcastOperators<Adapter>,
+        user_id: &'a str,
+        workspace_id: &'a str,
+    ) -> BoxFuture<'a, ()>;
+    fn leave(&self, namespace: BroadcastOperators<Adapter>, user_id: &str, workspace_id: &str);
+}
 
 impl Sockets {
-    pub fn set(&self, io: SocketIo<Adapter>) {
-        if self.0.set(io).is_err() {
+    pub fn set(&self, io: SocketIo<Adapter>, moves: Arc<dyn RoomMoves>) {
+        if self.0.set((io, moves)).is_err() {
             tracing::warn!("the socket server was set twice; keeping the first");
         }
     }
 
     pub(crate) fn namespace(&self) -> Option<BroadcastOperators<Adapter>> {
-        self.0.get()?.of(NAMESPACE)
+        self.0.get()?.0.of(NAMESPACE)
     }
 
     /// This node's sockets.
@@ -114,7 +112,7 @@ impl Sockets {
     /// their transport close, which Socket.IO clients answer by reconnecting (through the load
     /// balancer, to another node), whereas a server disconnect tells them not to come back.
     pub async fn close_for_shutdown(&self) {
-        if let Some(io) = self.0.get() {
+        if let Some((io, _)) = self.0.get() {
             io.close().await;
         }
     }
@@ -135,18 +133,18 @@ impl Sockets {
 
     /// Applies `change` to this node's sockets only.
     pub async fn apply_locally(&self, change: &SocketChange) {
-        let Some(namespace) = self.namespace() else {
+        let (Some(namespace), Some((_, moves))) = (self.namespace(), self.0.get()) else {
             return;
         };
         match change {
             SocketChange::JoinWorkspace {
                 user_id,
                 workspace_id,
-            } => realtime::join_here(namespace, user_id, workspace_id).await,
+            } => moves.join(namespace, user_id, workspace_id).await,
             SocketChange::LeaveWorkspace {
                 user_id,
                 workspace_id,
-            } => realtime::leave_here(namespace, user_id, workspace_id),
+            } => moves.leave(namespace, user_id, workspace_id),
             SocketChange::DisconnectSession(_) | SocketChange::DisconnectApiKey(_) => {
                 if let Err(error) = apply(namespace.local(), change).await {
                     tracing::warn!(%error, ?change, "cannot apply a socket change");

@@ -8,6 +8,7 @@ mod events;
 mod extract;
 mod members;
 mod messages;
+mod openapi;
 mod operability;
 mod turns;
 mod users;
@@ -24,8 +25,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::error::ApiError;
-use crate::openapi::ApiDoc;
+use crate::rest::openapi::ApiDoc;
+use crate::shared::error::ApiError;
 use operability::OpenApiJson;
 
 /// Largest request body accepted (SPEC §8).
@@ -64,13 +65,15 @@ fn documented_routes() -> OpenApiRouter<AppState> {
 
 pub fn router(state: AppState) -> anyhow::Result<Router> {
     let (routes, openapi) = documented_routes().split_for_parts();
-    let document = OpenApiJson(Arc::from(crate::openapi::to_json(openapi)?));
+    let document = OpenApiJson(Arc::from(crate::rest::openapi::to_json(openapi)?));
     Ok(routes
         .route_layer(axum::middleware::from_fn(trace_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Outside the route layer, so unmatched requests are counted too.
-        .layer(axum::middleware::from_fn(crate::metrics::record_request))
+        .layer(axum::middleware::from_fn(
+            crate::shared::metrics::record_request,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(Extension(document))
         .with_state(state))
@@ -126,7 +129,7 @@ mod tests {
     /// The OpenAPI document of every route, as the edge serves it.
     fn openapi_document() -> anyhow::Result<String> {
         let (_, openapi) = documented_routes().split_for_parts();
-        crate::openapi::to_json(openapi)
+        crate::rest::openapi::to_json(openapi)
     }
 
     fn unreachable_services() -> crate::Config {
@@ -138,9 +141,9 @@ mod tests {
             runtime_proxy_url: "http://127.0.0.1:9".to_owned(),
             redis_url: None,
             typing_ttl: std::time::Duration::from_secs(60),
-            send_limit: crate::limits::DEFAULT_SENDS,
-            failed_handshake_limit: crate::limits::DEFAULT_FAILED_HANDSHAKES,
-            trusted_proxies: crate::peer::TrustedProxies::default(),
+            send_limit: crate::shared::limits::DEFAULT_SENDS,
+            failed_handshake_limit: crate::shared::limits::DEFAULT_FAILED_HANDSHAKES,
+            trusted_proxies: crate::shared::peer::TrustedProxies::default(),
         }
     }
 
@@ -184,9 +187,8 @@ mod tests {
         }
 
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let (follows, _deliveries) = crawbl_infra::bus::EventBus::in_process().subscriber();
-        let state = AppState::connect(&unreachable_services(), follows, shutdown)
-            .expect("state with lazy clients");
+        let state =
+            AppState::connect(&unreachable_services(), shutdown).expect("state with lazy clients");
         let router = router(state).expect("router");
         for (method, path) in operations {
             // Path parameters as plain words; no credentials: the route still answers with its

@@ -8,9 +8,9 @@ use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
-use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::json::{Data, User};
+use crate::shared::auth::Caller;
+use crate::shared::error::ApiError;
+use crate::shared::json::{Data, User};
 
 /// `GET /v1/users/me`.
 #[utoipa::path(

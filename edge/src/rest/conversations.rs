@@ -10,9 +10,9 @@ use utoipa::ToSchema;
 
 use super::extract::{ApiJson, ApiQuery, PageQuery};
 use crate::AppState;
-use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::json::{Conversation, Data, Page};
+use crate::shared::auth::Caller;
+use crate::shared::error::ApiError;
+use crate::shared::json::{Conversation, Data, Page};
 
 /// `GET /v1/workspaces/{w}/conversations?before=<cursor>&limit=<1..100>`, most recently
 /// active first.

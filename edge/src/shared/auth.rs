@@ -1,5 +1,5 @@
 //! Who is calling: the credential of a REST request or Socket.IO handshake, verified on this node
-//! (see [`crate::access`]), with the caller's workspace memberships.
+//! (see [`crate::shared::access`]), with the caller's workspace memberships.
 
 use std::sync::Arc;
 
@@ -9,8 +9,8 @@ use axum::http::{HeaderMap, StatusCode};
 use crawbl_proto::auth::v1::Workspace;
 
 use crate::AppState;
-pub use crate::access::{AuthFailure, Credential, Identity};
-use crate::error::ApiError;
+pub use crate::shared::access::{AuthFailure, Credential, Identity};
+use crate::shared::error::ApiError;
 
 /// The token from `X-Token: <token>` or `Authorization: Bearer <token>`, if either is present.
 pub fn token_from_headers(headers: &HeaderMap) -> Option<&str> {

@@ -9,10 +9,10 @@ use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
-use crate::auth::Caller;
-use crate::cluster::SocketChange;
-use crate::error::ApiError;
-use crate::json::{Data, Page, Runtime, Workspace};
+use crate::shared::auth::Caller;
+use crate::shared::cluster::SocketChange;
+use crate::shared::error::ApiError;
+use crate::shared::json::{Data, Page, Runtime, Workspace};
 
 /// `GET /v1/workspaces`: the caller's workspaces, oldest membership first.
 #[utoipa::path(

@@ -8,7 +8,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::error::ApiError;
+use crate::shared::error::ApiError;
 
 /// A JSON object body: 400 `INVALID_JSON` when it does not parse or is not an object, 413
 /// `BODY_TOO_LARGE` past the limit.

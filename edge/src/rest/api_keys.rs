@@ -9,10 +9,10 @@ use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
-use crate::auth::Caller;
-use crate::cluster::SocketChange;
-use crate::error::ApiError;
-use crate::json::{Data, Page, timestamp};
+use crate::shared::auth::Caller;
+use crate::shared::cluster::SocketChange;
+use crate::shared::error::ApiError;
+use crate::shared::json::{Data, Page, timestamp};
 
 /// An API key as listed: never the key itself, only its first characters.
 #[derive(Serialize, ToSchema)]

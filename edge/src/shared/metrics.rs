@@ -9,8 +9,8 @@ use std::time::Instant;
 use axum::extract::MatchedPath;
 use crawbl_infra::metrics::{CounterVec, Gauge, HistogramVec, LATENCY_BUCKETS, registry, to_i64};
 
-use crate::cluster::Sockets;
-use crate::realtime::workspace_room;
+use crate::shared::cluster::Sockets;
+use crate::shared::rooms::workspace_room;
 
 static REQUESTS: LazyLock<CounterVec> = LazyLock::new(|| {
     registry().counter_vec(

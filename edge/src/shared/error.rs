@@ -68,7 +68,10 @@ impl ApiError {
     }
 
     /// 429 `RATE_LIMITED` with `Retry-After`.
-    pub fn rate_limited(limited: &crate::limits::Limited, message: impl Into<String>) -> Self {
+    pub fn rate_limited(
+        limited: &crate::shared::limits::Limited,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             retry_after_secs: Some(limited.retry_after_secs()),
             ..Self::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", message)

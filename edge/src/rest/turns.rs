@@ -13,9 +13,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::agents::require_admin;
 use super::extract::ApiQuery;
 use crate::AppState;
-use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
-use crate::json::{Data, Message, timestamp};
+use crate::shared::auth::Caller;
+use crate::shared::error::{ApiError, ErrorBody};
+use crate::shared::json::{Data, Message, timestamp};
 
 /// A cancel's answer: the reply it stopped (`cancelled`, also when stopped before), or 409
 /// `TURN_FINISHED` with the message as it is when the turn had ended some other way.

@@ -7,9 +7,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiJson, ApiQuery, PageQuery};
 use crate::AppState;
-use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
-use crate::json::{Data, Message, Page};
+use crate::shared::auth::Caller;
+use crate::shared::error::{ApiError, ErrorBody};
+use crate::shared::json::{Data, Message, Page};
 
 /// `GET …/messages?before=<cursor>&limit=<1..100>`, newest first.
 #[utoipa::path(

@@ -13,9 +13,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiJson, ApiQuery};
 use crate::AppState;
-use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
-use crate::json::{Agent, Data, Page};
+use crate::shared::auth::Caller;
+use crate::shared::error::{ApiError, ErrorBody};
+use crate::shared::json::{Agent, Data, Page};
 
 /// Agents (and usage) are managed by owners and admins; members see the 403 (the workspace is
 /// theirs to see, so nothing leaks).

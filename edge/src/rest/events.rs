@@ -6,9 +6,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::ApiQuery;
 use crate::AppState;
-use crate::auth::Caller;
-use crate::error::{ApiError, ErrorBody};
-use crate::json::{Page, SocketEvent};
+use crate::shared::auth::Caller;
+use crate::shared::error::{ApiError, ErrorBody};
+use crate::shared::json::{Page, SocketEvent};
 
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

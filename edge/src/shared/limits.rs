@@ -12,7 +12,7 @@ use std::time::Duration;
 use crawbl_infra::config;
 use tokio::time::Instant;
 
-use crate::peer::TrustedProxies;
+use crate::shared::peer::TrustedProxies;
 
 /// How often a limiter forgets subjects whose allowance is full again.
 const PRUNE_EVERY: u32 = 4096;

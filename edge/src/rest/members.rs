@@ -12,10 +12,10 @@ use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
-use crate::auth::Caller;
-use crate::cluster::SocketChange;
-use crate::error::{ApiError, ErrorBody};
-use crate::json::{Data, Page, User, timestamp};
+use crate::shared::auth::Caller;
+use crate::shared::cluster::SocketChange;
+use crate::shared::error::{ApiError, ErrorBody};
+use crate::shared::json::{Data, Page, User, timestamp};
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

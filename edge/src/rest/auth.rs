@@ -11,11 +11,11 @@ use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use crate::AppState;
-use crate::access::API_KEY_PREFIX;
-use crate::auth::{AuthFailure, token_from_headers};
-use crate::cluster::SocketChange;
-use crate::error::{ApiError, ErrorBody};
-use crate::json::{Data, Session};
+use crate::shared::access::API_KEY_PREFIX;
+use crate::shared::auth::{AuthFailure, token_from_headers};
+use crate::shared::cluster::SocketChange;
+use crate::shared::error::{ApiError, ErrorBody};
+use crate::shared::json::{Data, Session};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

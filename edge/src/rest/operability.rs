@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use crate::AppState;
-use crate::health::ReadinessReport;
+use crate::shared::health::ReadinessReport;
 
 /// `GET /healthz`: the process is up (says nothing about its dependencies).
 #[utoipa::path(
