@@ -46,6 +46,8 @@ put('socket_payloads', 'handshake_workspace', json.dumps({"workspaceId": "w1", "
 put('socket_payloads', 'subscribe', json.dumps({"workspaceIds": ["w1", "w2", "w1"], "since": {"w2": 4}}))
 put('socket_payloads', 'unsubscribe', json.dumps({"workspaceIds": ["w1"]}))
 put('socket_payloads', 'since', json.dumps({"w1": 0, "w2": 18446744073709551615}))
+put('socket_payloads', 'send', json.dumps({"conversationId": "c1", "localId": "l1", "content": {"type": "text", "text": "hi @assistant", "mentions": ["a1"]}}))
+put('socket_payloads', 'typing', json.dumps({"conversationId": "c1", "isTyping": True}))
 
 # Protobuf, by hand.
 def varint(n):
@@ -72,6 +74,9 @@ put('event', 'agent_typing', envelope(0, f_bytes(12, f_bytes(1, C) + f_bytes(2, 
 put('event', 'agent_status', envelope(0, f_bytes(13, f_bytes(1, A) + f_varint(2, 2))))
 put('event', 'message_delta', envelope(0, f_bytes(14, f_bytes(1, M) + f_bytes(2, C) + f_bytes(3, A) + f_bytes(4, 'hel') + f_varint(5, 0))))
 put('event', 'agent_tool', envelope(0, f_bytes(15, f_bytes(1, M) + f_bytes(2, C) + f_bytes(3, A) + f_bytes(4, tool))))
+put('event', 'message_deleted', envelope(3, f_bytes(18, f_bytes(1, M) + f_bytes(2, C))))
+put('event', 'conversation_read', envelope(0, f_bytes(5, 'u-1') + f_bytes(19, f_bytes(1, C) + f_bytes(2, 'u-1') + f_bytes(3, M))))
+put('event', 'user_typing', envelope(0, f_bytes(6, 'u-1') + f_bytes(20, f_bytes(1, C) + f_bytes(2, 'u-1') + f_varint(3, 1))))
 
 put('rest_json', 'sign_up', '00' + json.dumps({"email": "me@example.com", "password": "correct horse battery", "displayName": "Me"}))
 put('rest_json', 'sign_in', '10' + json.dumps({"email": "me@example.com", "password": "correct horse battery"}))
@@ -81,6 +86,9 @@ put('rest_json', 'list_messages', '33GET /v1/workspaces/w1/conversations/c1/mess
 put('rest_json', 'send_message', '30POST /v1/workspaces/w1/conversations/c1/messages')
 put('rest_json', 'events', '33GET /v1/workspaces/w1/events?after=12&limit=100')
 put('rest_json', 'unknown', '33DELETE /v1/nowhere')
+put('rest_json', 'mark_read', '30POST /v1/workspaces/w1/conversations/c1/read')
+put('rest_json', 'edit_message', '30PATCH /v1/workspaces/w1/conversations/c1/messages/m1')
+put('rest_json', 'delete_message', '33DELETE /v1/workspaces/w1/conversations/c1/messages/m1')
 
 # client_address: the TRUSTED_PROXIES list, the peer, then X-Forwarded-For values, one a line.
 put('client_address', 'behind_proxies', '10.0.0.0/8, 192.168.1.7\n10.1.2.3\n6.6.6.6, 198.51.100.1\n192.168.1.7')

@@ -95,7 +95,9 @@ pub async fn run(
         config.typing_ttl,
     );
     let adapter = cluster::adapter(config.redis_url.as_deref()).await?;
-    let (socket_layer, io) = realtime::layer(state.clone(), fanout.clone(), adapter).await?;
+    let typists = realtime::Typists::new(bus.clone());
+    let (socket_layer, io) =
+        realtime::layer(state.clone(), fanout.clone(), typists, adapter).await?;
     state
         .sockets
         .set(io.clone(), std::sync::Arc::new(realtime::Moves));

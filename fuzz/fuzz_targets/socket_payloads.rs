@@ -1,13 +1,17 @@
 //! What Socket.IO clients send the edge, as JSON: the handshake's `auth` payload
 //! (`{"token", "workspaceId", "since": {"<workspaceId>": <seq>}}`, read before any credential is
 //! checked) and the payloads of `workspace.subscribe` / `workspace.unsubscribe`
-//! (`{"workspaceIds": [...], "since"?}`), and of `message.cancel` (`{conversationId, messageId}`).
+//! (`{"workspaceIds": [...], "since"?}`), of `message.cancel` (`{conversationId, messageId}`),
+//! `message.send` (`{conversationId, localId, content: {type, text, mentions?}}`) and `typing`
+//! (`{conversationId, isTyping}`).
 //!
 //! Properties: nothing panics; an accepted `since` names at most 100 workspaces by ids of 1..=64
 //! bytes, each with exactly the whole number the client sent; an accepted request names 1..=100
 //! distinct workspaces of 1..=64 bytes in the order sent, `since` only for some of them, and an
 //! unsubscribe never carries `since`; every refusal is `INVALID_PAYLOAD` with a message; an
-//! accepted cancel names exactly the two ids sent, each of 1..=128 bytes.
+//! accepted cancel names exactly the two ids sent, each of 1..=128 bytes; an accepted send or
+//! typing names exactly the conversation sent (1..=128 bytes), and the send's local id and the
+//! typing's flag are the ones sent; a refused send says why.
 
 #![no_main]
 
@@ -47,6 +51,21 @@ fuzz_target!(|data: &[u8]| {
             assert!(!id.is_empty() && id.len() <= 128, "{field} {id:?}");
             assert_eq!(value[field].as_str(), Some(id.as_str()));
         }
+    }
+
+    match Parsers::send_request(Some(value.clone())) {
+        Ok((conversation_id, local_id)) => {
+            assert!(!conversation_id.is_empty() && conversation_id.len() <= 128);
+            assert_eq!(value["conversationId"].as_str(), Some(conversation_id.as_str()));
+            assert_eq!(value["localId"].as_str(), Some(local_id.as_str()));
+        }
+        Err(reason) => assert!(!reason.is_empty()),
+    }
+
+    if let Some((conversation_id, is_typing)) = Parsers::typing_request(Some(value.clone())) {
+        assert!(!conversation_id.is_empty() && conversation_id.len() <= 128);
+        assert_eq!(value["conversationId"].as_str(), Some(conversation_id.as_str()));
+        assert_eq!(value["isTyping"].as_bool(), Some(is_typing));
     }
 
     for since_allowed in [true, false] {

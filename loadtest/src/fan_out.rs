@@ -312,9 +312,6 @@ async fn publish(bus: &EventBus, workspace: &str, rate: f64, seconds: u64) -> an
         ticker.tick().await;
         let event = Event {
             workspace_id: workspace.to_owned(),
-            seq: 0,
-            trace_context: Default::default(),
-            origin: String::new(),
             kind: Some(event::Kind::MessageDelta(MessageDelta {
                 message_id: "fan-out".to_owned(),
                 conversation_id: "fan-out".to_owned(),
@@ -322,6 +319,7 @@ async fn publish(bus: &EventBus, workspace: &str, rate: f64, seconds: u64) -> an
                 delta: unix_micros().to_string(),
                 index: u32::try_from(published).unwrap_or(u32::MAX),
             })),
+            ..Event::default()
         };
         bus.publish(&event).await.context("publishing")?;
         published += 1;

@@ -6,6 +6,7 @@ mod support;
 
 mod agents;
 mod auth_and_tenancy;
+mod chat;
 mod conversations;
 mod faults;
 mod hostile;

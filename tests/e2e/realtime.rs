@@ -147,6 +147,7 @@ async fn log_event(database_url: &str, user: &User, conversation: &str, seq: u64
                 content: Some(conv::MessageContent {
                     r#type: "text".to_owned(),
                     text: format!("logged {seq}"),
+                    ..conv::MessageContent::default()
                 }),
                 status: conv::MessageStatus::Delivered.into(),
                 created_at_ms: now,

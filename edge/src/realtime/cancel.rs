@@ -1,47 +1,22 @@
 //! Client event `message.cancel {conversationId, messageId}`: stops the agent's turn that answers
 //! the message (or writes it), as `POST …/messages/{m}/cancel` does. The ack is `{data: message}`
 //! with the reply as it ended (`cancelled`), or `{error: {code, message}}`, with `data` too when
-//! the turn had already ended (`TURN_FINISHED`). A bad payload gets an error ack, never a
-//! disconnect.
+//! the turn had already ended (`TURN_FINISHED`) (see [`super::ack`]).
 
 use crawbl_proto::conversation::v1::CancelTurnRequest;
-use serde::Serialize;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 
+use super::ack::Answer;
 use crate::AppState;
 use crate::shared::auth::Caller;
 use crate::shared::cluster::Adapter;
+use crate::shared::error::ApiError;
 use crate::shared::json::Message;
+use crate::shared::sending::current_workspaces;
 
 /// Longest id accepted in a payload.
 const MAX_ID_BYTES: usize = 128;
-
-#[derive(Serialize)]
-struct Answer {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<Message>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<Refusal>,
-}
-
-#[derive(Serialize)]
-struct Refusal {
-    code: String,
-    message: String,
-}
-
-impl Answer {
-    fn refused(code: &str, message: impl Into<String>) -> Self {
-        Self {
-            data: None,
-            error: Some(Refusal {
-                code: code.to_owned(),
-                message: message.into(),
-            }),
-        }
-    }
-}
 
 /// The ids of a `message.cancel` payload; `None` when it is not one.
 fn parse(payload: Option<Value>) -> Option<(String, String)> {
@@ -77,9 +52,7 @@ pub async fn cancel(
             "expected {\"conversationId\": \"…\", \"messageId\": \"…\"}",
         ),
     };
-    if let Err(error) = ack.send(&answer) {
-        tracing::debug!(%error, "cannot answer a message.cancel");
-    }
+    answer.send(ack, "message.cancel");
 }
 
 async fn cancel_turn(
@@ -87,16 +60,14 @@ async fn cancel_turn(
     state: &AppState,
     conversation_id: String,
     message_id: String,
-) -> Answer {
+) -> Answer<Message> {
     let Some(caller) = socket.extensions.get::<Caller>() else {
         return Answer::refused("CONVERSATION_NOT_FOUND", "conversation not found");
     };
-    // Memberships as of now: the conversation must be in one of the user's workspaces.
-    let member_of = match state.access.memberships(caller.user_id()).await {
-        Ok(workspaces) => workspaces.iter().map(|w| w.id.clone()).collect(),
-        Err(_) => {
-            return Answer::refused("UNAVAILABLE", "memberships are unavailable; retry shortly");
-        }
+    // The conversation must be in one of the user's workspaces.
+    let member_of = match current_workspaces(state, &caller).await {
+        Ok(member_of) => member_of,
+        Err(error) => return Answer::from_error(&error),
     };
     let request = CancelTurnRequest {
         workspace_id: String::new(),
@@ -123,10 +94,7 @@ async fn cancel_turn(
                 }
             }
         }
-        Err(status) => {
-            let code = crawbl_infra::grpc::stable_code(&status).unwrap_or("UNAVAILABLE");
-            Answer::refused(code, status.message())
-        }
+        Err(status) => Answer::from_error(&ApiError::from(status)),
     }
 }
 

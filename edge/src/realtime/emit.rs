@@ -19,8 +19,10 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::presence::Presence;
+use crate::shared::auth::Caller;
 use crate::shared::cluster::Adapter;
 use crate::shared::json::SocketEvent;
+use crate::shared::rooms::user_room;
 
 /// How long a replay waits for a socket's full buffer to drain before giving up on the socket.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
@@ -65,12 +67,37 @@ pub async fn to_room(namespace: &BroadcastOperators<Adapter>, room: &str, event:
 async fn emit_to_room(namespace: &BroadcastOperators<Adapter>, room: &str, event: Event) {
     let workspace_id = event.workspace_id.clone();
     let seq = event.seq;
+    let audience = (event.to_user_id.clone(), event.except_user_id.clone());
     let Some(socket_event) = encode(event) else {
         return;
     };
     // This node's sockets only: every node receives the event from the bus itself, and going
     // through the adapter would send it through Redis first (spec §6).
-    let room = namespace.clone().local().to(room.to_owned());
+    let mut room = namespace.clone().local().to(room.to_owned());
+    let (to_user_id, except_user_id) = audience;
+    if !except_user_id.is_empty() {
+        room = room.except(user_room(&except_user_id));
+    }
+    if !to_user_id.is_empty() {
+        // Only that user's sockets of the room (an event about the user's own state).
+        for socket in room.sockets() {
+            let is_theirs = socket
+                .extensions
+                .get::<Caller>()
+                .is_some_and(|caller| caller.user_id() == to_user_id);
+            if is_theirs
+                && socket
+                    .emit(socket_event.name, &socket_event.payload)
+                    .is_ok()
+            {
+                crawbl_infra::metrics::events()
+                    .delivered
+                    .with(&[socket_event.name])
+                    .inc();
+            }
+        }
+        return;
+    }
     if !socket_event.durable || seq == 0 {
         // Emitted like the others, not `volatile()`: socketioxide's volatile flag uses a side
         // channel that reorders them against durable ones, and the spec fixes a turn's order.

@@ -30,11 +30,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::agent_typing::Typing;
 use super::emit::{self, Gone};
 use super::presence::Presence;
 use super::recent::Recent;
 use super::sequencer::Sequencer;
-use super::typing::Typing;
 use crate::shared::cluster::{Adapter, Sockets};
 use crate::shared::rooms::workspace_room;
 

@@ -1,15 +1,18 @@
 //! Socket.IO on namespace `/v1`: handshake authentication, workspace rooms, replay on reconnect,
 //! and delivery of bus events to the sockets of this node (see [`fanout`]).
 
+mod ack;
+mod agent_typing;
 mod cancel;
 mod emit;
 mod fanout;
 mod presence;
 mod recent;
+mod send;
 mod sequencer;
 mod since;
 mod subscriptions;
-mod typing;
+mod user_typing;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use fanout::Fanout;
 use presence::Presence;
 use since::{Since, SinceError};
+pub use user_typing::Typists;
 
 use crate::AppState;
 use crate::shared::auth::{AuthFailure, Caller, Credential, token_from_headers, verify};
@@ -66,11 +70,13 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 pub async fn layer(
     state: AppState,
     fanout: Arc<Fanout>,
+    typists: Arc<Typists>,
     adapter: RedisAdapterCtr<ClusterDriver>,
 ) -> anyhow::Result<(SocketIoLayer<Adapter>, SocketIo<Adapter>)> {
     let (layer, io) = SocketIo::builder()
         .with_state(state)
         .with_state(fanout)
+        .with_state(typists)
         .max_payload(MAX_CLIENT_PACKET_BYTES as u64)
         .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
         .ws_max_frame_size(MAX_CLIENT_PACKET_BYTES)
@@ -222,6 +228,13 @@ async fn on_connect(socket: SocketRef<Adapter>, State(fanout): State<Arc<Fanout>
     socket.on("workspace.subscribe", subscriptions::subscribe);
     socket.on("workspace.unsubscribe", subscriptions::unsubscribe);
     socket.on("message.cancel", cancel::cancel);
+    socket.on("message.send", send::send);
+    socket.on("typing", user_typing::typing);
+    socket.on_disconnect(
+        |socket: SocketRef<Adapter>, State(typists): State<Arc<Typists>>| async move {
+            typists.socket_gone(&socket).await;
+        },
+    );
     let user_id = socket
         .extensions
         .get::<Caller>()

@@ -3,9 +3,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crawbl_proto::conversation::v1::{
     CreateConversationRequest, DeleteConversationRequest, GetConversationRequest,
-    ListConversationsRequest,
+    ListConversationsRequest, MarkReadRequest,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::extract::{ApiJson, ApiQuery, PageQuery};
@@ -40,6 +40,7 @@ pub async fn list(
         .clone()
         .list_conversations(ListConversationsRequest {
             workspace_id,
+            reader_id: caller.user_id().to_owned(),
             before: query.before.unwrap_or_default(),
             limit,
         })
@@ -125,6 +126,8 @@ pub async fn get(
         .get_conversation(GetConversationRequest {
             workspace_id,
             conversation_id,
+            reader_id: caller.user_id().to_owned(),
+            member_of: Vec::new(),
         })
         .await?
         .into_inner();
@@ -161,4 +164,71 @@ pub async fn delete(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MarkRead {
+    /// A message of the conversation: the newest one the caller has read.
+    #[schema(min_length = 1, max_length = 128)]
+    message_id: String,
+}
+
+/// The caller's read position in a conversation.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadState {
+    conversation_id: String,
+    last_read_message_id: String,
+    /// Messages of others after the position, deleted ones aside.
+    unread_count: u64,
+}
+
+/// `POST …/conversations/{c}/read {"messageId"}`: the caller has read up to this message. The
+/// position only moves forward (an older message leaves it where it is, and the answer says
+/// where that is); the caller's sockets, on every node, get `conversation.read`.
+#[utoipa::path(
+    post,
+    operation_id = "markConversationRead",
+    path = "/workspaces/{workspace_id}/conversations/{conversation_id}/read",
+    tag = "conversations",
+    request_body = MarkRead,
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+    ),
+    responses((status = 200, description = "the caller's read position now", body = Data<ReadState>)),
+    security(("bearer" = []), ("xToken" = [])),
+)]
+pub async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((workspace_id, conversation_id)): Path<(String, String)>,
+    ApiJson(body): ApiJson<MarkRead>,
+) -> Result<Json<Data<ReadState>>, ApiError> {
+    caller.workspace(&workspace_id)?;
+    if body.message_id.is_empty() || body.message_id.len() > 128 {
+        return Err(ApiError::bad_request(
+            "INVALID_MESSAGE_ID",
+            "messageId must be the id of a message of the conversation",
+        ));
+    }
+    let position = state
+        .conversations
+        .clone()
+        .mark_read(MarkReadRequest {
+            workspace_id,
+            conversation_id,
+            user_id: caller.user_id().to_owned(),
+            message_id: body.message_id,
+        })
+        .await?
+        .into_inner();
+    Ok(Json(Data {
+        data: ReadState {
+            conversation_id: position.conversation_id,
+            last_read_message_id: position.last_read_message_id,
+            unread_count: position.unread_count,
+        },
+    }))
 }

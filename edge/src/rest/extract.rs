@@ -4,8 +4,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use serde::de::{DeserializeOwned, Error as _};
-use serde::{Deserialize, Deserializer};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::shared::error::ApiError;
@@ -32,17 +31,6 @@ where
                 ApiError::bad_request("INVALID_JSON", format!("invalid body: {error}"))
             })
     }
-}
-
-/// `#[serde(deserialize_with = "object")]` for a nested struct: only a JSON object, not an array
-/// of its fields.
-pub fn object<'de, D, T>(deserializer: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: DeserializeOwned,
-{
-    let fields = Map::deserialize(deserializer)?;
-    serde_json::from_value(Value::Object(fields)).map_err(D::Error::custom)
 }
 
 fn json_error(rejection: &JsonRejection) -> ApiError {
@@ -97,30 +85,5 @@ impl PageQuery {
             )),
             limit => Ok(limit.unwrap_or(0)),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Deserialize, Debug, PartialEq)]
-    struct Inner {
-        a: u8,
-    }
-
-    #[derive(Deserialize, Debug, PartialEq)]
-    struct Outer {
-        #[serde(deserialize_with = "object")]
-        inner: Inner,
-    }
-
-    #[test]
-    fn nested_structs_are_taken_from_objects_only() {
-        let outer: Outer = serde_json::from_str(r#"{"inner": {"a": 1}}"#).expect("an object");
-        assert_eq!(outer.inner, Inner { a: 1 });
-        assert!(serde_json::from_str::<Outer>(r#"{"inner": [1]}"#).is_err());
-        // What `object` guards against: serde's own struct deserializer takes arrays.
-        assert!(serde_json::from_str::<Inner>("[1]").is_ok());
     }
 }

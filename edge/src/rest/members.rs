@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crawbl_proto::auth::v1 as pb;
 use serde::{Deserialize, Serialize};
-use tonic::Code;
 use utoipa::ToSchema;
 
 use super::extract::ApiJson;
@@ -33,20 +32,6 @@ impl From<pb::Member> for Member {
             role: member.role,
             joined_at: timestamp(member.joined_at),
         }
-    }
-}
-
-/// A member who may see the workspace but not manage it gets 403: the workspace is no secret
-/// to them, so nothing leaks.
-fn owner_required(status: tonic::Status) -> ApiError {
-    if status.code() == Code::PermissionDenied {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "OWNER_REQUIRED",
-            "only an owner of the workspace may do this",
-        )
-    } else {
-        status.into()
     }
 }
 
@@ -126,7 +111,7 @@ pub async fn add(
             role: body.role.unwrap_or_default(),
         })
         .await
-        .map_err(owner_required)?
+        .map_err(ApiError::forbidden_to_members)?
         .into_inner();
     if let Some(user) = &member.user {
         state.access.forget_memberships(&user.id);
@@ -178,7 +163,7 @@ pub async fn remove(
             user_id: user_id.clone(),
         })
         .await
-        .map_err(owner_required)?;
+        .map_err(ApiError::forbidden_to_members)?;
     state.access.forget_memberships(&user_id);
     state
         .sockets

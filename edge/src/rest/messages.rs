@@ -1,7 +1,9 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use crawbl_proto::conversation::v1::{ListMessagesRequest, MessageContent, SendMessageRequest};
+use crawbl_proto::conversation::v1::{
+    DeleteMessageRequest, EditMessageRequest, ListMessagesRequest, MessageContent,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -10,6 +12,7 @@ use crate::AppState;
 use crate::shared::auth::Caller;
 use crate::shared::error::{ApiError, ErrorBody};
 use crate::shared::json::{Data, Message, Page};
+use crate::shared::sending::{self, Destination, SendMessage, object};
 
 /// `GET …/messages?before=<cursor>&limit=<1..100>`, newest first.
 #[utoipa::path(
@@ -50,42 +53,22 @@ pub async fn list(
     }))
 }
 
-#[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SendMessage {
-    /// The client's id for the message, 1 to 128 characters once trimmed: a retry with the
-    /// same one returns the same message.
-    #[schema(max_length = 128, pattern = r"\S")]
-    local_id: String,
-    #[serde(deserialize_with = "super::extract::object")]
-    content: SendContent,
-}
-
-#[derive(Deserialize, ToSchema)]
-pub struct SendContent {
-    /// `text`, the only type there is.
-    #[serde(rename = "type")]
-    #[schema(pattern = "^text$")]
-    kind: String,
-    /// Not only whitespace; at most 32 KiB of UTF-8.
-    #[schema(max_length = 32768, pattern = r"\S")]
-    text: String,
-}
-
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SendQuery {
-    /// Answer when the agent's turn ends, with both messages.
+    /// Answer when the agents' turns end, with the message and the replies.
     #[serde(default)]
     wait: bool,
 }
 
 /// The body of `?wait=true`: the user's message and the agent's reply once the turn ended
-/// (`null` if the turn produced none).
+/// (`null` if the turn produced none); with several agents addressed, `reply` is the first one's
+/// and `replies` holds them all.
 #[derive(Serialize, ToSchema)]
 pub struct Exchange {
     message: Message,
     reply: Option<Message>,
+    replies: Vec<Message>,
 }
 
 /// What a send answers: the user's message, or with `?wait=true` the [`Exchange`].
@@ -125,33 +108,15 @@ pub async fn send(
     ApiQuery(query): ApiQuery<SendQuery>,
     ApiJson(body): ApiJson<SendMessage>,
 ) -> Result<(StatusCode, Json<Data<SendAnswer>>), ApiError> {
-    caller.workspace(&workspace_id)?;
-    state
-        .limits
-        .sends
-        .take(caller.user_id())
-        .map_err(|limited| {
-            ApiError::rate_limited(
-                &limited,
-                "too many messages sent; retry after Retry-After seconds",
-            )
-        })?;
-    let response = state
-        .conversations
-        .clone()
-        .send_message(SendMessageRequest {
-            workspace_id,
-            conversation_id,
-            author_id: caller.user_id().to_owned(),
-            local_id: body.local_id,
-            content: Some(MessageContent {
-                r#type: body.content.kind,
-                text: body.content.text,
-            }),
-            wait: query.wait,
-        })
-        .await?
-        .into_inner();
+    let response = sending::send(
+        &state,
+        &caller,
+        Destination::Workspace(workspace_id),
+        conversation_id,
+        body,
+        query.wait,
+    )
+    .await?;
     let message = Message::from(
         response
             .message
@@ -161,9 +126,119 @@ pub async fn send(
         SendAnswer::Exchange(Box::new(Exchange {
             message,
             reply: response.reply.map(Message::from),
+            replies: response.replies.into_iter().map(Message::from).collect(),
         }))
     } else {
         SendAnswer::Message(Box::new(message))
     };
     Ok((StatusCode::CREATED, Json(Data { data: answer })))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EditMessage {
+    #[serde(deserialize_with = "object")]
+    content: EditContent,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditContent {
+    /// `text`, the only type there is.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^text$")]
+    kind: String,
+    /// Not only whitespace; at most 32 KiB of UTF-8.
+    #[schema(max_length = 32768, pattern = r"\S")]
+    text: String,
+}
+
+/// `PATCH …/messages/{m} {"content": {"type": "text", "text"}}`: the author changes the text of
+/// their own message (its mentions stay, and no agent answers again). Everyone in the workspace
+/// gets the durable `message.updated`, with `editedAt`.
+#[utoipa::path(
+    patch,
+    operation_id = "editMessage",
+    path = "/workspaces/{workspace_id}/conversations/{conversation_id}/messages/{message_id}",
+    tag = "messages",
+    request_body = EditMessage,
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+        ("message_id" = String, Path),
+    ),
+    responses(
+        (status = 200, description = "the message as edited", body = Data<Message>),
+        (status = 403, description = "`NOT_MESSAGE_AUTHOR`: an agent's message, or another person's", body = ErrorBody),
+        (status = 409, description = "`MESSAGE_DELETED`", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
+pub async fn edit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((workspace_id, conversation_id, message_id)): Path<(String, String, String)>,
+    ApiJson(body): ApiJson<EditMessage>,
+) -> Result<Json<Data<Message>>, ApiError> {
+    caller.workspace(&workspace_id)?;
+    let message = state
+        .conversations
+        .clone()
+        .edit_message(EditMessageRequest {
+            workspace_id,
+            conversation_id,
+            message_id,
+            user_id: caller.user_id().to_owned(),
+            content: Some(MessageContent {
+                r#type: body.content.kind,
+                text: body.content.text,
+                mentions: Vec::new(),
+            }),
+        })
+        .await
+        .map_err(ApiError::forbidden_to_members)?
+        .into_inner();
+    Ok(Json(Data {
+        data: message.into(),
+    }))
+}
+
+/// `DELETE …/messages/{m}`: the author deletes their own message. It stays in lists as a
+/// tombstone (empty text, `deletedAt`), everyone in the workspace gets the durable
+/// `message.deleted {id, conversationId}`, and a reply still being written to it is stopped.
+#[utoipa::path(
+    delete,
+    operation_id = "deleteMessage",
+    path = "/workspaces/{workspace_id}/conversations/{conversation_id}/messages/{message_id}",
+    tag = "messages",
+    params(
+        ("workspace_id" = String, Path, description = "a workspace of the caller"),
+        ("conversation_id" = String, Path),
+        ("message_id" = String, Path),
+    ),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 403, description = "`NOT_MESSAGE_AUTHOR`: an agent's message, or another person's", body = ErrorBody),
+        (status = 409, description = "`MESSAGE_DELETED`: deleted already", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((workspace_id, conversation_id, message_id)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.workspace(&workspace_id)?;
+    state
+        .conversations
+        .clone()
+        .delete_message(DeleteMessageRequest {
+            workspace_id,
+            conversation_id,
+            message_id,
+            user_id: caller.user_id().to_owned(),
+        })
+        .await
+        .map_err(ApiError::forbidden_to_members)?;
+    Ok(StatusCode::NO_CONTENT)
 }

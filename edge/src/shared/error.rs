@@ -59,6 +59,38 @@ impl ApiError {
         }
     }
 
+    /// The stable code, for answers that are not HTTP (a socket's ack).
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_secs
+    }
+
+    /// A service's refusal of something a member may see but not do (`PermissionDenied`) is a
+    /// 403 with the service's code: the thing is no secret to them. Other answers as usual.
+    pub fn forbidden_to_members(status: tonic::Status) -> Self {
+        if status.code() != Code::PermissionDenied {
+            return status.into();
+        }
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: Cow::Owned(
+                crawbl_infra::grpc::stable_code(&status)
+                    .unwrap_or("FORBIDDEN")
+                    .to_owned(),
+            ),
+            message: status.message().to_owned(),
+            retry_after_secs: None,
+            data: None,
+        }
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }

@@ -191,6 +191,10 @@ pub struct Content {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: String,
+    /// The agents (ids) the message is addressed to, each of which answers; absent: the
+    /// conversation's agent answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -215,6 +219,12 @@ pub struct Message {
     pub updated_at: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
+    /// RFC 3339; absent: never edited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<String>,
+    /// RFC 3339; present: the author deleted it, and the content is empty (a tombstone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
 }
 
 /// A tool the agent called: `result` is absent while the tool runs.
@@ -271,11 +281,14 @@ impl From<conv::Message> for Message {
             content: Content {
                 kind: content.r#type,
                 text: content.text,
+                mentions: content.mentions,
             },
             status,
             created_at: timestamp(message.created_at_ms),
             updated_at: timestamp(message.updated_at_ms),
             tool_calls: message.tool_calls.into_iter().map(ToolCall::from).collect(),
+            edited_at: message.edited_at_ms.map(timestamp),
+            deleted_at: message.deleted_at_ms.map(timestamp),
         }
     }
 }
@@ -292,6 +305,11 @@ pub struct Conversation {
     pub updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_message: Option<Message>,
+    /// The caller's: messages of others after what they read (deleted ones aside).
+    pub unread_count: u64,
+    /// The caller's read position; absent: nothing read yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_read_message_id: Option<String>,
 }
 
 impl From<conv::Conversation> for Conversation {
@@ -304,6 +322,8 @@ impl From<conv::Conversation> for Conversation {
             created_at: timestamp(conversation.created_at_ms),
             updated_at: timestamp(conversation.updated_at_ms),
             last_message: conversation.last_message.map(Message::from),
+            unread_count: conversation.unread_count,
+            last_read_message_id: conversation.last_read_message_id,
         }
     }
 }
@@ -351,6 +371,29 @@ pub struct UsageUpdate {
     /// Absent: unlimited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageDeleted {
+    pub id: String,
+    pub conversation_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationRead {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub last_read_message_id: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserTyping {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub is_typing: bool,
 }
 
 /// A bus event as a Socket.IO event: its name, its payload, and whether it is durable.
@@ -424,6 +467,32 @@ impl SocketEvent {
                     conversation_id: tool.conversation_id,
                     agent_id: tool.agent_id,
                     call: ToolCall::from(tool.call.unwrap_or_default()),
+                })?,
+                false,
+            ),
+            Kind::MessageDeleted(deleted) => (
+                "message.deleted",
+                serde_json::to_value(MessageDeleted {
+                    id: deleted.id,
+                    conversation_id: deleted.conversation_id,
+                })?,
+                true,
+            ),
+            Kind::ConversationRead(read) => (
+                "conversation.read",
+                serde_json::to_value(ConversationRead {
+                    conversation_id: read.conversation_id,
+                    user_id: read.user_id,
+                    last_read_message_id: read.last_read_message_id,
+                })?,
+                false,
+            ),
+            Kind::UserTyping(typing) => (
+                "user.typing",
+                serde_json::to_value(UserTyping {
+                    conversation_id: typing.conversation_id,
+                    user_id: typing.user_id,
+                    is_typing: typing.is_typing,
                 })?,
                 false,
             ),

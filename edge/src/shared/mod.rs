@@ -13,3 +13,4 @@ pub mod limits;
 pub mod metrics;
 pub mod peer;
 pub mod rooms;
+pub mod sending;

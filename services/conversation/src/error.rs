@@ -23,6 +23,9 @@ pub enum ConversationError {
     NoActiveAgent,
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// A member may see the thing but not do this to it (another person's message).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -75,6 +78,9 @@ impl From<ConversationError> for tonic::Status {
             ),
             ConversationError::Conflict { code, message } => {
                 status_with_code(Code::AlreadyExists, code, message)
+            }
+            ConversationError::Forbidden { code, message } => {
+                status_with_code(Code::PermissionDenied, code, message)
             }
             ConversationError::Database(error) => {
                 tracing::error!(%error, "database error");

@@ -5,6 +5,7 @@
 mod context;
 mod db;
 mod error;
+mod mentions;
 mod metrics;
 mod outbox;
 mod scheduler;

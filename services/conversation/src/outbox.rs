@@ -48,10 +48,21 @@ impl Outbox {
 
     /// Publishes an event that is not logged (typing, status, deltas): lost if the bus is down.
     pub async fn publish_volatile(&self, workspace_id: &str, kind: event::Kind) {
+        self.publish_volatile_to(workspace_id, "", kind).await;
+    }
+
+    /// [`Outbox::publish_volatile`] for the sockets of one user (`to_user_id`; empty: all).
+    pub async fn publish_volatile_to(
+        &self,
+        workspace_id: &str,
+        to_user_id: &str,
+        kind: event::Kind,
+    ) {
         let event = Event {
             workspace_id: workspace_id.to_owned(),
             seq: 0,
             trace_context: crawbl_infra::trace::current_context(),
+            to_user_id: to_user_id.to_owned(),
             kind: Some(kind),
             ..Event::default()
         };

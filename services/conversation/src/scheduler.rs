@@ -148,10 +148,11 @@ impl Scheduler {
         self.tracker.clone()
     }
 
-    /// Starts the conversation's next turn here, if it may run now (no earlier turn of the
-    /// conversation is open) and no other instance took it first.
+    /// Starts the conversation's next turns here (one per agent), those that may run now (no
+    /// earlier turn of their agent in the conversation is open) and no other instance took first.
     pub fn start_next(&self, conversation_id: &str) {
-        if self.capacity() == 0 {
+        let capacity = self.capacity();
+        if capacity == 0 {
             return; // A poll will find it.
         }
         let scheduler = self.clone();
@@ -162,7 +163,7 @@ impl Scheduler {
                 &scheduler.instance,
                 scheduler.lease_ms(),
                 Queued::Of(&conversation_id),
-                (1, i64::from(scheduler.settings.per_workspace)),
+                (capacity, i64::from(scheduler.settings.per_workspace)),
             )
             .await;
             match claimed {
@@ -182,27 +183,36 @@ impl Scheduler {
         }
     }
 
-    /// Waits until the turn answering `user_message_id` has ended, wherever it runs, and returns
-    /// the reply (`None` when there is none). Ends of turns here wake it at once; turns elsewhere
-    /// are polled for.
-    pub async fn wait_for_reply(
+    /// Waits until the turns answering `user_message_id` (only `agent_id`'s, when given) have
+    /// ended, wherever they run, and returns their replies, oldest first. Ends of turns here
+    /// wake it at once; turns elsewhere are polled for.
+    pub async fn wait_for_replies(
         &self,
         user_message_id: &str,
-    ) -> Result<Option<Message>, sqlx::Error> {
-        self.wait_for_reply_polling(user_message_id, self.settings.poll)
+        agent_id: Option<&str>,
+    ) -> Result<Vec<Message>, sqlx::Error> {
+        self.wait_for_replies_polling(user_message_id, agent_id, self.settings.poll)
             .await
     }
 
-    /// [`Scheduler::wait_for_reply`], looking at turns elsewhere every `poll`.
-    pub async fn wait_for_reply_polling(
+    /// [`Scheduler::wait_for_replies`], looking at turns elsewhere every `poll`.
+    pub async fn wait_for_replies_polling(
         &self,
         user_message_id: &str,
+        agent_id: Option<&str>,
         poll: Duration,
-    ) -> Result<Option<Message>, sqlx::Error> {
+    ) -> Result<Vec<Message>, sqlx::Error> {
         let mut ended = self.ended.subscribe();
+        let pool = &self.deps.pool;
         loop {
-            if !db::turn_open(&self.deps.pool, user_message_id).await? {
-                return db::find_reply(&self.deps.pool, user_message_id).await;
+            if !db::turn_open(pool, user_message_id, agent_id).await? {
+                return match agent_id {
+                    Some(agent_id) => Ok(db::find_reply(pool, user_message_id, Some(agent_id))
+                        .await?
+                        .into_iter()
+                        .collect()),
+                    None => db::find_replies(pool, user_message_id).await,
+                };
             }
             let poll = tokio::time::sleep(poll);
             tokio::pin!(poll);

@@ -16,6 +16,10 @@ use crawbl_proto::conversation::v1::{
     ListConversationsResponse, ListEventsRequest, ListEventsResponse, ListMessagesRequest,
     ListMessagesResponse, SendMessageRequest, SendMessageResponse,
 };
+use crawbl_proto::conversation::v1::{
+    DeleteMessageRequest, EditMessageRequest, MarkReadRequest, ReadState,
+};
+use crawbl_proto::events::v1::{ConversationRead, event};
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use crawbl_proto::runtimeproxy::v1::{EnsureRuntimeRequest, GetRuntimeRequest, RuntimeState};
 use sqlx::AnyPool;
@@ -25,7 +29,7 @@ use crate::outbox::Outbox;
 use crate::scheduler::{Scheduler, TurnSettings};
 use crate::turn::TurnDeps;
 use crate::validate::{self, AgentChanges, NewAgent, NewUserMessage};
-use crate::{ConversationError, db};
+use crate::{ConversationError, db, mentions};
 
 pub struct Conversations {
     pool: AnyPool,
@@ -171,29 +175,120 @@ impl Conversations {
         Err(ConversationError::ConversationNotFound)
     }
 
-    /// The user message a cancel names: itself, or the one the named agent reply answers.
+    /// The user message a cancel names: itself (every agent's turn), or the one the named agent
+    /// reply answers (that agent's turn only, whose id comes second).
     async fn answered_message(
         &self,
         conversation: &Conversation,
         message_id: &str,
-    ) -> Result<Message, ConversationError> {
+    ) -> Result<(Message, Option<String>), ConversationError> {
         let not_found = || ConversationError::MessageNotFound;
         let named = db::find_message(&self.pool, message_id)
             .await?
             .filter(|message| message.conversation_id == conversation.id)
             .ok_or_else(not_found)?;
         match named.role() {
-            MessageRole::User => Ok(named),
+            MessageRole::User => Ok((named, None)),
             MessageRole::Agent => {
                 let answered = db::reply_to(&self.pool, &named.id)
                     .await?
                     .ok_or_else(not_found)?;
-                db::find_message(&self.pool, &answered)
+                let user_message = db::find_message(&self.pool, &answered)
                     .await?
-                    .ok_or_else(not_found)
+                    .ok_or_else(not_found)?;
+                Ok((user_message, named.agent_id))
             }
             MessageRole::System | MessageRole::Unspecified => Err(not_found()),
         }
+    }
+
+    /// The agents a new message is addressed to: those it mentions (ids, `@slug`s), which it
+    /// then carries as its `content.mentions`; without any, the conversation's agent.
+    async fn addressed_agents(
+        &self,
+        conversation: &Conversation,
+        new: &mut NewUserMessage,
+    ) -> Result<Vec<String>, ConversationError> {
+        if !new.mentions.is_empty() || new.text.contains('@') {
+            db::ensure_default_agents(&self.pool, &conversation.workspace_id).await?;
+            let active = db::list_agents(&self.pool, &conversation.workspace_id, false).await?;
+            new.mentions = mentions::resolve(&new.mentions, &new.text, &active)?;
+            if !new.mentions.is_empty() {
+                return Ok(new.mentions.clone());
+            }
+        }
+        // A conversation whose agent was archived stays readable but takes no new message
+        // that does not name another agent.
+        Ok(vec![
+            db::agent_for_conversation(&self.pool, conversation)
+                .await?
+                .id,
+        ])
+    }
+
+    /// Stops the turns answering `user_message` (only `agent`'s, when given): queued ones end
+    /// at once with a `cancelled` reply, running ones are asked to stop and waited for (up to
+    /// [`STOP_WAIT`]). Returns the reply to report: `agent`'s, or the first agent's.
+    async fn stop_turns(
+        &self,
+        conversation: &Conversation,
+        user_message: &Message,
+        agent: Option<&str>,
+    ) -> Result<Option<Message>, Status> {
+        // A queued turn may start while it is being cancelled: look again, a few times at most.
+        for _ in 0..3 {
+            let open = db::open_turns(&self.pool, &user_message.id, agent)
+                .await
+                .map_err(db_error)?;
+            let (mut running, mut started_meanwhile) = (false, false);
+            for turn in open {
+                if turn.running {
+                    if db::request_cancel(&self.pool, &turn.id)
+                        .await
+                        .map_err(db_error)?
+                    {
+                        self.scheduler.stop_turn(&turn.id).await;
+                    }
+                    running = true;
+                    continue;
+                }
+                let agent_id = if turn.agent_id.is_empty() {
+                    self.answering_agent_id(conversation).await?
+                } else {
+                    turn.agent_id
+                };
+                match db::cancel_queued_turn(&self.pool, &turn.id, user_message, &agent_id)
+                    .await
+                    .map_err(db_error)?
+                {
+                    Some((_, created)) => self.outbox.publish([created]).await,
+                    None => started_meanwhile = true,
+                }
+            }
+            if running {
+                // Looked for often: the turns end within moments, maybe on another instance.
+                let _ = tokio::time::timeout(
+                    STOP_WAIT,
+                    self.scheduler
+                        .wait_for_replies_polling(&user_message.id, agent, STOP_POLL),
+                )
+                .await;
+                break;
+            }
+            if !started_meanwhile {
+                break;
+            }
+        }
+        // Over (or not over in time): the reply as it is.
+        let replies = db::find_replies(&self.pool, &user_message.id)
+            .await
+            .map_err(db_error)?;
+        Ok(match agent {
+            Some(agent) => replies
+                .into_iter()
+                .find(|reply| reply.agent_id.as_deref() == Some(agent)),
+            None => replies.into_iter().next(),
+        })
     }
 
     /// The agent whose reply a turn cancelled before it started is: the conversation's, archived
@@ -249,6 +344,21 @@ impl Conversations {
                 tracing::warn!(%error, agent_id = %agent.id, "could not store the agent's status");
             }
         }
+    }
+}
+
+/// Why an author's edit or delete was refused, for the caller.
+fn author_change_error(refusal: db::AuthorChange) -> ConversationError {
+    match refusal {
+        db::AuthorChange::NotFound => ConversationError::MessageNotFound,
+        db::AuthorChange::NotAuthor => ConversationError::Forbidden {
+            code: "NOT_MESSAGE_AUTHOR",
+            message: "only the author of a user message may change it; agents' messages cannot be changed".to_owned(),
+        },
+        db::AuthorChange::Deleted => ConversationError::Conflict {
+            code: "MESSAGE_DELETED",
+            message: "the message was deleted".to_owned(),
+        },
     }
 }
 
@@ -385,10 +495,15 @@ impl ConversationService for Conversations {
         let request = request.into_inner();
         let limit = validate::page_size(request.limit)?;
         let before = db::Cursor::decode(&request.before)?;
-        let (conversations, next) =
-            db::list_conversations(&self.pool, &request.workspace_id, before.as_ref(), limit)
-                .await
-                .map_err(db_error)?;
+        let (conversations, next) = db::list_conversations(
+            &self.pool,
+            &request.workspace_id,
+            &request.reader_id,
+            before.as_ref(),
+            limit,
+        )
+        .await
+        .map_err(db_error)?;
         Ok(Response::new(ListConversationsResponse {
             conversations,
             next_cursor: next.map(|cursor| cursor.encode()).unwrap_or_default(),
@@ -400,9 +515,25 @@ impl ConversationService for Conversations {
         request: Request<GetConversationRequest>,
     ) -> Result<Response<Conversation>, Status> {
         let request = request.into_inner();
-        let conversation = self
-            .conversation(&request.workspace_id, &request.conversation_id)
+        let found = self
+            .conversation_among(
+                &request.workspace_id,
+                &request.member_of,
+                &request.conversation_id,
+            )
             .await?;
+        if request.reader_id.is_empty() {
+            return Ok(Response::new(found));
+        }
+        let conversation = db::find_conversation_for(
+            &self.pool,
+            &found.workspace_id,
+            &found.id,
+            &request.reader_id,
+        )
+        .await
+        .map_err(db_error)?
+        .ok_or(ConversationError::ConversationNotFound)?;
         Ok(Response::new(conversation))
     }
 
@@ -430,41 +561,44 @@ impl ConversationService for Conversations {
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let wait = request.wait;
-        let new = NewUserMessage::try_from(request)?;
+        let member_of = std::mem::take(&mut request.member_of);
+        let mut new = NewUserMessage::try_from(request)?;
         let conversation = self
-            .conversation(&new.workspace_id, &new.conversation_id)
+            .conversation_among(&new.workspace_id, &member_of, &new.conversation_id)
             .await?;
+        new.workspace_id.clone_from(&conversation.workspace_id);
         // A retry of a message already stored is answered with it, quota or not.
         let stored = db::find_sent(&self.pool, &new).await.map_err(db_error)?;
+        let mut answering = Vec::new();
         if stored.is_none() {
-            // A conversation whose agent was archived stays readable but takes no new message.
-            db::agent_for_conversation(&self.pool, &conversation).await?;
+            answering = self.addressed_agents(&conversation, &mut new).await?;
             self.check_quota(&new.workspace_id).await?;
             self.ensure_runtime(&new.workspace_id).await?;
         }
-        let (message, created) = db::insert_user_message(&self.pool, &new)
+        let (message, created) = db::insert_user_message(&self.pool, &new, &answering)
             .await
             .map_err(db_error)?;
         if let Some(event) = created {
             self.outbox.publish([event]).await;
-            // Its turn was queued with it; run it here now if it may start.
+            // Its turns were queued with it; run them here now if they may start.
             self.scheduler.start_next(&conversation.id);
         }
-        let reply = if wait {
-            match tokio::time::timeout(WAIT_LIMIT, self.scheduler.wait_for_reply(&message.id)).await
-            {
-                Ok(reply) => reply.map_err(db_error)?,
-                // Still queued or running: the reply comes as events, and in the list.
-                Err(_) => None,
+        let replies = if wait {
+            let replies = self.scheduler.wait_for_replies(&message.id, None);
+            match tokio::time::timeout(WAIT_LIMIT, replies).await {
+                Ok(replies) => replies.map_err(db_error)?,
+                // Still queued or running: the replies come as events, and in the list.
+                Err(_) => Vec::new(),
             }
         } else {
-            None
+            Vec::new()
         };
         Ok(Response::new(SendMessageResponse {
             message: Some(message),
-            reply,
+            reply: replies.first().cloned(),
+            replies,
         }))
     }
 
@@ -480,61 +614,106 @@ impl ConversationService for Conversations {
                 &request.conversation_id,
             )
             .await?;
-        let user_message = self
+        let (user_message, agent) = self
             .answered_message(&conversation, &request.message_id)
             .await?;
-        let stopped = |message: Message| {
-            Ok(Response::new(CancelTurnResponse {
-                already_finished: message.status() != MessageStatus::Cancelled,
-                message: Some(message),
-            }))
-        };
-        // A queued turn may start while it is being cancelled: look again, a few times at most.
-        for _ in 0..3 {
-            match db::open_turn(&self.pool, &user_message.id)
-                .await
-                .map_err(db_error)?
-            {
-                None => break,
-                Some((turn_id, false)) => {
-                    let agent_id = self.answering_agent_id(&conversation).await?;
-                    if let Some((reply, created)) =
-                        db::cancel_queued_turn(&self.pool, &turn_id, &user_message, &agent_id)
-                            .await
-                            .map_err(db_error)?
-                    {
-                        self.outbox.publish([created]).await;
-                        return stopped(reply);
-                    }
-                }
-                Some((turn_id, true)) => {
-                    if db::request_cancel(&self.pool, &turn_id)
-                        .await
-                        .map_err(db_error)?
-                    {
-                        self.scheduler.stop_turn(&turn_id).await;
-                    }
-                    // Looked for often: the turn ends within moments, maybe on another instance.
-                    let ended = tokio::time::timeout(
-                        STOP_WAIT,
-                        self.scheduler
-                            .wait_for_reply_polling(&user_message.id, STOP_POLL),
-                    )
-                    .await;
-                    if let Ok(reply) = ended
-                        && let Some(reply) = reply.map_err(db_error)?
-                    {
-                        return stopped(reply);
-                    }
-                    break;
-                }
-            }
+        let reply = self
+            .stop_turns(&conversation, &user_message, agent.as_deref())
+            .await?;
+        // No reply (none was started): the message itself.
+        let message = reply.unwrap_or(user_message);
+        Ok(Response::new(CancelTurnResponse {
+            already_finished: message.status() != MessageStatus::Cancelled,
+            message: Some(message),
+        }))
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<MarkReadRequest>,
+    ) -> Result<Response<ReadState>, Status> {
+        let request = request.into_inner();
+        self.conversation(&request.workspace_id, &request.conversation_id)
+            .await?;
+        let position = db::mark_read(
+            &self.pool,
+            &request.workspace_id,
+            &request.conversation_id,
+            &request.user_id,
+            &request.message_id,
+        )
+        .await
+        .map_err(db_error)?
+        .ok_or(ConversationError::MessageNotFound)?;
+        if position.moved {
+            let read = ConversationRead {
+                conversation_id: request.conversation_id.clone(),
+                user_id: request.user_id.clone(),
+                last_read_message_id: position.last_read_message_id.clone(),
+            };
+            self.outbox
+                .publish_volatile_to(
+                    &request.workspace_id,
+                    &request.user_id,
+                    event::Kind::ConversationRead(read),
+                )
+                .await;
         }
-        // Over (or not over in time): the reply as it is, or the message if it has none.
-        let reply = db::find_reply(&self.pool, &user_message.id)
-            .await
-            .map_err(db_error)?;
-        stopped(reply.unwrap_or(user_message))
+        Ok(Response::new(ReadState {
+            conversation_id: request.conversation_id,
+            user_id: request.user_id,
+            last_read_message_id: position.last_read_message_id,
+            unread_count: position.unread_count,
+            moved: position.moved,
+        }))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<EditMessageRequest>,
+    ) -> Result<Response<Message>, Status> {
+        let request = request.into_inner();
+        let content = request.content.unwrap_or_default();
+        validate::message_text(&content)?;
+        self.conversation(&request.workspace_id, &request.conversation_id)
+            .await?;
+        let changed = db::edit_message(
+            &self.pool,
+            &request.workspace_id,
+            &request.conversation_id,
+            &request.message_id,
+            &request.user_id,
+            &content.text,
+        )
+        .await
+        .map_err(db_error)?;
+        let (message, event) = changed.map_err(author_change_error)?;
+        self.outbox.publish([event]).await;
+        Ok(Response::new(message))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<DeleteMessageRequest>,
+    ) -> Result<Response<Message>, Status> {
+        let request = request.into_inner();
+        let conversation = self
+            .conversation(&request.workspace_id, &request.conversation_id)
+            .await?;
+        let changed = db::delete_message(
+            &self.pool,
+            &request.workspace_id,
+            &request.conversation_id,
+            &request.message_id,
+            &request.user_id,
+        )
+        .await
+        .map_err(db_error)?;
+        let (message, event) = changed.map_err(author_change_error)?;
+        self.outbox.publish([event]).await;
+        // Nobody is to answer a message that is gone.
+        self.stop_turns(&conversation, &message, None).await?;
+        Ok(Response::new(message))
     }
 
     async fn set_workspace_plan(

@@ -312,6 +312,24 @@ pub async fn agent_for_conversation(
         .ok_or(ConversationError::NoActiveAgent)
 }
 
+/// The agent a turn names (`agent_id`; empty: the conversation's), unless it was archived.
+pub async fn turn_agent(
+    pool: &AnyPool,
+    conversation: &Conversation,
+    agent_id: &str,
+) -> Result<Agent, ConversationError> {
+    if agent_id.is_empty() {
+        return agent_for_conversation(pool, conversation).await;
+    }
+    let agent = find_agent(pool, &conversation.workspace_id, agent_id)
+        .await?
+        .ok_or(ConversationError::AgentNotFound)?;
+    if agent.archived_at_ms.is_some() {
+        return Err(ConversationError::AgentArchived);
+    }
+    Ok(agent)
+}
+
 pub async fn set_agent_status(
     pool: &AnyPool,
     agent_id: &str,

@@ -2,11 +2,36 @@ use crawbl_proto::conversation::v1::Conversation;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
-use super::{Cursor, list_messages, new_id, now_ms, page};
+use super::{
+    Cursor, MESSAGE_COLUMN_NAMES, message_from_prefixed_row, new_id, now_ms, page, unread_count_sql,
+};
 
-const CONVERSATION_COLUMNS: &str = "id, workspace_id, title, agent_id, created_at, updated_at";
+/// Selects conversations (`c`) with, in the same row, their last message (columns `m_…`) and
+/// the read state of the reader bound as `$1` (empty: none, and no unread count): one query for
+/// a whole page, however many conversations.
+fn select_conversations(condition: &str) -> String {
+    let message_columns = MESSAGE_COLUMN_NAMES
+        .iter()
+        .map(|name| format!("m.{name} AS m_{name}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT c.id, c.workspace_id, c.title, c.agent_id, c.created_at, c.updated_at,
+                r.last_read_message_id,
+                CASE WHEN $1 = '' THEN 0 ELSE {unread} END AS unread_count,
+                {message_columns}
+         FROM conversations c
+         LEFT JOIN read_states r ON r.conversation_id = c.id AND r.user_id = $1
+         LEFT JOIN messages m ON m.id = (SELECT x.id FROM messages x
+                                         WHERE x.conversation_id = c.id
+                                         ORDER BY x.created_at DESC, x.id DESC LIMIT 1)
+         WHERE {condition}",
+        unread = unread_count_sql("$1"),
+    )
+}
 
 fn conversation_from_row(row: &AnyRow) -> Result<Conversation, sqlx::Error> {
+    let has_message = row.try_get::<Option<String>, _>("m_id")?.is_some();
     Ok(Conversation {
         id: row.try_get("id")?,
         workspace_id: row.try_get("workspace_id")?,
@@ -14,7 +39,11 @@ fn conversation_from_row(row: &AnyRow) -> Result<Conversation, sqlx::Error> {
         agent_id: row.try_get("agent_id")?,
         created_at_ms: row.try_get("created_at")?,
         updated_at_ms: row.try_get("updated_at")?,
-        last_message: None,
+        last_message: has_message
+            .then(|| message_from_prefixed_row(row, "m_"))
+            .transpose()?,
+        unread_count: u64::try_from(row.try_get::<i64, _>("unread_count")?).unwrap_or_default(),
+        last_read_message_id: row.try_get("last_read_message_id")?,
     })
 }
 
@@ -33,6 +62,8 @@ pub async fn create_conversation(
         created_at_ms: now,
         updated_at_ms: now,
         last_message: None,
+        unread_count: 0,
+        last_read_message_id: None,
     };
     sqlx::query(
         "INSERT INTO conversations (id, workspace_id, title, agent_id, created_at, updated_at)
@@ -50,10 +81,11 @@ pub async fn create_conversation(
 }
 
 /// One page of the workspace's conversations, most recently active first, each with its last
-/// message.
+/// message and, for `reader` (a user id, or empty), the unread count and read position.
 pub async fn list_conversations(
     pool: &AnyPool,
     workspace_id: &str,
+    reader: &str,
     before: Option<&Cursor>,
     limit: u32,
 ) -> Result<(Vec<Conversation>, Option<Cursor>), sqlx::Error> {
@@ -65,10 +97,12 @@ pub async fn list_conversations(
     };
     let before = before.unwrap_or(&newest);
     let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE workspace_id = $1
-           AND (updated_at < $2 OR (updated_at = $2 AND id < $3))
-         ORDER BY updated_at DESC, id DESC LIMIT $4"
+        "{} ORDER BY c.updated_at DESC, c.id DESC LIMIT $5",
+        select_conversations(
+            "c.workspace_id = $2 AND (c.updated_at < $3 OR (c.updated_at = $3 AND c.id < $4))"
+        )
     )))
+    .bind(reader)
     .bind(workspace_id)
     .bind(before.at_ms)
     .bind(&before.id)
@@ -79,14 +113,10 @@ pub async fn list_conversations(
         .iter()
         .map(conversation_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let (mut conversations, next) = page(conversations, limit, |conversation| Cursor {
+    Ok(page(conversations, limit, |conversation| Cursor {
         at_ms: conversation.updated_at_ms,
         id: conversation.id.clone(),
-    });
-    for conversation in &mut conversations {
-        conversation.last_message = last_message(pool, &conversation.id).await?;
-    }
-    Ok((conversations, next))
+    }))
 }
 
 pub async fn find_conversation(
@@ -94,28 +124,25 @@ pub async fn find_conversation(
     workspace_id: &str,
     conversation_id: &str,
 ) -> Result<Option<Conversation>, sqlx::Error> {
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE workspace_id = $1 AND id = $2"
+    find_conversation_for(pool, workspace_id, conversation_id, "").await
+}
+
+/// The conversation, with `reader`'s unread count and read position (empty: none).
+pub async fn find_conversation_for(
+    pool: &AnyPool,
+    workspace_id: &str,
+    conversation_id: &str,
+    reader: &str,
+) -> Result<Option<Conversation>, sqlx::Error> {
+    let row = sqlx::query(AssertSqlSafe(select_conversations(
+        "c.workspace_id = $2 AND c.id = $3",
     )))
+    .bind(reader)
     .bind(workspace_id)
     .bind(conversation_id)
     .fetch_optional(pool)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    let mut conversation = conversation_from_row(&row)?;
-    conversation.last_message = last_message(pool, conversation_id).await?;
-    Ok(Some(conversation))
-}
-
-async fn last_message(
-    pool: &AnyPool,
-    conversation_id: &str,
-) -> Result<Option<crawbl_proto::conversation::v1::Message>, sqlx::Error> {
-    Ok(list_messages(pool, conversation_id, None, 1)
-        .await?
-        .0
-        .into_iter()
-        .next())
+    row.as_ref().map(conversation_from_row).transpose()
 }
 
 /// Deletes the conversation and its messages; false when it did not exist in the workspace.
@@ -125,6 +152,11 @@ pub async fn delete_conversation(
     conversation_id: &str,
 ) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM read_states WHERE conversation_id = $1 AND workspace_id = $2")
+        .bind(conversation_id)
+        .bind(workspace_id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("DELETE FROM messages WHERE conversation_id = $1 AND workspace_id = $2")
         .bind(conversation_id)
         .bind(workspace_id)

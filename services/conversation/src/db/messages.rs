@@ -8,29 +8,75 @@ use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
 use super::{Cursor, TurnFence, append_event, insert_turn, new_id, now_ms, page};
 use crate::validate::NewUserMessage;
 
+/// Every column of a message, in the order [`message_from_row`] reads them.
+pub(super) const MESSAGE_COLUMN_NAMES: [&str; 16] = [
+    "id",
+    "workspace_id",
+    "conversation_id",
+    "role",
+    "author_id",
+    "agent_id",
+    "local_id",
+    "content_type",
+    "text",
+    "status",
+    "created_at",
+    "updated_at",
+    "tool_calls",
+    "edited_at",
+    "deleted_at",
+    "mentions",
+];
 const MESSAGE_COLUMNS: &str = "id, workspace_id, conversation_id, role, author_id, agent_id, \
-    local_id, content_type, text, status, created_at, updated_at, tool_calls";
+    local_id, content_type, text, status, created_at, updated_at, tool_calls, edited_at, \
+    deleted_at, mentions";
 
 fn message_from_row(row: &AnyRow) -> Result<Message, sqlx::Error> {
-    let role: String = row.try_get("role")?;
-    let status: String = row.try_get("status")?;
+    message_from_prefixed_row(row, "")
+}
+
+/// A message from columns named with `prefix` (a query that selects a message beside other
+/// rows, as `m.id AS {prefix}id`…).
+pub(super) fn message_from_prefixed_row(
+    row: &AnyRow,
+    prefix: &str,
+) -> Result<Message, sqlx::Error> {
+    let column = |name: &str| format!("{prefix}{name}");
+    let role: String = row.try_get(column("role").as_str())?;
+    let status: String = row.try_get(column("status").as_str())?;
     Ok(Message {
-        id: row.try_get("id")?,
-        workspace_id: row.try_get("workspace_id")?,
-        conversation_id: row.try_get("conversation_id")?,
+        id: row.try_get(column("id").as_str())?,
+        workspace_id: row.try_get(column("workspace_id").as_str())?,
+        conversation_id: row.try_get(column("conversation_id").as_str())?,
         role: role_from_db(&role) as i32,
-        author_id: row.try_get("author_id")?,
-        agent_id: row.try_get("agent_id")?,
-        local_id: row.try_get("local_id")?,
+        author_id: row.try_get(column("author_id").as_str())?,
+        agent_id: row.try_get(column("agent_id").as_str())?,
+        local_id: row.try_get(column("local_id").as_str())?,
         content: Some(MessageContent {
-            r#type: row.try_get("content_type")?,
-            text: row.try_get("text")?,
+            r#type: row.try_get(column("content_type").as_str())?,
+            text: row.try_get(column("text").as_str())?,
+            mentions: mentions_from_db(row.try_get(column("mentions").as_str())?)?,
         }),
         status: message_status_from_db(&status) as i32,
-        created_at_ms: row.try_get("created_at")?,
-        updated_at_ms: row.try_get("updated_at")?,
-        tool_calls: tool_calls_from_db(row.try_get("tool_calls")?)?,
+        created_at_ms: row.try_get(column("created_at").as_str())?,
+        updated_at_ms: row.try_get(column("updated_at").as_str())?,
+        tool_calls: tool_calls_from_db(row.try_get(column("tool_calls").as_str())?)?,
+        edited_at_ms: row.try_get(column("edited_at").as_str())?,
+        deleted_at_ms: row.try_get(column("deleted_at").as_str())?,
     })
+}
+
+/// Mentions are kept as a JSON array of agent ids; none: NULL.
+fn mentions_from_db(raw: Option<String>) -> Result<Vec<String>, sqlx::Error> {
+    raw.map(|raw| serde_json::from_str(&raw).map_err(|error| sqlx::Error::Decode(Box::new(error))))
+        .transpose()
+        .map(Option::unwrap_or_default)
+}
+
+fn mentions_to_db(mentions: &[String]) -> Option<String> {
+    (!mentions.is_empty())
+        .then(|| serde_json::to_string(mentions).ok())
+        .flatten()
 }
 
 /// How tool calls are kept in the `tool_calls` column: a JSON array.
@@ -75,12 +121,14 @@ fn tool_calls_to_db(calls: &[ToolCall]) -> Option<String> {
     serde_json::to_string(&stored).ok()
 }
 
-/// Stores a user message and its `message.new` event, unless the same author already sent one
-/// with this `localId` in the conversation. Returns the stored message and, when this call
-/// created it, its event. Concurrent retries create exactly one.
+/// Stores a user message and its `message.new` event, with a turn for each of `answering` (agent
+/// ids), unless the same author already sent one with this `localId` in the conversation.
+/// Returns the stored message and, when this call created it, its event. Concurrent retries
+/// create exactly one.
 pub async fn insert_user_message(
     pool: &AnyPool,
     new: &NewUserMessage,
+    answering: &[String],
 ) -> Result<(Message, Option<Event>), sqlx::Error> {
     let now = now_ms();
     let message = Message {
@@ -94,17 +142,20 @@ pub async fn insert_user_message(
         content: Some(MessageContent {
             r#type: "text".to_owned(),
             text: new.text.clone(),
+            mentions: new.mentions.clone(),
         }),
         status: MessageStatus::Sent as i32,
         created_at_ms: now,
         updated_at_ms: now,
         tool_calls: Vec::new(),
+        edited_at_ms: None,
+        deleted_at_ms: None,
     };
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
-             local_id, content_type, text, status, created_at, updated_at)
-         VALUES ($1, $2, $3, 'user', $4, NULL, $5, 'text', $6, 'sent', $7, $7)
+             local_id, content_type, text, status, created_at, updated_at, mentions)
+         VALUES ($1, $2, $3, 'user', $4, NULL, $5, 'text', $6, 'sent', $7, $7, $8)
          ON CONFLICT (conversation_id, author_id, local_id) DO NOTHING",
     )
     .bind(&message.id)
@@ -114,6 +165,7 @@ pub async fn insert_user_message(
     .bind(&new.local_id)
     .bind(&new.text)
     .bind(now)
+    .bind(mentions_to_db(&new.mentions))
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -138,15 +190,17 @@ pub async fn insert_user_message(
         event::Kind::MessageNew(message.clone()),
     )
     .await?;
-    // The turn that answers it is committed with it: a stored message always gets its turn.
-    insert_turn(
-        &mut tx,
-        &new.workspace_id,
-        &new.conversation_id,
-        &message.id,
-        event.seq,
-    )
-    .await?;
+    // The turns that answer it are committed with it: a stored message always gets its turns.
+    for agent_id in answering {
+        let turn = super::NewTurn {
+            workspace_id: &new.workspace_id,
+            conversation_id: &new.conversation_id,
+            user_message_id: &message.id,
+            agent_id,
+            seq: event.seq,
+        };
+        insert_turn(&mut tx, &turn).await?;
+    }
     tx.commit().await?;
     Ok((message, Some(event)))
 }
@@ -222,11 +276,14 @@ async fn insert_empty_reply(
         content: Some(MessageContent {
             r#type: "text".to_owned(),
             text: String::new(),
+            mentions: Vec::new(),
         }),
         status: reply.status as i32,
         created_at_ms: now,
         updated_at_ms: now,
         tool_calls: Vec::new(),
+        edited_at_ms: None,
+        deleted_at_ms: None,
     };
     sqlx::query(
         "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
@@ -431,18 +488,135 @@ pub async fn find_message(
     row.as_ref().map(message_from_row).transpose()
 }
 
-/// The agent's reply to a user message, if one was started.
+/// The reply of `agent_id` (of any agent, when `None`) to a user message, if one was started.
 pub async fn find_reply(
     pool: &AnyPool,
     user_message_id: &str,
+    agent_id: Option<&str>,
 ) -> Result<Option<Message>, sqlx::Error> {
     let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE reply_to = $1 ORDER BY created_at DESC LIMIT 1"
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE reply_to = $1 AND ($2 = '' OR agent_id = $2)
+         ORDER BY created_at DESC LIMIT 1"
     )))
     .bind(user_message_id)
+    .bind(agent_id.unwrap_or_default())
     .fetch_optional(pool)
     .await?;
     row.as_ref().map(message_from_row).transpose()
+}
+
+/// Every agent's reply to a user message, oldest first.
+pub async fn find_replies(
+    pool: &AnyPool,
+    user_message_id: &str,
+) -> Result<Vec<Message>, sqlx::Error> {
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE reply_to = $1 ORDER BY created_at, id"
+    )))
+    .bind(user_message_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(message_from_row).collect()
+}
+
+/// Why an author's change to a message was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthorChange {
+    NotFound,
+    /// An agent's message, or another person's.
+    NotAuthor,
+    Deleted,
+}
+
+/// What a change an author asked for did: the message as it now is and its durable event.
+pub type Changed = Result<(Message, Event), AuthorChange>;
+
+/// The author replaces the text of their own user message: `edited_at` set, `message.updated`.
+pub async fn edit_message(
+    pool: &AnyPool,
+    workspace_id: &str,
+    conversation_id: &str,
+    message_id: &str,
+    author_id: &str,
+    text: &str,
+) -> Result<Changed, sqlx::Error> {
+    change_own_message(
+        pool,
+        (workspace_id, conversation_id, message_id, author_id),
+        "text = $5, edited_at = $6, updated_at = $6",
+        text,
+        |message| event::Kind::MessageUpdated(message.clone()),
+    )
+    .await
+}
+
+/// The author deletes their own user message: it stays as a tombstone (no text, `deleted_at`),
+/// and `message.deleted` tells clients.
+pub async fn delete_message(
+    pool: &AnyPool,
+    workspace_id: &str,
+    conversation_id: &str,
+    message_id: &str,
+    author_id: &str,
+) -> Result<Changed, sqlx::Error> {
+    change_own_message(
+        pool,
+        (workspace_id, conversation_id, message_id, author_id),
+        "text = $5, mentions = NULL, deleted_at = $6, updated_at = $6",
+        "",
+        |message| {
+            event::Kind::MessageDeleted(crawbl_proto::events::v1::MessageDeleted {
+                id: message.id.clone(),
+                conversation_id: message.conversation_id.clone(),
+            })
+        },
+    )
+    .await
+}
+
+/// Applies `set` (with `$5` = `text`, `$6` = now) to a user message of `author_id` that is not
+/// deleted, and logs the event `kind_of` makes of the result, in one transaction.
+async fn change_own_message(
+    pool: &AnyPool,
+    (workspace_id, conversation_id, message_id, author_id): (&str, &str, &str, &str),
+    set: &str,
+    text: &str,
+    kind_of: impl Fn(&Message) -> event::Kind,
+) -> Result<Changed, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE messages SET {set}
+         WHERE id = $1 AND workspace_id = $2 AND conversation_id = $3 AND role = 'user'
+           AND author_id = $4 AND deleted_at IS NULL
+         RETURNING {MESSAGE_COLUMNS}"
+    )))
+    .bind(message_id)
+    .bind(workspace_id)
+    .bind(conversation_id)
+    .bind(author_id)
+    .bind(text)
+    .bind(now_ms())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        tx.rollback().await?;
+        let found = find_message(pool, message_id)
+            .await?
+            .filter(|m| m.workspace_id == workspace_id && m.conversation_id == conversation_id);
+        return Ok(Err(match found {
+            None => AuthorChange::NotFound,
+            Some(m)
+                if m.role() != MessageRole::User || m.author_id.as_deref() != Some(author_id) =>
+            {
+                AuthorChange::NotAuthor
+            }
+            Some(_) => AuthorChange::Deleted,
+        }));
+    };
+    let message = message_from_row(&row)?;
+    let event = append_event(&mut tx, workspace_id, kind_of(&message)).await?;
+    tx.commit().await?;
+    Ok(Ok((message, event)))
 }
 
 async fn touch_conversation(
@@ -496,7 +670,8 @@ pub async fn list_messages(
 
 /// What a turn may show the model of its conversation: the newest `limit` messages up to and
 /// including `through` (the user message the turn answers), newest first. Replies still
-/// streaming and replies that failed with no text are left out; they say nothing yet.
+/// streaming, replies that failed with no text and deleted messages are left out; they say
+/// nothing (yet).
 pub async fn context_messages(
     pool: &AnyPool,
     through: &Message,
@@ -506,6 +681,7 @@ pub async fn context_messages(
         "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1
            AND (created_at < $2 OR (created_at = $2 AND id <= $3))
            AND status <> 'streaming' AND NOT (status = 'failed' AND text = '')
+           AND deleted_at IS NULL
          ORDER BY created_at DESC, id DESC LIMIT $4"
     )))
     .bind(&through.conversation_id)

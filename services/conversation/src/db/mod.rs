@@ -5,6 +5,7 @@ mod agents;
 mod conversations;
 mod events;
 mod messages;
+mod reads;
 mod turns;
 mod usage;
 
@@ -12,6 +13,7 @@ pub use agents::*;
 pub use conversations::*;
 pub use events::*;
 pub use messages::*;
+pub use reads::*;
 pub use turns::*;
 pub use usage::*;
 

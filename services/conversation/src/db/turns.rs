@@ -4,8 +4,11 @@
 //! - a turn is written in the transaction of the user message it answers, with the `seq` of that
 //!   message's `message.new` (the workspace's send order), so a committed message always gets
 //!   its turn, even when the instance that stored it dies at once;
+//! - a message that names several agents gets a turn for each; turns of one agent in one
+//!   conversation run one at a time in send order, so several agents answer side by side;
 //! - an instance *claims* a queued turn (a conditional update) only when no earlier turn of the
-//!   conversation is still open, and a unique index allows one `running` turn per conversation;
+//!   conversation's same agent is still open, and a unique index allows one `running` turn per
+//!   conversation and agent;
 //! - the owner holds a lease that it renews; a turn whose lease expired is *taken over* by
 //!   another instance;
 //! - every write of the owner (the reply's creation, its checkpoints, its end) is fenced by the
@@ -32,6 +35,9 @@ pub struct ClaimedTurn {
     pub workspace_id: String,
     pub conversation_id: String,
     pub user_message_id: String,
+    /// The agent that answers; empty (a turn queued before agents were named per turn): the
+    /// conversation's.
+    pub agent_id: String,
     /// The reply an earlier owner started, if any.
     pub reply_id: Option<String>,
     /// How many owners (this one included) have run the turn.
@@ -40,8 +46,8 @@ pub struct ClaimedTurn {
     pub trace_context: HashMap<String, String>,
 }
 
-const TURN_COLUMNS: &str =
-    "id, workspace_id, conversation_id, user_message_id, reply_id, attempts, owner, trace_context";
+const TURN_COLUMNS: &str = "id, workspace_id, conversation_id, user_message_id, agent_id, \
+    reply_id, attempts, owner, trace_context";
 
 fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTurn, sqlx::Error> {
     Ok(ClaimedTurn {
@@ -54,6 +60,7 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTurn, sqlx::Error> {
         workspace_id: row.try_get("workspace_id")?,
         conversation_id: row.try_get("conversation_id")?,
         user_message_id: row.try_get("user_message_id")?,
+        agent_id: row.try_get("agent_id")?,
         reply_id: row.try_get("reply_id")?,
         attempts: row.try_get("attempts")?,
         // A context that does not parse only costs the trace its parent.
@@ -62,25 +69,33 @@ fn claimed_from_row(row: &AnyRow) -> Result<ClaimedTurn, sqlx::Error> {
     })
 }
 
-/// Queues the turn that answers a user message, inside the message's transaction.
+/// A turn to queue: `agent_id` answers the user message.
+pub struct NewTurn<'a> {
+    pub workspace_id: &'a str,
+    pub conversation_id: &'a str,
+    pub user_message_id: &'a str,
+    pub agent_id: &'a str,
+    /// The `seq` of the user message's `message.new`.
+    pub seq: u64,
+}
+
+/// Queues a turn that answers a user message, inside the message's transaction.
 pub async fn insert_turn(
     connection: &mut AnyConnection,
-    workspace_id: &str,
-    conversation_id: &str,
-    user_message_id: &str,
-    seq: u64,
+    turn: &NewTurn<'_>,
 ) -> Result<(), sqlx::Error> {
     let now = now_ms();
     sqlx::query(
-        "INSERT INTO turns (id, workspace_id, conversation_id, user_message_id, seq, state,
-                            attempts, trace_context, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, $7)",
+        "INSERT INTO turns (id, workspace_id, conversation_id, user_message_id, agent_id, seq,
+                            state, attempts, trace_context, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', 0, $7, $8, $8)",
     )
     .bind(new_id())
-    .bind(workspace_id)
-    .bind(conversation_id)
-    .bind(user_message_id)
-    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+    .bind(turn.workspace_id)
+    .bind(turn.conversation_id)
+    .bind(turn.user_message_id)
+    .bind(turn.agent_id)
+    .bind(i64::try_from(turn.seq).unwrap_or(i64::MAX))
     .bind(serde_json::to_string(&crawbl_infra::trace::current_context()).unwrap_or_default())
     .bind(now)
     .execute(connection)
@@ -99,7 +114,7 @@ pub enum Queued<'a> {
 }
 
 /// Claims up to `limit` queued turns that may run now: the first open turn of their
-/// conversation, while their workspace runs fewer than `per_workspace` turns. A turn another
+/// conversation's agent, while their workspace runs fewer than `per_workspace` turns. A turn another
 /// instance claims first is skipped.
 pub async fn claim_queued(
     pool: &AnyPool,
@@ -116,7 +131,8 @@ pub async fn claim_queued(
     let query = format!(
         "SELECT t.id, t.workspace_id FROM turns t WHERE t.state = 'queued' AND {condition}
            AND NOT EXISTS (SELECT 1 FROM turns o
-                           WHERE o.conversation_id = t.conversation_id AND o.seq < t.seq)
+                           WHERE o.conversation_id = t.conversation_id
+                             AND o.agent_id = t.agent_id AND o.seq < t.seq)
          ORDER BY t.seq LIMIT $2"
     );
     let query = sqlx::query(AssertSqlSafe(query));
@@ -282,20 +298,38 @@ pub async fn renew_lease(
     })
 }
 
-/// The open turn answering a user message: its id and whether it is running (else queued).
-pub async fn open_turn(
+/// A turn that is queued or running.
+#[derive(Debug, Clone)]
+pub struct OpenTurn {
+    pub id: String,
+    pub agent_id: String,
+    pub running: bool,
+}
+
+/// The open turns answering a user message (only `agent_id`'s, when given).
+pub async fn open_turns(
     pool: &AnyPool,
     user_message_id: &str,
-) -> Result<Option<(String, bool)>, sqlx::Error> {
-    let row = sqlx::query("SELECT id, state FROM turns WHERE user_message_id = $1 LIMIT 1")
-        .bind(user_message_id)
-        .fetch_optional(pool)
-        .await?;
-    row.map(|row| {
-        let state: String = row.try_get("state")?;
-        Ok((row.try_get("id")?, state == "running"))
-    })
-    .transpose()
+    agent_id: Option<&str>,
+) -> Result<Vec<OpenTurn>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, agent_id, state FROM turns
+         WHERE user_message_id = $1 AND ($2 = '' OR agent_id = $2) ORDER BY created_at, id",
+    )
+    .bind(user_message_id)
+    .bind(agent_id.unwrap_or_default())
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let state: String = row.try_get("state")?;
+            Ok(OpenTurn {
+                id: row.try_get("id")?,
+                agent_id: row.try_get("agent_id")?,
+                running: state == "running",
+            })
+        })
+        .collect()
 }
 
 /// Asks a running turn's owner to stop it. `false`: it is not running (any more).
@@ -399,12 +433,19 @@ pub async fn requeue(pool: &AnyPool, fence: &TurnFence) -> Result<bool, sqlx::Er
     Ok(requeued == 1)
 }
 
-/// Whether the turn answering a user message is still queued or running anywhere.
-pub async fn turn_open(pool: &AnyPool, user_message_id: &str) -> Result<bool, sqlx::Error> {
-    let open: Option<String> =
-        sqlx::query_scalar("SELECT id FROM turns WHERE user_message_id = $1 LIMIT 1")
-            .bind(user_message_id)
-            .fetch_optional(pool)
-            .await?;
+/// Whether a turn answering a user message (of `agent_id`, when given) is still queued or
+/// running anywhere.
+pub async fn turn_open(
+    pool: &AnyPool,
+    user_message_id: &str,
+    agent_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let open: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM turns WHERE user_message_id = $1 AND ($2 = '' OR agent_id = $2) LIMIT 1",
+    )
+    .bind(user_message_id)
+    .bind(agent_id.unwrap_or_default())
+    .fetch_optional(pool)
+    .await?;
     Ok(open.is_some())
 }

@@ -5,7 +5,7 @@ mod agent;
 pub use agent::{AgentChanges, NewAgent};
 
 use crate::ConversationError;
-use crawbl_proto::conversation::v1::SendMessageRequest;
+use crawbl_proto::conversation::v1::{MessageContent, SendMessageRequest};
 
 /// Longest message text accepted, in bytes (SPEC §8).
 pub const MAX_TEXT_BYTES: usize = 32 * 1024;
@@ -24,6 +24,9 @@ pub struct NewUserMessage {
     pub author_id: String,
     pub local_id: String,
     pub text: String,
+    /// Agent ids from `content.mentions`, shape checked; the service resolves them (with any
+    /// `@slug` of the text) into the agents that answer.
+    pub mentions: Vec<String>,
 }
 
 impl TryFrom<SendMessageRequest> for NewUserMessage {
@@ -43,35 +46,44 @@ impl TryFrom<SendMessageRequest> for NewUserMessage {
                 "content is required",
             ));
         };
-        if content.r#type != "text" {
-            return Err(ConversationError::unprocessable(
-                "UNSUPPORTED_CONTENT_TYPE",
-                format!(
-                    "content type {:?} is not supported; use \"text\"",
-                    truncate(&content.r#type, 32)
-                ),
-            ));
-        }
-        if content.text.trim().is_empty() {
-            return Err(ConversationError::invalid(
-                "EMPTY_MESSAGE",
-                "message text must not be empty",
-            ));
-        }
-        if content.text.len() > MAX_TEXT_BYTES {
-            return Err(ConversationError::invalid(
-                "MESSAGE_TOO_LONG",
-                format!("message text must be at most {MAX_TEXT_BYTES} bytes"),
-            ));
-        }
+        message_text(&content)?;
+        crate::mentions::check_ids(&content.mentions)?;
         Ok(Self {
             workspace_id: request.workspace_id,
             conversation_id: request.conversation_id,
             author_id: request.author_id,
             local_id,
             text: content.text,
+            mentions: content.mentions,
         })
     }
+}
+
+/// Checks a message's text content (of a send or an edit): type `text`, not blank, at most
+/// [`MAX_TEXT_BYTES`].
+pub fn message_text(content: &MessageContent) -> Result<(), ConversationError> {
+    if content.r#type != "text" {
+        return Err(ConversationError::unprocessable(
+            "UNSUPPORTED_CONTENT_TYPE",
+            format!(
+                "content type {:?} is not supported; use \"text\"",
+                truncate(&content.r#type, 32)
+            ),
+        ));
+    }
+    if content.text.trim().is_empty() {
+        return Err(ConversationError::invalid(
+            "EMPTY_MESSAGE",
+            "message text must not be empty",
+        ));
+    }
+    if content.text.len() > MAX_TEXT_BYTES {
+        return Err(ConversationError::invalid(
+            "MESSAGE_TOO_LONG",
+            format!("message text must be at most {MAX_TEXT_BYTES} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// A conversation title: trimmed, at most [`MAX_TITLE_CHARS`]; empty means "New conversation".
@@ -186,7 +198,6 @@ fn truncate(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crawbl_proto::conversation::v1::MessageContent;
 
     fn request(kind: &str, text: &str, local_id: &str) -> SendMessageRequest {
         SendMessageRequest {
@@ -197,8 +208,10 @@ mod tests {
             content: Some(MessageContent {
                 r#type: kind.into(),
                 text: text.into(),
+                mentions: Vec::new(),
             }),
             wait: false,
+            member_of: Vec::new(),
         }
     }
 
