@@ -1,0 +1,11 @@
+//! The senders against fake providers that speak the real protocols and verify what they get.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod apns;
+mod config;
+mod fakes;
+mod fcm;
+mod helpers;
+mod webpush;
