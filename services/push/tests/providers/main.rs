@@ -8,4 +8,5 @@ mod config;
 mod fakes;
 mod fcm;
 mod helpers;
+mod npm;
 mod webpush;
