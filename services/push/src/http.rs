@@ -96,11 +96,13 @@ pub(crate) fn clip(text: &str, max: usize) -> String {
 
 /// A failed request (connection refused, TLS refused, timeout, a broken response): the provider
 /// may be reachable later.
-pub(crate) fn network_error(provider: &'static str, error: &reqwest::Error) -> Outcome {
-    // `{:#}`-style chain: reqwest's own text is short ("error sending request"), the cause says
-    // what went wrong (a certificate, a refused connection).
+pub(crate) fn network_error(provider: &'static str, error: reqwest::Error) -> Outcome {
+    // Without the URL: it holds a device token or a subscription's endpoint. With the causes:
+    // reqwest's own text is short ("error sending request"), the cause says what went wrong (a
+    // certificate, a refused connection).
+    let error = error.without_url();
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());

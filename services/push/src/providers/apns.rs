@@ -127,7 +127,7 @@ impl ApnsSender {
             }
             let response = match request.send().await {
                 Ok(response) => response,
-                Err(error) => return network_error("apns", &error),
+                Err(error) => return network_error("apns", error),
             };
             let status = response.status();
             if status.is_success() {

@@ -103,7 +103,7 @@ impl FcmSender {
                 .await
             {
                 Ok(response) => response,
-                Err(error) => return network_error("fcm", &error),
+                Err(error) => return network_error("fcm", error),
             };
             if response.status() == StatusCode::UNAUTHORIZED && refused.is_none() {
                 // Revoked, or expired earlier than it said: once more with a new token.
@@ -161,7 +161,7 @@ impl FcmSender {
             .form(&[("grant_type", GRANT_TYPE), ("assertion", &assertion)])
             .send()
             .await
-            .map_err(|error| network_error("fcm", &error))?;
+            .map_err(|error| network_error("fcm", error))?;
         let status = response.status();
         if !status.is_success() {
             let headers = response.headers().clone();

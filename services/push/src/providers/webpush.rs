@@ -127,7 +127,7 @@ impl WebPushSender {
         }
         let response = match request.send().await {
             Ok(response) => response,
-            Err(error) => return network_error("webpush", &error),
+            Err(error) => return network_error("webpush", error),
         };
         let status = response.status();
         if status.is_success() {
