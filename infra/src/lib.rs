@@ -1,5 +1,6 @@
 //! Infrastructure every Crawbl component shares: configuration from the environment, logging,
-//! metrics, shutdown, gRPC serving with health and reflection, database pools, and the event bus.
+//! metrics, shutdown, gRPC serving with health and reflection, database pools, the event bus, and
+//! the TLS configuration of outgoing HTTPS clients.
 //! Nothing here knows about users, conversations or agents.
 
 pub mod bus;
@@ -13,4 +14,5 @@ pub mod notify;
 pub mod redis_client;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod trace;

@@ -114,7 +114,7 @@ impl Config {
                 millis(defaults.tool_timeout),
             )?)?,
             provider_retries: parse_or("RUNTIME_STUB_PROVIDER_RETRIES", defaults.provider_retries)?,
-            extra_root_certificates: crate::tls::extra_roots_from_env(
+            extra_root_certificates: crawbl_infra::tls::extra_roots_from_env(
                 optional("SSL_CERT_FILE").as_deref(),
                 optional("SSL_CERT_DIR").as_deref(),
             )?,
