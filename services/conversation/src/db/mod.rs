@@ -7,6 +7,7 @@ mod events;
 mod messages;
 mod turns;
 mod usage;
+mod workspaces;
 
 pub use agents::*;
 pub use conversations::*;
@@ -14,6 +15,7 @@ pub use events::*;
 pub use messages::*;
 pub use turns::*;
 pub use usage::*;
+pub use workspaces::*;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
