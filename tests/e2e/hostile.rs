@@ -34,7 +34,9 @@ async fn every_rest_route_holds_its_openapi_contract_under_generated_input() {
     let stack = Stack::embedded().await;
     let api = Api::new(stack.edge(0));
     let user = api.sign_up().await;
-    // An API key, not a session: the runner calls logout too, which would end a session.
+    // An API key, not a session: the runner calls logout too, which would end a session, and
+    // `DELETE /v1/users/me`, which would delete the account (an API key gets 403
+    // SESSION_REQUIRED there, so the user and the rest of the run survive).
     let (status, key) = api
         .post(
             "/v1/api-keys",

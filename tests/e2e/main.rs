@@ -4,6 +4,7 @@
 #[macro_use]
 mod support;
 
+mod accounts;
 mod agents;
 mod auth_and_tenancy;
 mod chat;

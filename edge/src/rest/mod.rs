@@ -40,7 +40,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::sign_in))
         .routes(routes!(auth::refresh))
         .routes(routes!(auth::logout))
-        .routes(routes!(users::get, users::update))
+        .routes(routes!(users::get, users::update, users::delete))
         .routes(routes!(api_keys::list, api_keys::create))
         .routes(routes!(api_keys::revoke))
         .routes(routes!(workspaces::list, workspaces::create))

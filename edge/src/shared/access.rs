@@ -1,9 +1,10 @@
 //! Who may do what, decided on this node without asking auth on every request:
 //!
 //! - **Access tokens** (signed JWTs) are verified locally with the keys in [`KeyStore`]: signature,
-//!   issuer, audience, expiry, then the revoked-session set.
+//!   issuer, audience, expiry, then the revoked-session and deleted-user sets.
 //! - **API keys** are opaque, so a key is verified by auth once and the answer cached for
-//!   [`API_KEY_CACHE_TTL`]; revoked keys are refused from the revoked-key set at once.
+//!   [`API_KEY_CACHE_TTL`]; revoked keys (and every key of a deleted user) are refused from the
+//!   revoked sets at once.
 //! - **Memberships** (which workspaces a user belongs to, with which role) come from auth once per
 //!   user and are cached for [`MEMBERSHIP_CACHE_TTL`]; any change drops the user's entry at once.
 //!
@@ -111,6 +112,8 @@ pub struct Access {
     revoked_sessions: RwLock<HashMap<String, i64>>,
     /// API key id → until when (Unix ms) to refuse it.
     revoked_api_keys: RwLock<HashMap<String, i64>>,
+    /// User id (a deleted account) → until when (Unix ms) to refuse every credential of theirs.
+    revoked_users: RwLock<HashMap<String, i64>>,
     /// SHA-256 of the key → whom it belongs to.
     api_keys: Mutex<HashMap<String, Cached<Identity>>>,
     /// User id → their workspaces.
@@ -126,6 +129,7 @@ impl Access {
             auth,
             revoked_sessions: RwLock::default(),
             revoked_api_keys: RwLock::default(),
+            revoked_users: RwLock::default(),
             api_keys: Mutex::default(),
             memberships: Mutex::default(),
             generation: AtomicU64::new(0),
@@ -167,7 +171,9 @@ impl Access {
         if now_millis().div_euclid(1000) >= claims.exp {
             return Err(AuthFailure::Expired);
         }
-        if is_listed(&self.revoked_sessions, &claims.sid) {
+        if is_listed(&self.revoked_sessions, &claims.sid)
+            || is_listed(&self.revoked_users, &claims.sub)
+        {
             return Err(AuthFailure::Invalid);
         }
         Ok(Identity {
@@ -210,6 +216,9 @@ impl Access {
         if let Credential::ApiKey(id) = &identity.credential
             && is_listed(&self.revoked_api_keys, id)
         {
+            return Err(AuthFailure::Invalid);
+        }
+        if is_listed(&self.revoked_users, &identity.user_id) {
             return Err(AuthFailure::Invalid);
         }
         Ok(identity)
@@ -304,6 +313,24 @@ impl Access {
         );
     }
 
+    /// Refuses every credential of `user_id` from now on on this node (for the account deletion
+    /// this node just made; auth's announcement brings the exact bound).
+    pub fn revoke_user_here(&self, user_id: &str) {
+        self.forget_user(user_id);
+        list(
+            &self.revoked_users,
+            user_id,
+            now_millis().saturating_add(millis(LOCAL_REVOCATION_TTL)),
+        );
+    }
+
+    /// Drops the cached memberships and API keys of `user_id`.
+    fn forget_user(&self, user_id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        lock(&self.memberships).remove(user_id);
+        lock(&self.api_keys).retain(|_, cached| cached.value.user_id != user_id);
+    }
+
     /// Applies one announced change; returns what it means for sockets.
     fn apply(&self, change: AuthChange) -> Option<SocketChange> {
         match change.kind? {
@@ -340,6 +367,11 @@ impl Access {
                 list(&self.revoked_api_keys, api_key_id, revocation.until)
                     .then(|| SocketChange::DisconnectApiKey(api_key_id.clone()))
             }
+            Subject::AllOfUser(user_id) => {
+                self.forget_user(user_id);
+                list(&self.revoked_users, user_id, revocation.until)
+                    .then(|| SocketChange::DisconnectUser(user_id.clone()))
+            }
         }
     }
 
@@ -354,7 +386,11 @@ impl Access {
             .into_inner()
             .revocations;
         let now = now_millis();
-        for set in [&self.revoked_sessions, &self.revoked_api_keys] {
+        for set in [
+            &self.revoked_sessions,
+            &self.revoked_api_keys,
+            &self.revoked_users,
+        ] {
             write(set).retain(|_, until| *until > now);
         }
         Ok(revocations
@@ -512,6 +548,47 @@ mod tests {
             now_millis() - 1,
         ));
         assert!(!is_listed(&access.revoked_sessions, "s2"));
+    }
+
+    // A lazy channel needs a runtime to exist in.
+    #[tokio::test]
+    async fn a_deleted_user_is_refused_has_nothing_cached_and_is_disconnected_once() {
+        let access = access();
+        let generation = access.generation.load(Ordering::Acquire);
+        access.remember(
+            &access.memberships,
+            "u1".to_owned(),
+            Arc::new(Vec::new()),
+            generation,
+        );
+        let key_of = |user: &str, key: &str| Identity {
+            user_id: user.to_owned(),
+            credential: Credential::ApiKey(key.to_owned()),
+        };
+        access.remember(
+            &access.api_keys,
+            "h1".to_owned(),
+            key_of("u1", "k1"),
+            generation,
+        );
+        access.remember(
+            &access.api_keys,
+            "h2".to_owned(),
+            key_of("u2", "k2"),
+            generation,
+        );
+        let later = now_millis() + 60_000;
+        let deleted = revoked(Subject::AllOfUser("u1".to_owned()), later);
+        assert_eq!(
+            access.apply(deleted.clone()),
+            Some(SocketChange::DisconnectUser("u1".to_owned()))
+        );
+        assert!(is_listed(&access.revoked_users, "u1"));
+        assert!(lock(&access.memberships).is_empty());
+        let keys: Vec<String> = lock(&access.api_keys).keys().cloned().collect();
+        assert_eq!(keys, ["h2"]);
+        // Heard again (from a resync): nothing new to do.
+        assert_eq!(access.apply(deleted), None);
     }
 
     // A lazy channel needs a runtime to exist in.

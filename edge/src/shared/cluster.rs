@@ -1,5 +1,5 @@
 //! What edge nodes do to each other's sockets: disconnect every socket of a revoked session or API
-//! key, move a user's sockets in or out of a workspace's room. With `REDIS_URL` these go through
+//! key or of a deleted account, move a user's sockets in or out of a workspace's room. With `REDIS_URL` these go through
 //! the socketioxide-redis adapter to every node; without it (the embedded default) the adapter's
 //! driver is [`ClusterDriver::Alone`] and every operation stays on this node.
 //!
@@ -59,6 +59,8 @@ pub async fn adapter(redis_url: Option<&str>) -> anyhow::Result<RedisAdapterCtr<
 pub enum SocketChange {
     DisconnectSession(String),
     DisconnectApiKey(String),
+    /// Every socket of a user (their account was deleted).
+    DisconnectUser(String),
     JoinWorkspace {
         user_id: String,
         workspace_id: String,
@@ -145,7 +147,9 @@ impl Sockets {
                 user_id,
                 workspace_id,
             } => moves.leave(namespace, user_id, workspace_id),
-            SocketChange::DisconnectSession(_) | SocketChange::DisconnectApiKey(_) => {
+            SocketChange::DisconnectSession(_)
+            | SocketChange::DisconnectApiKey(_)
+            | SocketChange::DisconnectUser(_) => {
                 if let Err(error) = apply(namespace.local(), change).await {
                     tracing::warn!(%error, ?change, "cannot apply a socket change");
                 }
@@ -170,6 +174,13 @@ async fn apply(
         SocketChange::DisconnectApiKey(api_key_id) => {
             namespace
                 .to(api_key_room(api_key_id))
+                .disconnect()
+                .await
+                .map_err(|error| error.to_string())?;
+        }
+        SocketChange::DisconnectUser(user_id) => {
+            namespace
+                .to(user_room(user_id))
                 .disconnect()
                 .await
                 .map_err(|error| error.to_string())?;

@@ -56,6 +56,7 @@ impl From<Revocation> for pb::Revocation {
         let subject = match revocation.revoked {
             Revoked::Session { session_id } => pb::revocation::Subject::SessionId(session_id),
             Revoked::ApiKey { api_key_id } => pb::revocation::Subject::ApiKeyId(api_key_id),
+            Revoked::User => pb::revocation::Subject::AllOfUser(revocation.user_id.clone()),
         };
         Self {
             subject: Some(subject),

@@ -235,8 +235,14 @@ pub struct ApiKeyIdentity {
 /// A session or API key revoked recently enough to matter, and until when.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Revoked {
-    Session { session_id: String },
-    ApiKey { api_key_id: String },
+    Session {
+        session_id: String,
+    },
+    ApiKey {
+        api_key_id: String,
+    },
+    /// Every session and API key of the revocation's user: the account was deleted.
+    User,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

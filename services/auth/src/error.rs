@@ -72,6 +72,10 @@ pub enum AuthError {
     LastOwner,
     #[error("too many API keys; revoke one first")]
     TooManyApiKeys,
+    /// Account deletion: the user now solely owns a workspace whose data the caller has not
+    /// deleted (ownership changed in between); ask again which, and retry.
+    #[error("the workspaces the user alone owns changed; list them again and retry")]
+    WorkspacesChanged,
     /// A bug or a failing dependency. Logged; clients only learn that something went wrong.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -95,6 +99,7 @@ impl AuthError {
             Self::AlreadyMember => "ALREADY_MEMBER",
             Self::LastOwner => "LAST_OWNER",
             Self::TooManyApiKeys => "TOO_MANY_API_KEYS",
+            Self::WorkspacesChanged => "WORKSPACES_CHANGED",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -126,6 +131,7 @@ impl From<AuthError> for tonic::Status {
             AuthError::OwnerRequired => Code::PermissionDenied,
             AuthError::AlreadyMember => Code::AlreadyExists,
             AuthError::LastOwner | AuthError::TooManyApiKeys => Code::FailedPrecondition,
+            AuthError::WorkspacesChanged => Code::Aborted,
             AuthError::Internal(internal) => {
                 tracing::error!(error = ?internal, "internal error");
                 if database_unavailable(internal) {

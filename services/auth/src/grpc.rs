@@ -4,6 +4,7 @@ use crawbl_proto::auth::v1 as pb;
 use crawbl_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use tonic::{Request, Response, Status};
 
+use crate::accounts::DeletedUser;
 use crate::domain::{
     ApiKey, ApiKeyIdentity, CreatedApiKey, IssuedSession, Member, Membership, Principal, User,
 };
@@ -208,6 +209,26 @@ impl AuthService for AuthGrpc {
             .await?;
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
+
+    async fn list_sole_owned_workspaces(
+        &self,
+        request: Request<pb::ListSoleOwnedWorkspacesRequest>,
+    ) -> Reply<pb::SoleOwnedWorkspaces> {
+        let workspace_ids = self
+            .auth
+            .sole_owned_workspaces(&request.get_ref().user_id)
+            .await?;
+        Ok(Response::new(pb::SoleOwnedWorkspaces { workspace_ids }))
+    }
+
+    async fn delete_user(&self, request: Request<pb::DeleteUserRequest>) -> Reply<pb::DeletedUser> {
+        let request = request.into_inner();
+        reply(
+            self.auth
+                .delete_user(&request.user_id, &request.purged_workspace_ids)
+                .await,
+        )
+    }
 }
 
 fn signing_keys(auth: &Auth) -> pb::SigningKeys {
@@ -296,6 +317,25 @@ impl From<ApiKeyIdentity> for pb::ApiKeyIdentity {
         Self {
             api_key_id: identity.api_key_id,
             user_id: identity.user_id,
+        }
+    }
+}
+
+impl From<DeletedUser> for pb::DeletedUser {
+    fn from(deleted: DeletedUser) -> Self {
+        Self {
+            user_id: deleted.user_id.unwrap_or_default(),
+            deleted_workspace_ids: deleted.deleted_workspaces,
+            removed_memberships: deleted
+                .removed_memberships
+                .into_iter()
+                .map(|(user_id, workspace_id)| pb::MembershipChanged {
+                    user_id,
+                    workspace_id,
+                    role: String::new(),
+                })
+                .collect(),
+            revoked_until: deleted.revoked_until,
         }
     }
 }

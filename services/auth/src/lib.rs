@@ -1,8 +1,8 @@
 //! The auth service: users, passwords, sessions and tokens, API keys, workspaces and membership,
 //! served over gRPC (`crawbl.auth.v1.AuthService`).
 //!
-//! Layers: [`domain`] (validated input), [`service`], [`api_keys`] and [`workspaces`] (business
-//! logic), [`db`] (queries), [`tokens`] (every token rule), [`keys`] (signing keys and rotation),
+//! Layers: [`domain`] (validated input), [`service`], [`api_keys`], [`workspaces`] and
+//! [`accounts`] (business logic), [`db`] (queries), [`tokens`] (every token rule), [`keys`] (signing keys and rotation),
 //! [`throttle`] (sign-in rate limits), [`password`] (Argon2id), [`changes`] (what edges are told
 //! at once), [`grpc`] (the API), [`error`] (how failures map to gRPC statuses and stable codes).
 
@@ -15,6 +15,7 @@ use crawbl_infra::notify::Notifier;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub mod accounts;
 pub mod api_keys;
 pub mod changes;
 pub mod db;
@@ -173,7 +174,8 @@ pub async fn run(
     served
 }
 
-/// Every minute: re-read signing keys (rotating when due) and forget ended rate-limit windows.
+/// Every minute: re-read signing keys (rotating when due), forget ended rate-limit windows and
+/// tombstones of deleted users whose tokens have all expired.
 async fn maintain(auth: Auth, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(MAINTENANCE_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,6 +192,12 @@ async fn maintain(auth: Auth, shutdown: CancellationToken) {
             tracing::warn!(
                 error = format!("{error:#}"),
                 "cannot prune sign-in failures"
+            );
+        }
+        if let Err(error) = auth.prune_deleted_users().await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "cannot prune deleted users' tombstones"
             );
         }
     }

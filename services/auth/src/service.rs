@@ -313,6 +313,7 @@ impl Auth {
                 })
                 .collect();
         revocations.extend(self.api_key_revocations(now).await?);
+        revocations.extend(self.deleted_user_revocations(now).await?);
         Ok(revocations)
     }
 

@@ -6,9 +6,9 @@ use crawbl_infra::grpc::{Shards, status_with_code};
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationService;
 use crawbl_proto::conversation::v1::{
     Agent, AgentStatus, ArchiveAgentRequest, CancelTurnRequest, CancelTurnResponse,
-    CreateAgentRequest, GetAgentRequest, GetWorkspaceUsageRequest, Message, MessageRole,
-    MessageStatus, Quota, SetWorkspacePlanRequest, UpdateAgentRequest, WorkspacePlan,
-    WorkspaceUsage,
+    CreateAgentRequest, DeleteWorkspaceDataRequest, DeleteWorkspaceDataResponse, GetAgentRequest,
+    GetWorkspaceUsageRequest, Message, MessageRole, MessageStatus, Quota, SetWorkspacePlanRequest,
+    UpdateAgentRequest, WorkspacePlan, WorkspaceUsage,
 };
 use crawbl_proto::conversation::v1::{
     Conversation, CreateConversationRequest, DeleteConversationRequest, DeleteConversationResponse,
@@ -772,6 +772,46 @@ impl ConversationService for Conversations {
                 used,
                 resets_at_ms: db::month_end_ms(now),
             }),
+        }))
+    }
+
+    async fn delete_workspace_data(
+        &self,
+        request: Request<DeleteWorkspaceDataRequest>,
+    ) -> Result<Response<DeleteWorkspaceDataResponse>, Status> {
+        let workspace_id = request.into_inner().workspace_id;
+        if workspace_id.trim().is_empty() {
+            return Err(ConversationError::invalid(
+                "INVALID_WORKSPACE",
+                "workspace_id is required",
+            )
+            .into());
+        }
+        let conversations = db::conversation_ids(&self.pool, &workspace_id)
+            .await
+            .map_err(db_error)?;
+        // Turns first, on their own: from then on no running turn writes anything more (its
+        // writes are fenced by its row), wherever it runs. Those running here stop now; those
+        // on other instances when their next lease renewal finds the row gone.
+        let turns = db::delete_workspace_turns(&self.pool, &workspace_id)
+            .await
+            .map_err(db_error)?;
+        for conversation_id in &conversations {
+            self.scheduler.cancel_conversation(conversation_id);
+        }
+        let deleted = db::delete_workspace_data(&self.pool, &workspace_id)
+            .await
+            .map_err(db_error)?;
+        tracing::info!(
+            workspace_id,
+            conversations = deleted.conversations,
+            messages = deleted.messages,
+            turns,
+            "workspace data deleted"
+        );
+        Ok(Response::new(DeleteWorkspaceDataResponse {
+            conversations: deleted.conversations,
+            messages: deleted.messages,
         }))
     }
 

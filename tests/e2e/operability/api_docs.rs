@@ -8,7 +8,8 @@ use reqwest::StatusCode;
 use crate::support::api::Api;
 use crate::support::{Options, Stack, external_tool, free_port};
 
-/// Every REST route of SPEC §4 (path parameters as the router names them).
+/// Every REST route of SPEC §4, and account deletion of §9 (path parameters as the router names
+/// them).
 const SPEC_ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/auth/sign-up"),
     ("post", "/v1/auth/sign-in"),
@@ -16,6 +17,7 @@ const SPEC_ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/auth/logout"),
     ("get", "/v1/users/me"),
     ("patch", "/v1/users/me"),
+    ("delete", "/v1/users/me"),
     ("get", "/v1/api-keys"),
     ("post", "/v1/api-keys"),
     ("delete", "/v1/api-keys/{api_key_id}"),

@@ -2,6 +2,7 @@
 //! with runtime-checked queries that run unchanged on Postgres and SQLite through sqlx's `Any`
 //! driver. Ids are UUID v7 strings and timestamps Unix milliseconds.
 
+pub mod accounts;
 pub mod api_keys;
 pub mod sessions;
 pub mod signing_keys;

@@ -20,6 +20,7 @@ macro_rules! on_both_backends {
     };
 }
 
+mod accounts;
 mod api_keys;
 mod helpers;
 mod rate_limits;

@@ -8,6 +8,7 @@ mod messages;
 mod reads;
 mod turns;
 mod usage;
+mod workspaces;
 
 pub use agents::*;
 pub use conversations::*;
@@ -16,6 +17,7 @@ pub use messages::*;
 pub use reads::*;
 pub use turns::*;
 pub use usage::*;
+pub use workspaces::*;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
