@@ -231,6 +231,7 @@ async fn conversation_rows(stack: &TwoEdges, workspace_id: &str) -> Vec<(&'stati
         "workspace_sequences",
         "turn_usage",
         "workspace_month_usage",
+        "read_states",
     ] {
         let sql = format!("SELECT COUNT(*) FROM {table} WHERE workspace_id = $1");
         rows.push((
@@ -291,9 +292,17 @@ async fn deleting_an_account_reaches_every_edge_at_once_and_leaves_nothing_of_wh
     // Data in both: a finished turn in each (and, below, one still running in her own when she
     // goes).
     let conversation = apis[0].create_conversation(&alice.user).await;
-    apis[0]
+    let answered = apis[0]
         .send_and_wait(&alice.user, &conversation, "a1", "hello")
         .await;
+    let (status, body) = apis[0]
+        .post(
+            &format!("/v1/workspaces/{own}/conversations/{conversation}/read"),
+            Some(&alice.user.token),
+            json!({"messageId": answered["reply"]["id"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let alice_in_shared = in_workspace(&alice.user, &shared);
     let shared_conversation = apis[1].create_conversation(&bob.user).await;
     let from_alice = apis[0]

@@ -7,8 +7,9 @@ use sqlx::AnyPool;
 /// sequence last (a turn ending meanwhile appends an event under the sequence's row lock, so
 /// whatever it wrote is gone by then). A new table with a `workspace_id` belongs here.
 /// Messages and turns are found through their conversations (the indexes they have).
-const WORKSPACE_TABLES: [(&str, &str); 9] = [
+const WORKSPACE_TABLES: [(&str, &str); 10] = [
     ("turns", BY_CONVERSATION),
+    ("read_states", BY_WORKSPACE),
     ("messages", BY_CONVERSATION),
     ("conversations", BY_WORKSPACE),
     ("agents", BY_WORKSPACE),
