@@ -58,13 +58,9 @@ fn edge() -> &'static Edge {
             .expect("runtime");
         let router = runtime.block_on(async {
             let config = crawbl_edge::Config::from_env().expect("config");
-            let (follows, _deliveries) = crawbl_infra::bus::EventBus::in_process().subscriber();
-            let state = crawbl_edge::AppState::connect(
-                &config,
-                follows,
-                tokio_util::sync::CancellationToken::new(),
-            )
-            .expect("state");
+            let state =
+                crawbl_edge::AppState::connect(&config, tokio_util::sync::CancellationToken::new())
+                    .expect("state");
             crawbl_edge::fuzzing::router(state).expect("router")
         });
         Edge { runtime, router }
