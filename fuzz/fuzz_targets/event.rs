@@ -38,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
         Kind::AgentTool(_) => ("agent.tool", false),
         Kind::AgentUpdated(_) => ("agent.updated", true),
         Kind::UsageUpdate(_) => ("usage.update", false),
+        Kind::MessageDeleted(_) => ("message.deleted", true),
+        Kind::ConversationRead(_) => ("conversation.read", false),
+        Kind::UserTyping(_) => ("user.typing", false),
     };
     let socket_event =
         SocketEvent::from_kind(&event.workspace_id, kind).expect("every event kind encodes");
