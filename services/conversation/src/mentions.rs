@@ -8,17 +8,11 @@ use crate::ConversationError;
 
 /// Most agents one message may address.
 pub const MAX_MENTIONS: usize = 8;
-/// Longest id accepted in `content.mentions` (ids are UUIDs).
-pub const MAX_MENTION_ID_CHARS: usize = 64;
 
 /// Checks the size of `content.mentions` (before any lookup); an id that names no agent, empty
 /// or huge, is refused by [`resolve`] as unknown (422).
 pub fn check_ids(mentions: &[String]) -> Result<(), ConversationError> {
-    if mentions.len() > MAX_MENTIONS
-        || mentions
-            .iter()
-            .any(|id| id.len() > 16 * MAX_MENTION_ID_CHARS)
-    {
+    if mentions.len() > MAX_MENTIONS {
         return Err(ConversationError::invalid(
             "INVALID_MENTIONS",
             format!("mentions must be at most {MAX_MENTIONS} agent ids"),
@@ -129,12 +123,8 @@ mod tests {
 
     #[test]
     fn malformed_mention_lists_are_refused() {
-        for mentions in [
-            vec!["x".repeat(2000)],
-            (0..9).map(|n| n.to_string()).collect(),
-        ] {
-            assert!(check_ids(&mentions).is_err(), "{mentions:?}");
-        }
+        let nine: Vec<String> = (0..9).map(|n| n.to_string()).collect();
+        assert!(check_ids(&nine).is_err());
         assert!(check_ids(&["a1".into()]).is_ok());
         // Empty or long ids name no agent: 422, as the schema allows any string.
         assert!(check_ids(&[String::new(), "x".repeat(65)]).is_ok());
