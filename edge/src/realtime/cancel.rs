@@ -8,6 +8,7 @@ use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 
 use super::ack::Answer;
+use super::id_field;
 use crate::AppState;
 use crate::shared::auth::Caller;
 use crate::shared::cluster::Adapter;
@@ -15,19 +16,15 @@ use crate::shared::error::ApiError;
 use crate::shared::json::Message;
 use crate::shared::sending::current_workspaces;
 
-/// Longest id accepted in a payload.
-const MAX_ID_BYTES: usize = 128;
-
 /// The ids of a `message.cancel` payload; `None` when it is not one.
 fn parse(payload: Option<Value>) -> Option<(String, String)> {
     let Some(Value::Object(fields)) = payload else {
         return None;
     };
-    let id = |name: &str| match fields.get(name) {
-        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Some(id.clone()),
-        _ => None,
-    };
-    Some((id("conversationId")?, id("messageId")?))
+    Some((
+        id_field(&fields, "conversationId")?,
+        id_field(&fields, "messageId")?,
+    ))
 }
 
 impl crate::fuzzing::Parsers {

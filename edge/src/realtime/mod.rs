@@ -50,6 +50,17 @@ use crate::shared::rooms::{
 /// Bounds a long-polling request's body and a websocket message (and frame) alike: socketioxide
 /// applies `max_payload` to polling only and lets websocket messages grow to 64 MiB.
 const MAX_CLIENT_PACKET_BYTES: usize = 64 * 1024;
+/// Longest id a client event may name (a conversation, a message).
+const MAX_ID_BYTES: usize = 128;
+
+/// The id a client event's payload holds in `name`: a string of 1 to [`MAX_ID_BYTES`] bytes.
+fn id_field(fields: &serde_json::Map<String, Value>, name: &str) -> Option<String> {
+    match fields.get(name) {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_BYTES => Some(id.clone()),
+        _ => None,
+    }
+}
+
 /// Packets waiting to go out to one socket. A full buffer drops volatile events for that socket
 /// and gets it disconnected on the next durable one (see [`emit`]).
 pub const MAX_BUFFERED_PACKETS: usize = 128;

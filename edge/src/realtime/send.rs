@@ -3,38 +3,28 @@
 //! retry with the same `localId` after a lost ack gets the same message and starts no second
 //! turn. The ack is `{data: message}` or `{error: {code, message, retryAfter?}}`.
 
-use serde::Deserialize;
 use serde_json::Value;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 
 use super::ack::Answer;
+use super::id_field;
 use crate::AppState;
 use crate::shared::auth::Caller;
 use crate::shared::cluster::Adapter;
 use crate::shared::json::Message;
 use crate::shared::sending::{self, Destination, SendMessage};
 
-/// Longest conversation id accepted in a payload.
-const MAX_ID_BYTES: usize = 128;
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SendPayload {
-    conversation_id: String,
-    #[serde(flatten)]
-    message: SendMessage,
-}
-
-/// A `message.send` payload, or why it is not one.
+/// A `message.send` payload (the conversation, and the same body as `POST …/messages`), or why
+/// it is not one.
 fn parse(payload: Option<Value>) -> Result<(String, SendMessage), String> {
-    let Some(payload @ Value::Object(_)) = payload else {
+    let Some(Value::Object(fields)) = payload else {
         return Err("expected {\"conversationId\", \"localId\", \"content\": {\"type\": \"text\", \"text\"}}".to_owned());
     };
-    let parsed: SendPayload = serde_json::from_value(payload).map_err(|error| error.to_string())?;
-    if parsed.conversation_id.is_empty() || parsed.conversation_id.len() > MAX_ID_BYTES {
-        return Err("conversationId must be a conversation's id".to_owned());
-    }
-    Ok((parsed.conversation_id, parsed.message))
+    let conversation_id = id_field(&fields, "conversationId")
+        .ok_or_else(|| "conversationId must be a conversation's id".to_owned())?;
+    let message =
+        serde_json::from_value(Value::Object(fields)).map_err(|error| error.to_string())?;
+    Ok((conversation_id, message))
 }
 
 impl crate::fuzzing::Parsers {

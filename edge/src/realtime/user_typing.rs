@@ -20,6 +20,7 @@ use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use tokio::time::Instant;
 
 use super::ack::Answer;
+use super::id_field;
 use crate::AppState;
 use crate::shared::auth::Caller;
 use crate::shared::cluster::Adapter;
@@ -32,7 +33,6 @@ pub const REFRESH: Duration = Duration::from_secs(3);
 const MAX_CONVERSATIONS: usize = 8;
 /// Conversations whose workspace this node remembers; past it the memory starts over.
 const MAX_LOCATED: usize = 50_000;
-const MAX_ID_BYTES: usize = 128;
 
 /// The socket side's typing state: the bus to publish on, and which workspace each
 /// conversation belongs to (a conversation never moves, so this never goes stale, except that a
@@ -58,10 +58,7 @@ fn parse(payload: Option<Value>) -> Option<(String, bool)> {
     let Some(Value::Object(fields)) = payload else {
         return None;
     };
-    let conversation_id = match fields.get("conversationId") {
-        Some(Value::String(id)) if !id.is_empty() && id.len() <= MAX_ID_BYTES => id.clone(),
-        _ => return None,
-    };
+    let conversation_id = id_field(&fields, "conversationId")?;
     match fields.get("isTyping") {
         Some(Value::Bool(is_typing)) => Some((conversation_id, *is_typing)),
         _ => None,

@@ -207,7 +207,7 @@ impl Scheduler {
         loop {
             if !db::turn_open(pool, user_message_id, agent_id).await? {
                 return match agent_id {
-                    Some(agent_id) => Ok(db::find_reply(pool, user_message_id, Some(agent_id))
+                    Some(agent_id) => Ok(db::find_reply(pool, user_message_id, agent_id)
                         .await?
                         .into_iter()
                         .collect()),

@@ -155,24 +155,19 @@ impl Conversations {
         ))
     }
 
-    /// The conversation, from its workspace, or when none is named, from the caller's.
+    /// The conversation, from its workspace, or when none is named, from the caller's
+    /// (`member_of`): one lookup by id either way. With `reader`'s read state (empty: none).
     async fn conversation_among(
         &self,
         workspace_id: &str,
         member_of: &[String],
         conversation_id: &str,
+        reader: &str,
     ) -> Result<Conversation, ConversationError> {
-        if !workspace_id.is_empty() {
-            return self.conversation(workspace_id, conversation_id).await;
-        }
-        for workspace_id in member_of {
-            if let Some(found) =
-                db::find_conversation(&self.pool, workspace_id, conversation_id).await?
-            {
-                return Ok(found);
-            }
-        }
-        Err(ConversationError::ConversationNotFound)
+        db::find_conversation_for(&self.pool, workspace_id, conversation_id, reader)
+            .await?
+            .filter(|found| !workspace_id.is_empty() || member_of.contains(&found.workspace_id))
+            .ok_or(ConversationError::ConversationNotFound)
     }
 
     /// The user message a cancel names: itself (every agent's turn), or the one the named agent
@@ -228,13 +223,13 @@ impl Conversations {
 
     /// Stops the turns answering `user_message` (only `agent`'s, when given): queued ones end
     /// at once with a `cancelled` reply, running ones are asked to stop and waited for (up to
-    /// [`STOP_WAIT`]). Returns the reply to report: `agent`'s, or the first agent's.
+    /// [`STOP_WAIT`]).
     async fn stop_turns(
         &self,
         conversation: &Conversation,
         user_message: &Message,
         agent: Option<&str>,
-    ) -> Result<Option<Message>, Status> {
+    ) -> Result<(), Status> {
         // A queued turn may start while it is being cancelled: look again, a few times at most.
         for _ in 0..3 {
             let open = db::open_turns(&self.pool, &user_message.id, agent)
@@ -279,16 +274,7 @@ impl Conversations {
                 break;
             }
         }
-        // Over (or not over in time): the reply as it is.
-        let replies = db::find_replies(&self.pool, &user_message.id)
-            .await
-            .map_err(db_error)?;
-        Ok(match agent {
-            Some(agent) => replies
-                .into_iter()
-                .find(|reply| reply.agent_id.as_deref() == Some(agent)),
-            None => replies.into_iter().next(),
-        })
+        Ok(())
     }
 
     /// The agent whose reply a turn cancelled before it started is: the conversation's, archived
@@ -515,25 +501,14 @@ impl ConversationService for Conversations {
         request: Request<GetConversationRequest>,
     ) -> Result<Response<Conversation>, Status> {
         let request = request.into_inner();
-        let found = self
+        let conversation = self
             .conversation_among(
                 &request.workspace_id,
                 &request.member_of,
                 &request.conversation_id,
+                &request.reader_id,
             )
             .await?;
-        if request.reader_id.is_empty() {
-            return Ok(Response::new(found));
-        }
-        let conversation = db::find_conversation_for(
-            &self.pool,
-            &found.workspace_id,
-            &found.id,
-            &request.reader_id,
-        )
-        .await
-        .map_err(db_error)?
-        .ok_or(ConversationError::ConversationNotFound)?;
         Ok(Response::new(conversation))
     }
 
@@ -566,7 +541,7 @@ impl ConversationService for Conversations {
         let member_of = std::mem::take(&mut request.member_of);
         let mut new = NewUserMessage::try_from(request)?;
         let conversation = self
-            .conversation_among(&new.workspace_id, &member_of, &new.conversation_id)
+            .conversation_among(&new.workspace_id, &member_of, &new.conversation_id, "")
             .await?;
         new.workspace_id.clone_from(&conversation.workspace_id);
         // A retry of a message already stored is answered with it, quota or not.
@@ -612,15 +587,25 @@ impl ConversationService for Conversations {
                 &request.workspace_id,
                 &request.member_of,
                 &request.conversation_id,
+                "",
             )
             .await?;
         let (user_message, agent) = self
             .answered_message(&conversation, &request.message_id)
             .await?;
-        let reply = self
-            .stop_turns(&conversation, &user_message, agent.as_deref())
+        self.stop_turns(&conversation, &user_message, agent.as_deref())
             .await?;
-        // No reply (none was started): the message itself.
+        // The reply as it is now (the named agent's, or the first agent's); the message itself
+        // when none was started.
+        let replies = db::find_replies(&self.pool, &user_message.id)
+            .await
+            .map_err(db_error)?;
+        let reply = match &agent {
+            Some(agent) => replies
+                .into_iter()
+                .find(|reply| reply.agent_id.as_ref() == Some(agent)),
+            None => replies.into_iter().next(),
+        };
         let message = reply.unwrap_or(user_message);
         Ok(Response::new(CancelTurnResponse {
             already_finished: message.status() != MessageStatus::Cancelled,

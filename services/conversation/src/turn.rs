@@ -348,7 +348,7 @@ async fn start_reply(
 ) -> Result<Option<(Message, Option<Event>)>, ConversationError> {
     let earlier = match (&turn.reply_id, again) {
         (Some(reply_id), _) => db::find_message(&deps.pool, reply_id).await?,
-        (None, true) => db::find_reply(&deps.pool, &user_message.id, Some(&agent.id)).await?,
+        (None, true) => db::find_reply(&deps.pool, &user_message.id, &agent.id).await?,
         (None, false) => None,
     };
     if let Some(mut reply) = earlier {

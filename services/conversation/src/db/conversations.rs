@@ -127,7 +127,8 @@ pub async fn find_conversation(
     find_conversation_for(pool, workspace_id, conversation_id, "").await
 }
 
-/// The conversation, with `reader`'s unread count and read position (empty: none).
+/// The conversation, in `workspace_id` (empty: in any workspace, for a caller who then checks
+/// it is one of theirs), with `reader`'s unread count and read position (empty: none).
 pub async fn find_conversation_for(
     pool: &AnyPool,
     workspace_id: &str,
@@ -135,7 +136,7 @@ pub async fn find_conversation_for(
     reader: &str,
 ) -> Result<Option<Conversation>, sqlx::Error> {
     let row = sqlx::query(AssertSqlSafe(select_conversations(
-        "c.workspace_id = $2 AND c.id = $3",
+        "($2 = '' OR c.workspace_id = $2) AND c.id = $3",
     )))
     .bind(reader)
     .bind(workspace_id)

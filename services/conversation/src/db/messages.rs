@@ -488,18 +488,18 @@ pub async fn find_message(
     row.as_ref().map(message_from_row).transpose()
 }
 
-/// The reply of `agent_id` (of any agent, when `None`) to a user message, if one was started.
+/// The reply of `agent_id` to a user message, if one was started.
 pub async fn find_reply(
     pool: &AnyPool,
     user_message_id: &str,
-    agent_id: Option<&str>,
+    agent_id: &str,
 ) -> Result<Option<Message>, sqlx::Error> {
     let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE reply_to = $1 AND ($2 = '' OR agent_id = $2)
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE reply_to = $1 AND agent_id = $2
          ORDER BY created_at DESC LIMIT 1"
     )))
     .bind(user_message_id)
-    .bind(agent_id.unwrap_or_default())
+    .bind(agent_id)
     .fetch_optional(pool)
     .await?;
     row.as_ref().map(message_from_row).transpose()
