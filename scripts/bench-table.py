@@ -15,7 +15,10 @@ FIGURES = {
         ("undelivered", "undelivered 3 s after the end", False),
         ("cpuMicrosPerDelivery", "server CPU µs/delivery", False),
     ],
-    "idle": [("kbPerSocket", "KB per idle socket", False)],
+    "idle": [
+        ("kbPerSocket", "KB per idle socket", False),
+        ("leftTimesBefore", "RSS after they left ÷ RSS before", False),
+    ],
     "send-path": [
         ("sendsPerSecond", "sends/s", True),
         ("p50Ms", "ms p50 REST→message.new", False),

@@ -101,7 +101,9 @@ start_crawbl() {
   for index in $(seq 1 "$count"); do
     local port
     port=$(free_port)
-    EDGE_LISTEN=127.0.0.1:$port target/release/crawbl edge >"$work/edge-$index.log" 2>&1 &
+    # EDGE_PRELOAD: an allocator to compare with the built-in one (e.g. a libjemalloc.so path).
+    LD_PRELOAD=${EDGE_PRELOAD:-} EDGE_LISTEN=127.0.0.1:$port target/release/crawbl edge \
+      >"$work/edge-$index.log" 2>&1 &
     pids+=($!) servers+=($!) edges+=("http://127.0.0.1:$port")
   done
   for edge in "${edges[@]}"; do wait_for "$edge/readyz"; done

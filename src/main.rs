@@ -17,6 +17,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc, built to give freed memory back to the system within about a second (its options
+/// are in `.cargo/config.toml`): with the system allocator a process kept what sockets and
+/// turns had held long after they were gone (BENCHMARKS.md, "Memory per idle socket").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const USAGE: &str = "usage: crawbl [auth | conversation | runtime-proxy | runtime-stub | edge]
   with no argument, runs every component in this process (see README.md for settings)";
 

@@ -40,6 +40,8 @@ pub struct Config {
     pub failed_handshake_limit: limits::RateLimit,
     /// Proxies whose `X-Forwarded-For` names the client (for the limits).
     pub trusted_proxies: peer::TrustedProxies,
+    /// The most bytes waiting to go out to one socket (see [`realtime::emit`]).
+    pub socket_buffer_bytes: usize,
 }
 
 impl Config {
@@ -60,6 +62,10 @@ impl Config {
                 limits::DEFAULT_FAILED_HANDSHAKES,
             )?,
             trusted_proxies: config::parse_or("TRUSTED_PROXIES", peer::TrustedProxies::default())?,
+            socket_buffer_bytes: config::parse_or(
+                "SOCKET_BUFFER_BYTES",
+                realtime::DEFAULT_SOCKET_BUFFER_BYTES,
+            )?,
         })
     }
 }
@@ -97,7 +103,7 @@ pub async fn run(
     let adapter = cluster::adapter(config.redis_url.as_deref()).await?;
     let typists = realtime::Typists::new(bus.clone());
     let (socket_layer, io) =
-        realtime::layer(state.clone(), fanout.clone(), typists, adapter).await?;
+        realtime::layer(state.clone(), fanout.clone(), typists, adapter, &config).await?;
     state
         .sockets
         .set(io.clone(), std::sync::Arc::new(realtime::Moves));

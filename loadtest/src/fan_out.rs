@@ -158,15 +158,29 @@ pub async fn idle_memory(flags: &Flags) -> anyhow::Result<()> {
     warm_up.report(Duration::ZERO, &[]).await?;
     anyhow::ensure!(report.down == 0, "{} sockets were closed", report.down);
     let per_socket = after.saturating_sub(before) as f64 * 1024.0 / connected.sockets as f64;
+    // Then they all leave (their worker processes end): does the memory come back?
+    drop(workers);
+    eprintln!(
+        "idle: the sockets left; waiting {} s before reading the servers' memory again",
+        flags.settle
+    );
+    tokio::time::sleep(Duration::from_secs(flags.settle)).await;
+    let left = servers.resident_kib()?;
+    let returned_to = left as f64 / before as f64;
     println!("idle memory results ({})", flags.label);
     println!("  sockets              {}", connected.sockets);
     println!("  servers' RSS before  {before} KiB");
     println!("  servers' RSS after   {after} KiB");
     println!("  per idle socket      {:.1} KB", per_socket / 1000.0);
+    println!("  after they left      {left} KiB ({returned_to:.2}× the RSS before)");
     print_result(
         "idle",
         flags,
-        json!({"sockets": connected.sockets, "kbPerSocket": (per_socket / 100.0).round() / 10.0}),
+        json!({
+            "sockets": connected.sockets,
+            "kbPerSocket": (per_socket / 100.0).round() / 10.0,
+            "leftTimesBefore": (returned_to * 100.0).round() / 100.0,
+        }),
     );
     Ok(())
 }

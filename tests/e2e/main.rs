@@ -16,5 +16,6 @@ mod operability;
 mod realtime;
 mod replicas;
 mod runtime_lifecycle;
+mod slow_clients;
 mod turn_control;
 mod walking_skeleton;

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::support::api::{Api, User};
 use crate::support::redis_server::RedisServer;
+use crate::support::scrape::Scrape;
 use crate::support::sio::{self, Next, ServerEvent, SioClient};
 use crate::support::{Options, Stack, redis_url};
 
@@ -874,6 +875,17 @@ async fn a_socket_that_cannot_keep_up_drops_volatile_events_and_is_disconnected_
     // 400 deltas for a socket whose buffer holds 128 packets, then the final message.updated.
     let text = long_text("word", 400);
     api.send_and_wait(&user, &conversation, "m1", &text).await;
+    // The reply is stored before its `message.updated` reaches the edge: polling any earlier
+    // could make room for it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while Scrape::of(stack.edge(0)).await.sum(
+        "crawbl_events_dropped_total",
+        &["reason=\"socket_evicted\""],
+    ) == 0.0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never evicted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let mut packets = Vec::new();
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -883,7 +895,13 @@ async fn a_socket_that_cannot_keep_up_drops_volatile_events_and_is_disconnected_
     {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "never disconnected: {packets:?}"
+            "never disconnected; got {} packets: {:?}… (logs in {})",
+            packets.len(),
+            packets
+                .iter()
+                .map(|packet| packet.chars().take(40).collect::<String>())
+                .collect::<Vec<_>>(),
+            stack.logs()
         );
         packets.extend(poller.poll().await);
     }

@@ -22,14 +22,15 @@ use super::presence::Presence;
 use crate::shared::auth::Caller;
 use crate::shared::cluster::Adapter;
 use crate::shared::json::SocketEvent;
+use crate::shared::metrics;
 use crate::shared::rooms::user_room;
 
 /// How long a replay waits for a socket's full buffer to drain before giving up on the socket.
 const STALL_LIMIT: Duration = Duration::from_secs(10);
 const STALL_POLL: Duration = Duration::from_millis(10);
-/// How long an evicted socket is waited for to take its last two packets; past that its
-/// heartbeat (which needs a free slot too) closes it anyway.
-const EVICTION_LIMIT: Duration = Duration::from_secs(30);
+/// How long an evicted socket is waited for to take its last two packets (and then to close
+/// its connection); past that its connection is closed without them.
+const EVICTION_LIMIT: Duration = Duration::from_secs(5);
 
 /// The second argument of every durable event, for replay on reconnect.
 #[derive(Serialize)]
@@ -232,7 +233,9 @@ fn encode(event: Event) -> Option<SocketEvent> {
 
 /// Disconnects a socket that could not take a durable event: it leaves every room at once (it
 /// would otherwise go on with a hole in its sequence), then, as soon as its buffer has room, gets
-/// `sync.lagged {code: "SLOW_CONSUMER", message}` and a disconnect.
+/// `sync.lagged {code: "SLOW_CONSUMER", message}` and a disconnect. A client that takes nothing
+/// for [`EVICTION_LIMIT`] (it stopped reading) has its connection closed outright, and what was
+/// buffered for it is freed.
 pub fn evict(socket: &SocketRef<Adapter>, workspace_id: &str, seq: u64) {
     if let Some(presence) = Presence::of(socket) {
         if !presence.evict() {
@@ -260,9 +263,18 @@ pub fn evict(socket: &SocketRef<Adapter>, workspace_id: &str, seq: u64) {
                 }
             }
             if told && socket.clone().disconnect().is_ok() {
+                metrics::socket_evicted("told");
+                // socket.io-client then closes the connection itself; one that stopped reading
+                // never sees the disconnect.
+                tokio::time::sleep_until(deadline).await;
+                socket.close_connection();
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if socket.connected() {
+            metrics::socket_evicted("dropped");
+            socket.close_connection();
         }
     });
 }

@@ -37,7 +37,6 @@ use presence::Presence;
 use since::{Since, SinceError};
 pub use user_typing::Typists;
 
-use crate::AppState;
 use crate::shared::auth::{AuthFailure, Caller, Credential, token_from_headers, verify};
 use crate::shared::cluster::{Adapter, ClusterDriver, RoomMoves};
 use crate::shared::limits::Limited;
@@ -45,6 +44,7 @@ use crate::shared::rooms::{
     NAMESPACE, WORKSPACE_ROOM_PREFIX, api_key_room, following_room, session_room, user_room,
     workspace_room,
 };
+use crate::{AppState, Config};
 
 /// Largest packet a client may send; clients send little more than acks and subscriptions.
 /// Bounds a long-polling request's body and a websocket message (and frame) alike: socketioxide
@@ -64,6 +64,13 @@ fn id_field(fields: &serde_json::Map<String, Value>, name: &str) -> Option<Strin
 /// Packets waiting to go out to one socket. A full buffer drops volatile events for that socket
 /// and gets it disconnected on the next durable one (see [`emit`]).
 pub const MAX_BUFFERED_PACKETS: usize = 128;
+/// Bytes waiting to go out to one socket, by default (`SOCKET_BUFFER_BYTES`): the buffer is full
+/// at whichever of the two bounds comes first, so a client that stops reading costs at most this
+/// (plus one websocket write buffer) until it is let go.
+pub const DEFAULT_SOCKET_BUFFER_BYTES: usize = 256 * 1024;
+/// How long a closed connection may take to write what was buffered for it before it is dropped
+/// outright (a client that stopped reading never takes it).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connection may stay open without a namespace connected. socketioxide keeps every
 /// connection whose handshake was refused for that long (45 s by default), even after the
 /// client left: a flood of bad handshakes held ~11 KB each for 45 s. Clients connect the
@@ -83,6 +90,7 @@ pub async fn layer(
     fanout: Arc<Fanout>,
     typists: Arc<Typists>,
     adapter: RedisAdapterCtr<ClusterDriver>,
+    config: &Config,
 ) -> anyhow::Result<(SocketIoLayer<Adapter>, SocketIo<Adapter>)> {
     let (layer, io) = SocketIo::builder()
         .with_state(state)
@@ -92,6 +100,8 @@ pub async fn layer(
         .ws_max_message_size(MAX_CLIENT_PACKET_BYTES)
         .ws_max_frame_size(MAX_CLIENT_PACKET_BYTES)
         .max_buffer_size(MAX_BUFFERED_PACKETS)
+        .max_buffer_bytes(config.socket_buffer_bytes)
+        .close_timeout(CLOSE_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
         // Clients send little; the 4 KiB default read buffer per socket is mostly idle memory.
         .ws_read_buffer_size(WS_READ_BUFFER_BYTES)

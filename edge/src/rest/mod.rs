@@ -146,6 +146,7 @@ mod tests {
             send_limit: crate::shared::limits::DEFAULT_SENDS,
             failed_handshake_limit: crate::shared::limits::DEFAULT_FAILED_HANDSHAKES,
             trusted_proxies: crate::shared::peer::TrustedProxies::default(),
+            socket_buffer_bytes: crate::realtime::DEFAULT_SOCKET_BUFFER_BYTES,
         }
     }
 

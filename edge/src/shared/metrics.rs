@@ -43,6 +43,20 @@ static ROOMS: LazyLock<Gauge> = LazyLock::new(|| {
     )
 });
 
+static EVICTED: LazyLock<CounterVec> = LazyLock::new(|| {
+    registry().counter_vec(
+        "crawbl_sockets_evicted_total",
+        "Sockets disconnected for not keeping up with their events, by outcome: `told` took \
+         sync.lagged before the disconnect, `dropped` took nothing and had its connection closed.",
+        &["outcome"],
+    )
+});
+
+/// Counts a socket let go for not keeping up (`told` or `dropped`, see [`EVICTED`]).
+pub fn socket_evicted(outcome: &str) {
+    EVICTED.with(&[outcome]).inc();
+}
+
 /// The route label of a request that matched none: paths come from clients, so they are not
 /// used as labels.
 const UNMATCHED_ROUTE: &str = "_unmatched";
@@ -76,6 +90,7 @@ pub async fn record_request(
 pub fn register(sockets: Sockets) {
     LazyLock::force(&REQUESTS);
     LazyLock::force(&REQUEST_SECONDS);
+    LazyLock::force(&EVICTED);
     registry().on_scrape("edge_sockets", move || {
         let local = sockets.local();
         let workspace_rooms: BTreeSet<String> = local

@@ -4,6 +4,7 @@ pub mod api;
 pub mod js;
 pub mod postgres_server;
 pub mod redis_server;
+pub mod scrape;
 
 pub use crawbl_loadtest::sio;
 
@@ -45,16 +46,22 @@ pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-/// A loopback port free right now (the OS picks it; the caller binds it soon after), never
-/// one this test process handed out before: the OS may offer a released port again at once,
-/// and two components of one stack were seen given the same one.
+/// Ports handed to test processes: below Linux's default ephemeral range (32768–60999), so
+/// that no outgoing connection (nor a listener on port 0) takes one between the check here and
+/// the bind in the process that gets it; above the well-known services and far from 5432.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port in [`TEST_PORTS`] that nothing listens on right now, never one this test
+/// process handed out before (a stopped private server keeps its port for its restart).
 pub fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let span = u128::from(TEST_PORTS.end - TEST_PORTS.start);
     loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("no free loopback port");
+        let offset = u16::try_from(uuid::Uuid::new_v4().as_u128() % span).expect("in range");
+        let port = TEST_PORTS.start + offset;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
         let mut handed_out = HANDED_OUT
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -4,18 +4,15 @@
 //! `initdb` and `postgres` refuse to run as root, so as root the folder is given to the
 //! `postgres` user and every Postgres program runs as that user (`runuser`); otherwise they run
 //! as the current user. The server listens on 127.0.0.1 only, on a port outside the kernel's
-//! ephemeral range, so while it is stopped no outgoing connection (nor another test's
-//! `free_port`) can take its port, and [`PostgresServer::start`] brings it back on the same one.
+//! ephemeral range (`free_port`), so while it is stopped no outgoing connection (nor another
+//! `free_port` of this process) can take its port, and [`PostgresServer::start`] brings it
+//! back on the same one.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::process::Command;
-
-/// Ports picked from here: below Linux's default ephemeral range (32768–60999), above the
-/// well-known services, and far from 5432.
-const PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 pub struct PostgresServer {
     pub port: u16,
@@ -60,7 +57,7 @@ impl PostgresServer {
         // A port free now may be taken before the server binds it: try a few.
         let mut failure = String::new();
         for _ in 0..5 {
-            server.port = unused_port();
+            server.port = super::free_port();
             match server.try_start().await {
                 Ok(()) => return server,
                 Err(output) => failure = output,
@@ -226,16 +223,4 @@ fn bin_dir() -> PathBuf {
         .flat_map(std::env::split_paths)
         .find(|dir| has_initdb(dir))
         .expect("Postgres' initdb and pg_ctl must be installed (scripts/ensure-services.sh)")
-}
-
-/// A port in [`PORTS`] that nothing listens on right now.
-fn unused_port() -> u16 {
-    let span = u128::from(PORTS.end - PORTS.start);
-    loop {
-        let offset = u16::try_from(uuid::Uuid::new_v4().as_u128() % span).expect("in range");
-        let port = PORTS.start + offset;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }

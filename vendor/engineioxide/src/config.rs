@@ -60,6 +60,16 @@ pub struct EngineIoConfig {
     /// Defaults to 128 packets
     pub max_buffer_size: usize,
 
+    /// (Crawbl patch.) The most bytes of payload buffered per connection: past it `emit()`
+    /// returns a full-buffer error, as past `max_buffer_size`. An empty buffer still takes one
+    /// packet of any size. Defaults to no limit.
+    pub max_buffer_bytes: usize,
+
+    /// (Crawbl patch.) How long a closed connection may take to write what was buffered for it
+    /// before it is dropped outright (a client that stops reading would otherwise keep it, and
+    /// its memory, for ever). Defaults to 5 seconds.
+    pub close_timeout: Duration,
+
     /// The maximum number of bytes that can be received per http request.
     /// Defaults to 100KB.
     pub max_payload: u64,
@@ -97,6 +107,8 @@ impl Default for EngineIoConfig {
             ping_timeout: Duration::from_millis(20000),
             upgrade_timeout: Duration::from_millis(10000),
             max_buffer_size: 128,
+            max_buffer_bytes: usize::MAX,
+            close_timeout: Duration::from_secs(5),
             max_payload: 1e5 as u64, // 100kb
             ws_read_buffer_size: 4096,
             ws_max_message_size: 64 << 20,
@@ -200,6 +212,21 @@ impl EngineIoConfigBuilder {
     /// ```
     pub fn max_buffer_size(mut self, max_buffer_size: usize) -> Self {
         self.config.max_buffer_size = max_buffer_size;
+        self
+    }
+
+    /// (Crawbl patch.) The most bytes of payload buffered per connection: past it `emit()`
+    /// returns a full-buffer error. An empty buffer still takes one packet of any size.
+    /// Defaults to no limit.
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: usize) -> Self {
+        self.config.max_buffer_bytes = max_buffer_bytes;
+        self
+    }
+
+    /// (Crawbl patch.) How long a closed connection may take to write what was buffered for it
+    /// before it is dropped outright. Defaults to 5 seconds.
+    pub fn close_timeout(mut self, close_timeout: Duration) -> Self {
+        self.config.close_timeout = close_timeout;
         self
     }
 

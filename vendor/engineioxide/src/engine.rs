@@ -1,6 +1,10 @@
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use engineioxide_core::{ProtocolVersion, Sid, TransportType};
@@ -9,6 +13,7 @@ use http::request::Parts;
 use crate::{
     config::EngineIoConfig,
     handler::EngineIoHandler,
+    heartbeat::{self, Verdict},
     socket::{DisconnectReason, Socket},
 };
 
@@ -24,6 +29,11 @@ pub struct EngineIo<H: EngineIoHandler> {
 
     /// The config for the engine.io server
     pub config: EngineIoConfig,
+
+    /// (Crawbl patch.) What heartbeat times count from.
+    epoch: tokio::time::Instant,
+    /// (Crawbl patch.) Whether the heartbeat task runs (it starts with the first heartbeat).
+    heartbeats: AtomicBool,
 }
 
 impl<H: EngineIoHandler> EngineIo<H> {
@@ -33,8 +43,69 @@ impl<H: EngineIoHandler> EngineIo<H> {
             sockets: RwLock::new(HashMap::new()),
             config,
             handler,
+            epoch: tokio::time::Instant::now(),
+            heartbeats: AtomicBool::new(false),
         }
     }
+
+    /// Milliseconds since the engine's epoch, never 0.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// (Crawbl patch.) Starts the heartbeat of `socket` (after its handshake), and the engine's
+    /// heartbeat task if it is not running yet.
+    pub(crate) fn start_heartbeat(self: &Arc<Self>, socket: &Socket<H::Data>) {
+        let interval = millis(self.config.ping_interval);
+        let first = match socket.protocol {
+            ProtocolVersion::V3 => interval + millis(self.config.ping_timeout),
+            ProtocolVersion::V4 => interval,
+        };
+        socket.heartbeat.start(self.now(), first);
+        if !self.heartbeats.swap(true, Ordering::AcqRel) {
+            tokio::spawn(Self::heartbeats(Arc::downgrade(self)));
+        }
+    }
+
+    /// Checks every socket's heartbeat a few times per ping interval, until the engine is gone.
+    async fn heartbeats(engine: Weak<Self>) {
+        let period = match engine.upgrade() {
+            Some(engine) => (engine.config.ping_interval.min(engine.config.ping_timeout) / 4)
+                .clamp(Duration::from_millis(10), Duration::from_secs(1)),
+            None => return,
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let (interval, timeout) = (
+                millis(engine.config.ping_interval),
+                millis(engine.config.ping_timeout),
+            );
+            let now = engine.now();
+            let dead: Vec<Arc<Socket<H::Data>>> = engine
+                .sockets
+                .read()
+                .unwrap()
+                .values()
+                .filter(|socket| heartbeat::check(socket, now, interval, timeout) == Verdict::Dead)
+                .cloned()
+                .collect();
+            // Outside the map's lock: closing takes it.
+            for socket in dead {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = ?socket.id, "heartbeat timeout");
+                socket.close(DisconnectReason::HeartbeatTimeout);
+            }
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl<H: EngineIoHandler> EngineIo<H> {
@@ -92,14 +163,18 @@ impl<H: EngineIoHandler> EngineIo<H> {
         // transports (the ws `forward_to_socket` task and pending polling requests) will release
         // the `internal_rx` lock as soon as they observe the cancellation.
         socket.cancellation_token.cancel();
+        // No more packets can be buffered, and `Socket::closed` resolves; the transport may
+        // still write what was buffered (within `close_timeout`).
+        socket.queue.close();
 
         let handler = self.handler.clone();
         tokio::spawn(async move {
-            // Wait for the cancelled transport task to yield the `internal_rx` lock, then close the
-            // channel so that `Socket::closed` resolves and no more packets can be buffered.
-            // When no transport holds the lock (e.g. polling between requests) this resolves
-            // immediately.
-            socket.internal_rx.lock().await.buffered_rx.close();
+            // Wait for the cancelled transport task to yield the `internal_rx` lock. When no
+            // transport holds it (e.g. polling between requests) this resolves immediately.
+            drop(socket.internal_rx.lock().await);
+            // What the client never took is freed now, not when the last reference to the
+            // socket goes (handlers may keep one for a while).
+            socket.queue.clear();
 
             #[cfg(feature = "tracing")]
             tracing::debug!(sid = %socket.id, "session closed, notifying handler");
@@ -193,5 +268,50 @@ mod tests {
         let socket = engine.get_socket(socket.id).unwrap();
         assert_eq!(socket.protocol, ProtocolVersion::V4);
         assert!(socket.is_http());
+    }
+
+    /// (Crawbl patch.) The engine's heartbeat task pings every socket each interval and closes
+    /// those whose pong does not come within the timeout.
+    #[tokio::test]
+    async fn heartbeats_ping_each_interval_and_close_the_silent_sockets() {
+        let config = EngineIoConfig::builder()
+            .ping_interval(std::time::Duration::from_millis(40))
+            .ping_timeout(std::time::Duration::from_millis(40))
+            .build();
+        let engine = Arc::new(EngineIo::new(Arc::new(MockHandler), config));
+        let open = || {
+            engine.create_session(
+                ProtocolVersion::V4,
+                TransportType::Polling,
+                Request::<()>::default().into_parts().0,
+                true,
+            )
+        };
+        let (alive, silent) = (open(), open());
+        engine.start_heartbeat(&alive);
+        engine.start_heartbeat(&silent);
+        let mut pings = 0;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(400);
+        while tokio::time::Instant::now() < deadline {
+            while let Some(packets) = alive.queue.try_recv() {
+                assert!(matches!(
+                    packets.as_slice(),
+                    [engineioxide_core::Packet::Ping]
+                ));
+                pings += 1;
+                alive.heartbeat_received();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(pings >= 4, "{pings} pings in 400 ms at a 40 ms interval");
+        assert!(
+            engine.get_socket(alive.id).is_some(),
+            "a socket that answers stays"
+        );
+        assert!(
+            engine.get_socket(silent.id).is_none(),
+            "a silent socket is closed"
+        );
+        assert!(silent.is_closed());
     }
 }

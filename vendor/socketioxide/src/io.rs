@@ -204,6 +204,27 @@ impl<A: Adapter> SocketIoBuilder<A> {
         self
     }
 
+    /// (Crawbl patch.) The most bytes of payload buffered per connection: past it `emit()`
+    /// returns [`SocketError::InternalChannelFull`](crate::SocketError::InternalChannelFull), as
+    /// past `max_buffer_size`. An empty buffer still takes one packet of any size.
+    ///
+    /// Defaults to no limit.
+    #[inline]
+    pub fn max_buffer_bytes(mut self, max_buffer_bytes: usize) -> Self {
+        self.engine_config_builder = self.engine_config_builder.max_buffer_bytes(max_buffer_bytes);
+        self
+    }
+
+    /// (Crawbl patch.) How long a closed connection may take to write what was buffered for it
+    /// before it is dropped outright.
+    ///
+    /// Defaults to 5 seconds.
+    #[inline]
+    pub fn close_timeout(mut self, close_timeout: Duration) -> Self {
+        self.engine_config_builder = self.engine_config_builder.close_timeout(close_timeout);
+        self
+    }
+
     /// The maximum size of a payload in bytes.
     /// If a payload is bigger than this value the `emit()` method will return an error.
     ///

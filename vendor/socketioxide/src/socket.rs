@@ -671,6 +671,15 @@ impl<A: Adapter> Socket<A> {
         Ok(())
     }
 
+    /// (Crawbl patch.) Closes the underlying connection at once, whatever is still buffered for
+    /// it, as the Node server's `socket.disconnect(true)` does: for a client that does not read
+    /// what is sent to it, [`Socket::disconnect`] fails while the buffer is full, and a
+    /// disconnect packet it never reads would not end the connection. The socket's disconnect
+    /// handlers run with [`DisconnectReason::TransportError`].
+    pub fn close_connection(self: Arc<Self>) {
+        self.esocket.close(EIoDisconnectReason::TransportError);
+    }
+
     /// # Get the request info made by the client to connect.
     ///
     /// It might be used to retrieve the [`http::Extensions`]

@@ -27,7 +27,7 @@ use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
-    errors::Error, handler::EngineIoHandler, socket::InternalRx, transport::make_open_packet,
+    errors::Error, handler::EngineIoHandler, transport::make_open_packet,
 };
 
 /// Create a response for websocket upgrade
@@ -159,15 +159,17 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
+        engine.start_heartbeat(&socket);
         (socket, ws)
     };
     let (tx, rx) = ws.split();
 
     // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
+    tokio::spawn(forward_to_socket::<H, S>(
+        socket.clone(),
+        tx,
+        engine.config.close_timeout,
+    ));
 
     // pipe between internal socket channel and websocket
     match forward_to_handler(&engine, rx, &socket)
@@ -214,8 +216,7 @@ where
                     break;
                 }
                 Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
+                    socket.heartbeat_received();
                     Ok::<(), Error>(())
                 }
                 Packet::Message(msg) => {
@@ -250,16 +251,21 @@ where
 
 /// Forwards all packets waiting to be sent to the websocket
 ///
-/// The websocket stream is flushed only when the internal channel is drained
+/// The websocket stream is flushed only when the internal channel is drained.
+///
+/// (Crawbl patch.) Once the session is closed, the writer has `close_timeout` to write what was
+/// buffered; then it is dropped with the connection, so that a client that stopped reading does
+/// not keep the task, the connection and its buffers for ever.
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
     mut tx: SplitSink<WebSocketStream<S>, Message>,
+    close_timeout: std::time::Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // A polling request that was in progress during the upgrade may still hold the lock.
     let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
+    let Some(_internal_rx) = lock
         .with_cancellation_token(&socket.cancellation_token)
         .await
     else {
@@ -267,12 +273,26 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    let closed_too_long = async {
+        socket.cancellation_token.cancelled().await;
+        tokio::time::sleep(close_timeout).await;
+    };
+    tokio::select! {
+        () = write_buffered::<H, S>(&socket, &mut tx) => {}
+        () = closed_too_long => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "the client took nothing since the session closed: dropping the connection");
+        }
+    }
+}
 
+/// Writes what is queued for `socket` until the session closes, then flushes and closes.
+async fn write_buffered<H: EngineIoHandler, S>(
+    socket: &Arc<Socket<H::Data>>,
+    tx: &mut SplitSink<WebSocketStream<S>, Message>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // map a packet to a websocket message
     // It is declared as a macro rather than a closure to avoid ownership issues
     macro_rules! map_fn {
@@ -306,17 +326,17 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
             };
         }
 
-    // Forward buffered packets until the channel is closed or the session is cancelled.
+    // Forward buffered packets until the queue is closed or the session is cancelled.
     loop {
         tokio::select! {
             biased;
-            items = buffered_rx.recv() => {
+            items = socket.queue.recv() => {
                 match items {
                     Some(packets) => {
                         for item in packets {
                             map_fn!(item);
                         }
-                        while let Ok(packets) = buffered_rx.try_recv() {
+                        while let Some(packets) = socket.queue.try_recv() {
                             for item in packets {
                                 map_fn!(item);
                             }
@@ -326,16 +346,6 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 }
             }
             _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in packets {
-                        map_fn!(item);
-                    }
-                }
-            },
         }
 
         #[cfg(feature = "tracing")]
@@ -406,11 +416,9 @@ where
     socket.start_upgrade();
 
     // We send a last Noop request to close a potential waiting polling request.
-    socket
-        .internal_tx
-        .send(smallvec![Packet::Noop])
-        .await
-        .map_err(|_| Error::Upgrade)?;
+    if !socket.queue.send_unbounded(smallvec![Packet::Noop]) {
+        return Err(Error::Upgrade);
+    }
 
     // wait for any current polling connection to finish by waiting for the socket to be unlocked
     // All other polling connection will be immediately closed with a NOOP packet.
@@ -513,7 +521,11 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            TIMEOUT,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!writer.is_finished(), "the writer should wait for the lock");
 
@@ -534,7 +546,11 @@ mod tests {
         let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            TIMEOUT,
+        ));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
@@ -542,5 +558,42 @@ mod tests {
             .await
             .expect("the writer should stop")
             .unwrap();
+    }
+
+    /// (Crawbl patch.) A client that stopped reading does not keep the writer, its connection
+    /// and what was buffered for it once the session closes.
+    #[tokio::test]
+    async fn writer_to_a_client_that_stopped_reading_is_dropped_after_the_close_timeout() {
+        let socket = socket();
+        let (server, _client) = ws_pair().await;
+        let (tx, _rx) = server.split();
+        let close_timeout = Duration::from_millis(100);
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(
+            socket.clone(),
+            tx,
+            close_timeout,
+        ));
+        // Far more than the 1 KiB pipe holds: the writer blocks on the client.
+        for _ in 0..64 {
+            socket.emit(Str::from("x".repeat(512))).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!writer.is_finished(), "the writer should be blocked");
+
+        socket.cancellation_token.cancel();
+        socket.queue.close();
+        tokio::time::sleep(close_timeout / 2).await;
+        assert!(
+            !writer.is_finished(),
+            "the writer gets close_timeout to finish"
+        );
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("the writer should be dropped")
+            .unwrap();
+        assert!(
+            socket.internal_rx.try_lock().is_ok(),
+            "the transport lock is free"
+        );
     }
 }

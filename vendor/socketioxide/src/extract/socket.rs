@@ -74,6 +74,13 @@ impl<A: Adapter> SocketRef<A> {
     pub fn disconnect(self) -> Result<(), SocketError> {
         self.0.disconnect()
     }
+
+    /// (Crawbl patch.) Closes the underlying connection at once, whatever is still buffered for
+    /// it (see [`Socket::close_connection`]).
+    #[inline(always)]
+    pub fn close_connection(self) {
+        self.0.close_connection()
+    }
 }
 impl<A: Adapter> fmt::Debug for SocketRef<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
