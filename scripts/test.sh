@@ -20,6 +20,10 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
 fi
 (cd tests/js && npm ci --no-audit --no-fund)
 
+step "python client package (tests/python)"
+python3 -c 'import socketio' 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check "python-socketio[client]==5.18.1"
+
 step "compose file"
 if docker compose version >/dev/null 2>&1; then
   docker compose -f compose/docker-compose.yml config --quiet

@@ -1048,3 +1048,66 @@ async fn the_javascript_client_replays_what_it_missed_after_reconnecting_to_the_
         .collect();
     assert_eq!(json!(logged[..6]), outcome["replayed"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_javascript_client_works_over_long_polling_websocket_and_the_upgrade_with_acks_binary_and_reconnects()
+ {
+    let stack = Stack::embedded().await;
+    let api = Api::new(stack.edge(0));
+    let user = api.sign_up().await;
+    let conversation = api.create_conversation(&user).await;
+    let outcome = crate::support::js::run_contract(
+        stack.edge(0),
+        &user.token,
+        &user.workspace_id,
+        &conversation,
+    )
+    .await;
+    // The script checks the contract itself; these check what it reports.
+    for transport in ["polling", "websocket", "upgrade"] {
+        assert_eq!(outcome[transport]["reconnected"], true, "{outcome:#}");
+        assert_eq!(
+            outcome[transport]["errorCode"], "CONVERSATION_NOT_FOUND",
+            "{outcome:#}"
+        );
+    }
+    assert_eq!(outcome["upgrade"]["before_cut"], "websocket", "{outcome:#}");
+    // Each transport's message.send made one message.
+    let messages = api.all_messages(&user, &conversation, 50).await;
+    let over: Vec<&str> = messages
+        .iter()
+        .filter_map(|message| message["content"]["text"].as_str())
+        .filter(|text| text.starts_with("over "))
+        .collect();
+    assert_eq!(over.len(), 3, "{over:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_works_over_long_polling_and_websocket_with_acks_binary_and_reconnects() {
+    let stack = Stack::embedded().await;
+    let api = Api::new(stack.edge(0));
+    let user = api.sign_up().await;
+    let conversation = api.create_conversation(&user).await;
+    let outcome = crate::support::python::run_contract(
+        stack.edge(0),
+        &user.token,
+        &user.workspace_id,
+        &conversation,
+    )
+    .await;
+    for transport in ["polling", "websocket"] {
+        assert_eq!(outcome[transport]["connected"], transport, "{outcome:#}");
+        assert_eq!(outcome[transport]["reconnected"], true, "{outcome:#}");
+        assert_eq!(
+            outcome[transport]["errorCode"], "CONVERSATION_NOT_FOUND",
+            "{outcome:#}"
+        );
+    }
+    let messages = api.all_messages(&user, &conversation, 50).await;
+    let over = messages
+        .iter()
+        .filter_map(|message| message["content"]["text"].as_str())
+        .filter(|text| text.starts_with("python over "))
+        .count();
+    assert_eq!(over, 2);
+}

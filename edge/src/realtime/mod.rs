@@ -182,7 +182,27 @@ async fn authenticate(
         // Refused or not, the next attempt will be checked against it.
         let _ = failures.take(address);
     }
+    if admitted.is_ok() {
+        listen(&socket);
+    }
     admitted
+}
+
+/// The client events a socket answers. Registered before the namespace's connect packet goes
+/// out: socketioxide runs the connect handler after sending it, and a client that emits as soon
+/// as it is connected (python-socketio does) would otherwise find no handler and never get an
+/// ack.
+fn listen(socket: &SocketRef<Adapter>) {
+    socket.on("workspace.subscribe", subscriptions::subscribe);
+    socket.on("workspace.unsubscribe", subscriptions::unsubscribe);
+    socket.on("message.cancel", cancel::cancel);
+    socket.on("message.send", send::send);
+    socket.on("typing", user_typing::typing);
+    socket.on_disconnect(
+        |socket: SocketRef<Adapter>, State(typists): State<Arc<Typists>>| async move {
+            typists.socket_gone(&socket).await;
+        },
+    );
 }
 
 /// Verifies the credential, joins the socket to its rooms and notes what it must replay.
@@ -245,17 +265,8 @@ async fn admit(
     Ok(())
 }
 
+/// After the connect packet: the replays `auth.since` asked for, then the joins.
 async fn on_connect(socket: SocketRef<Adapter>, State(fanout): State<Arc<Fanout>>) {
-    socket.on("workspace.subscribe", subscriptions::subscribe);
-    socket.on("workspace.unsubscribe", subscriptions::unsubscribe);
-    socket.on("message.cancel", cancel::cancel);
-    socket.on("message.send", send::send);
-    socket.on("typing", user_typing::typing);
-    socket.on_disconnect(
-        |socket: SocketRef<Adapter>, State(typists): State<Arc<Typists>>| async move {
-            typists.socket_gone(&socket).await;
-        },
-    );
     let user_id = socket
         .extensions
         .get::<Caller>()

@@ -3,14 +3,10 @@
 //! when they are missing.
 
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::Value;
 use tokio::process::Command;
 use tokio::sync::OnceCell;
-
-const RUN_LIMIT: Duration = Duration::from_secs(120);
 
 fn js_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/js")
@@ -54,31 +50,34 @@ pub async fn run_replay(
     workspace_id: &str,
     conversation_id: &str,
 ) -> Value {
+    run_script(
+        "replay.mjs",
+        &[edge_a, edge_b, token, workspace_id, conversation_id],
+    )
+    .await
+}
+
+/// Runs `tests/js/contract.mjs` against one edge; its JSON report.
+pub async fn run_contract(
+    edge: &str,
+    token: &str,
+    workspace_id: &str,
+    conversation_id: &str,
+) -> Value {
+    run_script(
+        "contract.mjs",
+        &[edge, token, workspace_id, conversation_id],
+    )
+    .await
+}
+
+/// Runs `tests/js/<script>` with `args`; the JSON report it prints last.
+async fn run_script(script: &str, args: &[&str]) -> Value {
     if let Err(error) = Command::new("node").arg("--version").output().await {
         panic!(
             "Node.js is needed for the JavaScript client tests (node ≥ 18 and npm on PATH): {error}"
         );
     }
     install().await;
-    let mut command = Command::new("node");
-    command
-        .arg("replay.mjs")
-        .args([edge_a, edge_b, token, workspace_id, conversation_id])
-        .current_dir(js_dir())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(RUN_LIMIT, command.output())
-        .await
-        .expect("replay.mjs did not finish within 2 minutes")
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "replay.mjs failed ({}):\n{stderr}\n{stdout}",
-        output.status
-    );
-    let report = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(report)
-        .unwrap_or_else(|error| panic!("replay.mjs printed {stdout:?}: {error}"))
+    super::run_client_script("node", &js_dir(), script, args).await
 }

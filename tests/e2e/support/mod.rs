@@ -3,6 +3,7 @@
 pub mod api;
 pub mod js;
 pub mod postgres_server;
+pub mod python;
 pub mod redis_server;
 pub mod scrape;
 
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use serde_json::Value;
 use sqlx::Connection;
 use tokio::process::{Child, Command};
 
@@ -69,6 +71,33 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Runs `program script args…` in `dir` (a client check in another language) within two
+/// minutes; the JSON report it prints on its last line. Panics with its output if it fails.
+pub async fn run_client_script(program: &str, dir: &Path, script: &str, args: &[&str]) -> Value {
+    const RUN_LIMIT: Duration = Duration::from_secs(120);
+    let mut command = Command::new(program);
+    command
+        .arg(script)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(RUN_LIMIT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within {RUN_LIMIT:?}"))
+        .unwrap_or_else(|error| panic!("cannot run {program}: {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+    let report = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(report)
+        .unwrap_or_else(|error| panic!("{script} printed {stdout:?}: {error}"))
 }
 
 /// A fresh Postgres database for one test; returns its URL.

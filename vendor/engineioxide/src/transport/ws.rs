@@ -102,7 +102,8 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
 ///
 /// Sends an open packet if it is not an upgrade from a polling request
 ///
-/// Read packets from the websocket and handle them, it will block until the connection is closed
+/// Read packets from the websocket and handle them, in a task of its own (Crawbl patch: upstream
+/// blocks until the connection is closed)
 #[cfg_attr(
     feature = "tracing",
     tracing::instrument(level = "trace", name = "init_websocket", skip(engine, conn, req_data))
@@ -171,7 +172,21 @@ where
         engine.config.close_timeout,
     ));
 
-    // pipe between internal socket channel and websocket
+    // (Crawbl patch.) The reader runs in a task of its own, sized for reading only, and this
+    // one ends: its future, sized for the handshake and the upgrade, was kept for the
+    // connection's whole life (~2 KB per socket).
+    tokio::spawn(read_until_closed(engine, rx, socket));
+    Ok(())
+}
+
+/// Pipes between the websocket and the socket's handler until either ends.
+async fn read_until_closed<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    rx: SplitStream<WebSocketStream<S>>,
+    socket: Arc<Socket<H::Data>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match forward_to_handler(&engine, rx, &socket)
         .with_cancellation_token(&socket.cancellation_token)
         .await
@@ -194,7 +209,6 @@ where
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
-    Ok(())
 }
 
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
