@@ -362,6 +362,10 @@ pub async fn finish_message(
         event::Kind::MessageUpdated(message.clone()),
     )
     .await?;
+    // The members who are not looking are told, through the push outbox (services' push.rs).
+    if matches!(status, MessageStatus::Delivered | MessageStatus::Failed) {
+        super::insert_push_job(&mut tx, &message, event.seq, now).await?;
+    }
     tx.commit().await?;
     Ok(Some((message, event)))
 }
