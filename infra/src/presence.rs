@@ -150,9 +150,7 @@ impl Presence {
                         .arg(millis(ttl))
                         .ignore();
                 }
-                pipeline
-                    .query_async::<()>(&mut connection.clone())
-                    .await?;
+                pipeline.query_async::<()>(&mut connection.clone()).await?;
                 Ok(())
             }
         }
@@ -221,7 +219,11 @@ impl Node {
             let node = self.clone();
             let users = vec![user_id.to_owned()];
             tokio::spawn(async move {
-                if let Err(error) = node.presence.mark(&node.id, &users, node.settings.ttl).await {
+                if let Err(error) = node
+                    .presence
+                    .mark(&node.id, &users, node.settings.ttl)
+                    .await
+                {
                     tracing::warn!(error = format!("{error:#}"), "cannot mark a user present");
                 }
             });
@@ -285,7 +287,11 @@ impl Node {
             if users.is_empty() {
                 continue;
             }
-            if let Err(error) = self.presence.mark(&self.id, &users, self.settings.ttl).await {
+            if let Err(error) = self
+                .presence
+                .mark(&self.id, &users, self.settings.ttl)
+                .await
+            {
                 tracing::warn!(error = format!("{error:#}"), "cannot refresh presence");
             }
         }
@@ -309,7 +315,7 @@ fn key(user_id: &str) -> String {
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| millis(elapsed))
+        .map_or(0, millis)
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -335,7 +341,10 @@ mod tests {
         assert!(presence.is_online("u1").await.unwrap_or(false));
         drop(first);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(presence.is_online("u1").await.unwrap_or(false), "one socket is left");
+        assert!(
+            presence.is_online("u1").await.unwrap_or(false),
+            "one socket is left"
+        );
         // Refreshed past its TTL while connected.
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(presence.is_online("u1").await.unwrap_or(false));

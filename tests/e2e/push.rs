@@ -229,10 +229,25 @@ async fn an_offline_member_gets_one_push_per_device_and_nobody_else_gets_any(bac
 
     let offline_fcm = fcm_token();
     let offline_apns = apns_token();
-    register_ok(&api, &offline, json!({"platform": "fcm", "token": offline_fcm})).await;
-    register_ok(&api, &offline, json!({"platform": "apns", "token": offline_apns, "appId": TOPIC})).await;
+    register_ok(
+        &api,
+        &offline,
+        json!({"platform": "fcm", "token": offline_fcm}),
+    )
+    .await;
+    register_ok(
+        &api,
+        &offline,
+        json!({"platform": "apns", "token": offline_apns, "appId": TOPIC}),
+    )
+    .await;
     let subscription = providers.webpush.subscribe();
-    register_ok(&api, &offline, json!({"platform": "webpush", "subscription": subscription})).await;
+    register_ok(
+        &api,
+        &offline,
+        json!({"platform": "webpush", "subscription": subscription}),
+    )
+    .await;
     for user in [&online, &muted_conversation, &muted_all] {
         register_ok(&api, user, json!({"platform": "fcm", "token": fcm_token()})).await;
     }
@@ -249,7 +264,11 @@ async fn an_offline_member_gets_one_push_per_device_and_nobody_else_gets_any(bac
     assert_eq!(status, StatusCode::OK, "mute the conversation: {body}");
     assert_eq!(body["data"]["mutedConversationIds"], json!([conversation]));
     let (status, body) = api
-        .put("/v1/users/me/push", &muted_all.token, json!({"muted": true}))
+        .put(
+            "/v1/users/me/push",
+            &muted_all.token,
+            json!({"muted": true}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "mute everything: {body}");
     assert_eq!(body["data"]["muted"], json!(true));
@@ -268,9 +287,15 @@ async fn an_offline_member_gets_one_push_per_device_and_nobody_else_gets_any(bac
     let mut providers_seen: Vec<&str> = pushes.iter().map(|push| push.provider).collect();
     providers_seen.sort_unstable();
     assert_eq!(providers_seen, ["apns", "fcm", "webpush"]);
-    let fcm = pushes.iter().find(|push| push.provider == "fcm").expect("fcm");
+    let fcm = pushes
+        .iter()
+        .find(|push| push.provider == "fcm")
+        .expect("fcm");
     assert_eq!(fcm.device, offline_fcm);
-    let apns = pushes.iter().find(|push| push.provider == "apns").expect("apns");
+    let apns = pushes
+        .iter()
+        .find(|push| push.provider == "apns")
+        .expect("apns");
     assert_eq!(apns.device, offline_apns);
 
     // The reply the pushes are about, and its agent.
@@ -287,7 +312,11 @@ async fn an_offline_member_gets_one_push_per_device_and_nobody_else_gets_any(bac
         assert_eq!(push.title, json!(name), "{push:?}");
         let body = push.body.as_str().expect("a body");
         assert!(!body.is_empty(), "{push:?}");
-        assert_eq!(push.data["workspaceId"], json!(owner.workspace_id), "{push:?}");
+        assert_eq!(
+            push.data["workspaceId"],
+            json!(owner.workspace_id),
+            "{push:?}"
+        );
         assert_eq!(push.data["conversationId"], json!(conversation), "{push:?}");
         assert_eq!(push.data["messageId"], reply["id"], "{push:?}");
         let seq: u64 = push.data["seq"]
@@ -311,9 +340,13 @@ async fn an_unregistered_token_is_removed_and_a_503_is_retried_then_delivered_on
     let conversation = api.create_conversation(&owner).await;
     let away = member(&api, &owner).await;
     let fcm = fcm_token();
-    let fcm_device =
-        register_ok(&api, &away, json!({"platform": "fcm", "token": fcm})).await;
-    register_ok(&api, &away, json!({"platform": "apns", "token": apns_token()})).await;
+    let fcm_device = register_ok(&api, &away, json!({"platform": "fcm", "token": fcm})).await;
+    register_ok(
+        &api,
+        &away,
+        json!({"platform": "apns", "token": apns_token()}),
+    )
+    .await;
 
     api.send_and_wait(&owner, &conversation, "push-retry", "hello")
         .await;
@@ -347,7 +380,9 @@ async fn an_unregistered_token_is_removed_and_a_503_is_retried_then_delivered_on
     let (_, metrics) = api.get("/metrics", None).await;
     let metrics = metrics.as_str().unwrap_or_default();
     assert!(
-        metrics.contains(r#"crawbl_push_notifications_total{provider="apns",result="token_removed"} 1"#),
+        metrics.contains(
+            r#"crawbl_push_notifications_total{provider="apns",result="token_removed"} 1"#
+        ),
         "{metrics}"
     );
     assert!(
@@ -413,7 +448,12 @@ async fn presence_expires_when_an_edge_node_is_killed() {
     let owner = api.sign_up().await;
     let conversation = api.create_conversation(&owner).await;
     let away = member(&api, &owner).await;
-    register_ok(&api, &away, json!({"platform": "fcm", "token": fcm_token()})).await;
+    register_ok(
+        &api,
+        &away,
+        json!({"platform": "fcm", "token": fcm_token()}),
+    )
+    .await;
 
     // Connected to edge 1 only: online.
     let _socket = socket(stack.edge(1), &away).await;
@@ -421,7 +461,11 @@ async fn presence_expires_when_an_edge_node_is_killed() {
     api.send_and_wait(&owner, &conversation, "while-online", "hello")
         .await;
     tokio::time::sleep(QUIET).await;
-    assert!(providers.delivered().is_empty(), "{:?}", providers.delivered());
+    assert!(
+        providers.delivered().is_empty(),
+        "{:?}",
+        providers.delivered()
+    );
 
     stack.kill_edge(1).await;
     // The node's mark expires (1.5 s) without anyone removing it.
@@ -445,11 +489,27 @@ async fn device_registrations_are_checked_isolated_and_end_with_their_session() 
     let bob = api.sign_up().await;
 
     for (body, status, code) in [
-        (json!({"platform": "sms", "token": "abc"}), 400, "UNKNOWN_PLATFORM"),
-        (json!({"platform": "apns", "token": "not-hex"}), 422, "INVALID_DEVICE_TOKEN"),
-        (json!({"platform": "fcm", "token": ""}), 422, "INVALID_DEVICE_TOKEN"),
+        (
+            json!({"platform": "sms", "token": "abc"}),
+            400,
+            "UNKNOWN_PLATFORM",
+        ),
+        (
+            json!({"platform": "apns", "token": "not-hex"}),
+            422,
+            "INVALID_DEVICE_TOKEN",
+        ),
+        (
+            json!({"platform": "fcm", "token": ""}),
+            422,
+            "INVALID_DEVICE_TOKEN",
+        ),
         (json!({"platform": "fcm"}), 422, "INVALID_DEVICE_TOKEN"),
-        (json!({"platform": "webpush", "token": "abc"}), 422, "INVALID_SUBSCRIPTION"),
+        (
+            json!({"platform": "webpush", "token": "abc"}),
+            422,
+            "INVALID_SUBSCRIPTION",
+        ),
         (
             json!({"platform": "webpush", "subscription": {"endpoint": "https://push.example/x", "keys": {"p256dh": "AAAA", "auth": "BBBB"}}}),
             422,
@@ -460,7 +520,11 @@ async fn device_registrations_are_checked_isolated_and_end_with_their_session() 
             422,
             "INVALID_SUBSCRIPTION",
         ),
-        (json!({"platform": "fcm", "token": "a", "subscription": {}}), 400, "INVALID_DEVICE"),
+        (
+            json!({"platform": "fcm", "token": "a", "subscription": {}}),
+            400,
+            "INVALID_DEVICE",
+        ),
         (json!({"platform": "fcm", "token": 7}), 400, "INVALID_JSON"),
     ] {
         let (answer, error) = register(&api, &alice, body.clone()).await;
@@ -480,7 +544,9 @@ async fn device_registrations_are_checked_isolated_and_end_with_their_session() 
 
     // Another user cannot see or delete it.
     assert!(devices(&api, &bob).await.is_empty());
-    let (status, body) = api.delete(&format!("/v1/devices/{first}"), &bob.token).await;
+    let (status, body) = api
+        .delete(&format!("/v1/devices/{first}"), &bob.token)
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["error"]["code"], json!("DEVICE_NOT_FOUND"));
     assert_eq!(devices(&api, &alice).await.len(), 1);
@@ -490,14 +556,18 @@ async fn device_registrations_are_checked_isolated_and_end_with_their_session() 
     assert_eq!(moved, first);
     assert!(devices(&api, &alice).await.is_empty());
     assert_eq!(devices(&api, &bob).await.len(), 1);
-    let (status, _) = api.delete(&format!("/v1/devices/{moved}"), &bob.token).await;
+    let (status, _) = api
+        .delete(&format!("/v1/devices/{moved}"), &bob.token)
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(devices(&api, &bob).await.is_empty());
 
     // Logging out of the session that registered a device removes it.
     let apns = apns_token();
     register_ok(&api, &alice, json!({"platform": "apns", "token": apns})).await;
-    let (status, body) = api.post("/v1/auth/logout", Some(&alice.token), json!({})).await;
+    let (status, body) = api
+        .post("/v1/auth/logout", Some(&alice.token), json!({}))
+        .await;
     assert!(status.is_success(), "logout: {body}");
     let (status, body) = api
         .post(
@@ -508,21 +578,29 @@ async fn device_registrations_are_checked_isolated_and_end_with_their_session() 
         .await;
     assert_eq!(status, StatusCode::OK, "sign in: {body}");
     let alice_again = User {
-        token: body["data"]["accessToken"].as_str().expect("token").to_owned(),
+        token: body["data"]["accessToken"]
+            .as_str()
+            .expect("token")
+            .to_owned(),
         ..alice.clone()
     };
     assert!(devices(&api, &alice_again).await.is_empty());
 
     // An API key cannot register a device (it belongs to no session).
     let (status, body) = api
-        .post("/v1/api-keys", Some(&alice_again.token), json!({"name": "ci"}))
+        .post(
+            "/v1/api-keys",
+            Some(&alice_again.token),
+            json!({"name": "ci"}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let key = User {
         token: body["data"]["key"].as_str().expect("key").to_owned(),
         ..alice_again.clone()
     };
-    let (status, body) = register(&api, &key, json!({"platform": "fcm", "token": fcm_token()})).await;
+    let (status, body) =
+        register(&api, &key, json!({"platform": "fcm", "token": fcm_token()})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], json!("SESSION_REQUIRED"));
 }

@@ -139,7 +139,12 @@ pub async fn register(
     let device = registered
         .device
         .ok_or_else(|| tonic::Status::internal("register returned no device"))?;
-    Ok((StatusCode::CREATED, Json(Data { data: device.into() })))
+    Ok((
+        StatusCode::CREATED,
+        Json(Data {
+            data: device.into(),
+        }),
+    ))
 }
 
 /// `GET /v1/devices`: the caller's devices, oldest first.

@@ -152,6 +152,7 @@ mod tests {
             failed_handshake_limit: crate::shared::limits::DEFAULT_FAILED_HANDSHAKES,
             trusted_proxies: crate::shared::peer::TrustedProxies::default(),
             socket_buffer_bytes: crate::realtime::DEFAULT_SOCKET_BUFFER_BYTES,
+            presence: crawbl_infra::presence::Settings::default(),
         }
     }
 

@@ -139,12 +139,13 @@ fn parse_target(
     options: ValidationOptions,
 ) -> Result<Target, AuthError> {
     let platform_checked: crawbl_push::Platform = platform.parse()?;
-    let input: TargetInput = serde_json::from_str(target_json).map_err(|_| match platform_checked {
-        crawbl_push::Platform::WebPush => InvalidTarget::Subscription(
-            "a subscription is an object {endpoint, keys: {p256dh, auth}}",
-        ),
-        _ => InvalidTarget::DeviceToken("a token is a string"),
-    })?;
+    let input: TargetInput =
+        serde_json::from_str(target_json).map_err(|_| match platform_checked {
+            crawbl_push::Platform::WebPush => InvalidTarget::Subscription(
+                "a subscription is an object {endpoint, keys: {p256dh, auth}}",
+            ),
+            _ => InvalidTarget::DeviceToken("a token is a string"),
+        })?;
     Ok(validate_target(platform, &input, options)?)
 }
 

@@ -163,8 +163,14 @@ pub async fn run(
     let stops =
         crawbl_infra::notify::Notifier::from_url(config.redis_url.as_deref(), STOPS_CHANNEL)
             .await?;
-    let service =
-        service::Conversations::new(pool.clone(), outbox.clone(), runtime, stops, &config, sole_instance);
+    let service = service::Conversations::new(
+        pool.clone(),
+        outbox.clone(),
+        runtime,
+        stops,
+        &config,
+        sole_instance,
+    );
     let scheduler = service.scheduler();
     scheduler.settle_orphans_of_a_previous_run().await;
     let turns = scheduler.tracker();

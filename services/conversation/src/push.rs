@@ -57,9 +57,7 @@ static PUSHES: LazyLock<CounterVec> = LazyLock::new(|| {
 });
 
 fn count(target: &Target, result: &str) {
-    PUSHES
-        .with(&[target.platform().as_str(), result])
-        .inc();
+    PUSHES.with(&[target.platform().as_str(), result]).inc();
 }
 
 /// Sends the pushes of this service's outbox.
@@ -188,7 +186,10 @@ impl Pusher {
                         .await
                         .unwrap_or_else(|error| {
                             // Better a push to someone looking than none to someone away.
-                            tracing::warn!(error = format!("{error:#}"), "cannot read presence; pushing");
+                            tracing::warn!(
+                                error = format!("{error:#}"),
+                                "cannot read presence; pushing"
+                            );
                             false
                         });
                     online.insert(target.user_id.clone(), known);
@@ -260,9 +261,13 @@ impl Pusher {
                     })
                     .await;
                 match removed {
-                    Ok(_) => tracing::info!(device_id = %delivery.device_id, "the provider refused a device's token; the device is removed"),
+                    Ok(_) => {
+                        tracing::info!(device_id = %delivery.device_id, "the provider refused a device's token; the device is removed")
+                    }
                     Err(status) if status.code() == tonic::Code::NotFound => {}
-                    Err(status) => tracing::warn!(device_id = %delivery.device_id, code = ?status.code(), "cannot remove a device whose token the provider refused"),
+                    Err(status) => {
+                        tracing::warn!(device_id = %delivery.device_id, code = ?status.code(), "cannot remove a device whose token the provider refused")
+                    }
                 }
                 Ok(())
             }

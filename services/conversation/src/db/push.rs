@@ -249,11 +249,11 @@ pub async fn retry_push_delivery(
 
 /// Forgets deliveries that ended before `before`.
 pub async fn prune_push_deliveries(pool: &AnyPool, before: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM push_deliveries WHERE status <> 'pending' AND updated_at < $1",
+    Ok(
+        sqlx::query("DELETE FROM push_deliveries WHERE status <> 'pending' AND updated_at < $1")
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected(),
     )
-    .bind(before)
-    .execute(pool)
-    .await?
-    .rows_affected())
 }
