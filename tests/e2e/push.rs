@@ -110,6 +110,15 @@ impl Providers {
         fcm.chain(apns).chain(webpush).collect()
     }
 
+    /// What FCM answered each send, in order.
+    fn fcm_answers(&self) -> Vec<u16> {
+        self.fcm
+            .attempts()
+            .iter()
+            .map(|attempt| attempt.status)
+            .collect()
+    }
+
     /// What the fakes refused (a bad signature, a payload that does not decrypt, …): nothing.
     fn assert_no_refusals(&self) {
         assert_eq!(self.fcm.refusals(), Vec::<String>::new(), "fcm refusals");
@@ -354,13 +363,11 @@ async fn an_unregistered_token_is_removed_and_a_503_is_retried_then_delivered_on
     providers.assert_no_refusals();
     assert_eq!(pushes.len(), 1, "{pushes:?}");
     assert_eq!(pushes[0].device, fcm);
-    let attempts: Vec<u16> = providers
-        .fcm
-        .attempts()
-        .iter()
-        .map(|attempt| attempt.status)
-        .collect();
-    assert_eq!(attempts, [503, 200], "retried once, then delivered");
+    assert_eq!(
+        providers.fcm_answers(),
+        [503, 200],
+        "retried once, then delivered"
+    );
     assert_eq!(providers.apns.attempts().len(), 1);
 
     // The unregistered device is gone; the other stays.
@@ -423,13 +430,7 @@ async fn the_outbox_survives_a_restart_of_the_sending_process() {
     providers.assert_no_refusals();
     assert_eq!(pushes.len(), 1, "{pushes:?}");
     assert_eq!(pushes[0].device, token);
-    let attempts: Vec<u16> = providers
-        .fcm
-        .attempts()
-        .iter()
-        .map(|attempt| attempt.status)
-        .collect();
-    assert_eq!(attempts, [429, 200]);
+    assert_eq!(providers.fcm_answers(), [429, 200]);
 }
 
 /// Presence is cluster-wide and expires: a member connected to another edge node gets no push;
