@@ -422,7 +422,10 @@ async fn the_outbox_survives_a_restart_of_the_sending_process() {
         assert!(tokio::time::Instant::now() < deadline, "no push attempted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Refused with Retry-After: 4 s; the process dies before it retries.
+    // Refused with Retry-After: 4 s; the process dies before it retries (a moment after the
+    // refusal, so the retry time is recorded: killed before that, the delivery waits out its
+    // 30 s lease instead).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let dir = stack.kill().await;
     assert!(providers.fcm.delivered().is_empty());
     let _stack = Stack::embedded_in(dir, providers.options(Options::default())).await;
@@ -587,6 +590,15 @@ async fn device_registrations_are_checked_isolated_and_end_with_their_session() 
     };
     assert!(devices(&api, &alice_again).await.is_empty());
 
+    // Deleting the account deletes its devices: the token registered again is a new device.
+    let carol = api.sign_up().await;
+    let shared = fcm_token();
+    let before = register_ok(&api, &carol, json!({"platform": "fcm", "token": shared})).await;
+    let (status, body) = api.delete("/v1/users/me", &carol.token).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let after = register_ok(&api, &bob, json!({"platform": "fcm", "token": shared})).await;
+    assert_ne!(before, after);
+
     // An API key cannot register a device (it belongs to no session).
     let (status, body) = api
         .post(
@@ -604,4 +616,44 @@ async fn device_registrations_are_checked_isolated_and_end_with_their_session() 
         register(&api, &key, json!({"platform": "fcm", "token": fcm_token()})).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["error"]["code"], json!("SESSION_REQUIRED"));
+}
+
+/// A reply that fails partway (the runtime's `/fail`: part of the text, then an error) is
+/// pushed too, with what it said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_fails_is_pushed_too() {
+    let providers = Providers::start().await;
+    let stack = Stack::embedded_with(providers.options(Options::default())).await;
+    let api = Api::new(stack.edge(0));
+    let owner = api.sign_up().await;
+    let conversation = api.create_conversation(&owner).await;
+    let away = member(&api, &owner).await;
+    register_ok(
+        &api,
+        &away,
+        json!({"platform": "fcm", "token": fcm_token()}),
+    )
+    .await;
+    api.send_and_wait(&owner, &conversation, "push-fail", "/fail")
+        .await;
+    let pushes = providers.wait_for(1).await;
+    providers.assert_no_refusals();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    let messages = api.all_messages(&owner, &conversation, 50).await;
+    let reply = messages
+        .iter()
+        .find(|message| message["role"] == "agent")
+        .expect("the agent's reply");
+    assert_ne!(reply["status"], json!("delivered"), "{reply}");
+    assert_eq!(pushes[0].data["messageId"], reply["id"]);
+    let said = reply["content"]["text"].as_str().unwrap_or_default();
+    let body = pushes[0].body.as_str().unwrap_or_default();
+    if said.is_empty() {
+        assert_eq!(body, "The reply failed.");
+    } else {
+        assert!(
+            said.starts_with(body.trim_end_matches('…')),
+            "{body} / {said}"
+        );
+    }
 }
