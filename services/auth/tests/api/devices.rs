@@ -133,7 +133,10 @@ async fn devices_follow_their_session_and_targets_leave_out_muted_members(backen
         .expect("register");
     assert_eq!(shared, moved);
     assert!(devices_of(&app, &outsider_id).await.is_empty());
-    assert_eq!(devices_of(&app, &member_id).await, [moved.clone()]);
+    assert_eq!(
+        devices_of(&app, &member_id).await,
+        std::slice::from_ref(&moved)
+    );
     register(
         &app,
         &outsider_id,
@@ -160,7 +163,10 @@ async fn devices_follow_their_session_and_targets_leave_out_muted_members(backen
     members.sort();
     assert_eq!(targets(&app, &workspace, "c1").await, members);
     mute(&app, &member_id, "c1", true).await;
-    assert_eq!(targets(&app, &workspace, "c1").await, [owner_id.clone()]);
+    assert_eq!(
+        targets(&app, &workspace, "c1").await,
+        std::slice::from_ref(&owner_id)
+    );
     assert_eq!(targets(&app, &workspace, "c2").await, members);
     mute(&app, &owner_id, "", true).await;
     assert!(targets(&app, &workspace, "c1").await.is_empty());
