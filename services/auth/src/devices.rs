@@ -21,9 +21,6 @@ pub struct PushSettings {
     pub muted_conversation_ids: Vec<String>,
 }
 
-/// The longest conversation id a mute names (ids are UUIDs; anything longer names nothing).
-const MAX_CONVERSATION_ID_BYTES: usize = 128;
-
 impl Auth {
     /// Registers a device for `user_id`'s session `session_id`: `target_json` is the token (a
     /// JSON string) or the Web Push subscription (an object) as the client sent it. The same
@@ -114,9 +111,6 @@ impl Auth {
         conversation_id: &str,
         muted: bool,
     ) -> Result<PushSettings, AuthError> {
-        if conversation_id.len() > MAX_CONVERSATION_ID_BYTES {
-            return Err(AuthError::DeviceNotFound);
-        }
         devices::set_mute(&self.pool, user_id, conversation_id, muted).await?;
         self.push_settings(user_id).await
     }
