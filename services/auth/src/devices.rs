@@ -7,6 +7,7 @@
 use crawbl_push::{InvalidTarget, Target, TargetInput, ValidationOptions, validate_target};
 
 use crate::db::devices::{self, DeviceRow, NewDevice};
+use crate::db::sessions;
 use crate::error::AuthError;
 use crate::service::{Auth, now_millis};
 
@@ -38,6 +39,13 @@ impl Auth {
             && (app_id.is_empty() || app_id.len() > 255 || app_id.chars().any(char::is_control))
         {
             return Err(AuthError::InvalidAppId);
+        }
+        // Only a live session of the user registers (not one logged out a moment ago).
+        let live = sessions::find_session(&self.pool, session_id)
+            .await?
+            .is_some_and(|session| session.revoked_at.is_none() && session.user_id == user_id);
+        if !live {
+            return Err(AuthError::InvalidToken);
         }
         let token = match &target {
             Target::Fcm { token } | Target::Apns { token } => token.clone(),

@@ -183,4 +183,7 @@ async fn devices_follow_their_session_and_targets_leave_out_muted_members(backen
     // Logging out removes the session's devices.
     app.logout(&owner.access_token).await.expect("logout");
     assert!(devices_of(&app, &owner_id).await.is_empty());
+    // And that session registers nothing any more.
+    let refused = register(&app, &owner_id, &owner.session_id, "fcm", &fcm("late")).await;
+    assert_fails_with(refused, Code::Unauthenticated, "INVALID_TOKEN");
 }
