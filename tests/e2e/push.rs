@@ -492,6 +492,24 @@ async fn device_registrations_are_checked_isolated_and_end_with_their_session() 
     let alice = api.sign_up_as(&email).await;
     let bob = api.sign_up().await;
 
+    // The key browsers subscribe with is the one the server signs with.
+    let (status, body) = api.get("/v1/devices/webpush-key", Some(&alice.token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let scalar = providers
+        .env
+        .iter()
+        .find(|(key, _)| *key == "VAPID_PRIVATE_KEY")
+        .map(|(_, value)| URL_SAFE_NO_PAD.decode(value).expect("base64url"))
+        .expect("a VAPID key");
+    let public = p256::SecretKey::from_slice(&scalar)
+        .expect("a P-256 scalar")
+        .public_key()
+        .to_sec1_bytes();
+    assert_eq!(
+        body["data"]["publicKey"],
+        json!(URL_SAFE_NO_PAD.encode(public))
+    );
+
     for (body, status, code) in [
         (
             json!({"platform": "sms", "token": "abc"}),

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use crawbl_proto::auth::v1 as pb;
-use crawbl_proto::conversation::v1::GetConversationRequest;
+use crawbl_proto::conversation::v1::{GetConversationRequest, GetPushKeysRequest};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -201,6 +201,46 @@ pub async fn delete(
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a browser subscribes with.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebPushKey {
+    /// The VAPID public key (uncompressed P-256, base64url): `PushManager.subscribe`'s
+    /// `applicationServerKey`.
+    pub public_key: String,
+}
+
+/// `GET /v1/devices/webpush-key`: the key a browser subscribes with before it registers a
+/// `webpush` device; 404 `WEBPUSH_OFF` while Web Push is not configured.
+#[utoipa::path(
+    get,
+    operation_id = "getWebPushKey",
+    path = "/devices/webpush-key",
+    tag = "devices",
+    responses(
+        (status = 200, description = "the VAPID public key", body = Data<WebPushKey>),
+        (status = 404, description = "`WEBPUSH_OFF`: Web Push is not configured", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("xToken" = [])),
+)]
+pub async fn webpush_key(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Data<WebPushKey>>, ApiError> {
+    let keys = state
+        .conversations
+        .clone()
+        .get_push_keys(GetPushKeysRequest {})
+        .await?
+        .into_inner();
+    let public_key = keys.vapid_public_key.ok_or_else(|| {
+        ApiError::not_found("WEBPUSH_OFF", "Web Push is not configured on this server")
+    })?;
+    Ok(Json(Data {
+        data: WebPushKey { public_key },
+    }))
 }
 
 /// What the caller muted.

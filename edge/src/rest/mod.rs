@@ -46,6 +46,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api_keys::revoke))
         .routes(routes!(devices::list, devices::register))
         .routes(routes!(devices::delete))
+        .routes(routes!(devices::webpush_key))
         .routes(routes!(devices::settings, devices::mute_all))
         .routes(routes!(devices::mute_conversation))
         .routes(routes!(workspaces::list, workspaces::create))

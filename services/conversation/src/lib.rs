@@ -147,7 +147,7 @@ fn migrations() -> crawbl_infra::db::Migrations {
 /// Serves the conversation service on `listener` until `shutdown`, publishing on `bus`.
 /// Turns still running at shutdown are given a short grace period to finish.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     bus: EventBus,
     shutdown: CancellationToken,
@@ -163,6 +163,8 @@ pub async fn run(
     let stops =
         crawbl_infra::notify::Notifier::from_url(config.redis_url.as_deref(), STOPS_CHANNEL)
             .await?;
+    // Says once at start which providers are off.
+    let providers = crawbl_push::Providers::new(std::mem::take(&mut config.push))?;
     let service = service::Conversations::new(
         pool.clone(),
         outbox.clone(),
@@ -170,7 +172,8 @@ pub async fn run(
         stops,
         &config,
         sole_instance,
-    );
+    )
+    .with_vapid_public_key(providers.vapid_public_key());
     let scheduler = service.scheduler();
     scheduler.settle_orphans_of_a_previous_run().await;
     let turns = scheduler.tracker();
@@ -183,7 +186,7 @@ pub async fn run(
         pool.clone(),
         AuthServiceClient::new(crawbl_infra::grpc::channel(&config.auth_url)?),
         crawbl_infra::presence::Presence::from_url(config.redis_url.as_deref()).await?,
-        crawbl_push::Providers::new(config.push)?,
+        providers,
     );
     let pushes = tokio::spawn(pusher.run(background.clone()));
     let pruner = tokio::spawn(outbox.run_pruner(config.event_retention, background.clone()));
