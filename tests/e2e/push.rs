@@ -211,6 +211,33 @@ async fn member(api: &Api, owner: &User) -> User {
     user
 }
 
+/// An owner's conversation and a member of the workspace with no socket.
+struct Away {
+    owner: User,
+    conversation: String,
+    away: User,
+}
+
+async fn away_member(api: &Api) -> Away {
+    let owner = api.sign_up().await;
+    let conversation = api.create_conversation(&owner).await;
+    let away = member(api, &owner).await;
+    Away {
+        owner,
+        conversation,
+        away,
+    }
+}
+
+/// The (first) agent reply of the conversation.
+async fn agent_reply(api: &Api, user: &User, conversation: &str) -> Value {
+    api.all_messages(user, conversation, 50)
+        .await
+        .into_iter()
+        .find(|message| message["role"] == "agent")
+        .expect("the agent's reply")
+}
+
 async fn agent_name(api: &Api, user: &User, agent_id: &str) -> String {
     let (status, body) = api
         .get(
@@ -308,11 +335,7 @@ async fn an_offline_member_gets_one_push_per_device_and_nobody_else_gets_any(bac
     assert_eq!(apns.device, offline_apns);
 
     // The reply the pushes are about, and its agent.
-    let messages = api.all_messages(&owner, &conversation, 50).await;
-    let reply = messages
-        .iter()
-        .find(|message| message["role"] == "agent")
-        .expect("the agent's reply");
+    let reply = agent_reply(&api, &owner, &conversation).await;
     if let Some(reply_id) = reply_id {
         assert_eq!(reply["id"].as_str(), Some(reply_id.as_str()));
     }
@@ -345,9 +368,11 @@ async fn an_unregistered_token_is_removed_and_a_503_is_retried_then_delivered_on
     providers.fcm.script([fake_fcm::Answer::unavailable()]);
     let stack = Stack::embedded_with(providers.options(Options::default())).await;
     let api = Api::new(stack.edge(0));
-    let owner = api.sign_up().await;
-    let conversation = api.create_conversation(&owner).await;
-    let away = member(&api, &owner).await;
+    let Away {
+        owner,
+        conversation,
+        away,
+    } = away_member(&api).await;
     let fcm = fcm_token();
     let fcm_device = register_ok(&api, &away, json!({"platform": "fcm", "token": fcm})).await;
     register_ok(
@@ -410,9 +435,11 @@ async fn the_outbox_survives_a_restart_of_the_sending_process() {
     providers.fcm.script([fake_fcm::Answer::quota_exceeded(4)]);
     let stack = Stack::embedded_with(providers.options(Options::default())).await;
     let api = Api::new(stack.edge(0));
-    let owner = api.sign_up().await;
-    let conversation = api.create_conversation(&owner).await;
-    let away = member(&api, &owner).await;
+    let Away {
+        owner,
+        conversation,
+        away,
+    } = away_member(&api).await;
     let token = fcm_token();
     register_ok(&api, &away, json!({"platform": "fcm", "token": token})).await;
     api.send_and_wait(&owner, &conversation, "push-restart", "hello")
@@ -449,9 +476,11 @@ async fn presence_expires_when_an_edge_node_is_killed() {
     env.push(("PRESENCE_TTL_MS", "1500"));
     let mut stack = Stack::separate_processes_with(2, &env).await;
     let api = Api::new(stack.edge(0));
-    let owner = api.sign_up().await;
-    let conversation = api.create_conversation(&owner).await;
-    let away = member(&api, &owner).await;
+    let Away {
+        owner,
+        conversation,
+        away,
+    } = away_member(&api).await;
     register_ok(
         &api,
         &away,
@@ -643,9 +672,11 @@ async fn a_reply_that_fails_is_pushed_too() {
     let providers = Providers::start().await;
     let stack = Stack::embedded_with(providers.options(Options::default())).await;
     let api = Api::new(stack.edge(0));
-    let owner = api.sign_up().await;
-    let conversation = api.create_conversation(&owner).await;
-    let away = member(&api, &owner).await;
+    let Away {
+        owner,
+        conversation,
+        away,
+    } = away_member(&api).await;
     register_ok(
         &api,
         &away,
@@ -657,11 +688,7 @@ async fn a_reply_that_fails_is_pushed_too() {
     let pushes = providers.wait_for(1).await;
     providers.assert_no_refusals();
     assert_eq!(pushes.len(), 1, "{pushes:?}");
-    let messages = api.all_messages(&owner, &conversation, 50).await;
-    let reply = messages
-        .iter()
-        .find(|message| message["role"] == "agent")
-        .expect("the agent's reply");
+    let reply = agent_reply(&api, &owner, &conversation).await;
     assert_ne!(reply["status"], json!("delivered"), "{reply}");
     assert_eq!(pushes[0].data["messageId"], reply["id"]);
     let said = reply["content"]["text"].as_str().unwrap_or_default();
