@@ -94,6 +94,8 @@ async fn run_all_components() -> anyhow::Result<()> {
     let mut conversation = crawbl_conversation::Config::from_env()?;
     conversation.database_url = database_url("conversation");
     conversation.runtime_proxy_url = url_of(&runtime_proxy_listener)?;
+    // Its push worker asks auth which devices a reply goes to.
+    conversation.auth_url = url_of(&auth_listener)?;
     let conversation_listener = bind(conversation.listen, "CONVERSATION_LISTEN").await?;
 
     let mut edge = crawbl_edge::Config::from_env()?;

@@ -42,6 +42,8 @@ pub struct Config {
     pub trusted_proxies: peer::TrustedProxies,
     /// The most bytes waiting to go out to one socket (see [`realtime::emit`]).
     pub socket_buffer_bytes: usize,
+    /// How long this node's presence marks live without a refresh (`PRESENCE_TTL_MS`).
+    pub presence: crawbl_infra::presence::Settings,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
                 "SOCKET_BUFFER_BYTES",
                 realtime::DEFAULT_SOCKET_BUFFER_BYTES,
             )?,
+            presence: crawbl_infra::presence::Settings::from_env()?,
         })
     }
 }
@@ -93,7 +96,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (follows, deliveries) = bus.subscriber();
-    let state = AppState::connect(&config, shutdown.clone())?;
+    let mut state = AppState::connect(&config, shutdown.clone())?;
+    // Who is connected here, for the push senders (which push only to users offline everywhere).
+    state.online = Some(crawbl_infra::presence::Node::start(
+        crawbl_infra::presence::Presence::from_url(config.redis_url.as_deref()).await?,
+        config.presence,
+        shutdown.clone(),
+    ));
     let fanout = realtime::Fanout::new(
         state.sockets.clone(),
         state.conversations.clone(),

@@ -24,6 +24,8 @@ pub struct AppState {
     pub sockets: Sockets,
     pub readiness: Arc<Readiness>,
     pub limits: Arc<Limits>,
+    /// This node's sockets per user, marked in the cluster's presence (set by `run`).
+    pub online: Option<Arc<crawbl_infra::presence::Node>>,
 }
 
 impl AppState {
@@ -46,6 +48,7 @@ impl AppState {
             auth,
             conversations,
             runtimes: Shards::new(&config.runtime_proxy_url)?,
+            online: None,
         })
     }
 }

@@ -114,6 +114,14 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
         .is_some_and(|error| error.is_unique_violation())
 }
 
+/// Whether `error` is a foreign-key violation (a row refers to one that is gone), on either
+/// backend.
+pub fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|error| error.is_foreign_key_violation())
+}
+
 /// Whether `error` says the database cannot be used right now (it is down, restarting, shutting
 /// down or out of connections, or no pool connection freed up in time) rather than that the
 /// query is wrong: the caller should answer "unavailable, retry" instead of "internal error".

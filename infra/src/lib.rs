@@ -11,6 +11,7 @@ pub mod jws;
 pub mod metrics;
 pub mod net;
 pub mod notify;
+pub mod presence;
 pub mod redis_client;
 pub mod shutdown;
 pub mod telemetry;

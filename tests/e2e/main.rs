@@ -4,6 +4,10 @@
 #[macro_use]
 mod support;
 
+/// The fake push providers of the push crate's tests (FCM, APNs, Web Push), shared.
+#[path = "../../services/push/tests/support/mod.rs"]
+mod push_support;
+
 mod accounts;
 mod agents;
 mod auth_and_tenancy;
@@ -13,6 +17,7 @@ mod faults;
 mod hostile;
 mod limits;
 mod operability;
+mod push;
 mod realtime;
 mod replicas;
 mod runtime_lifecycle;

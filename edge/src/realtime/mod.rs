@@ -257,6 +257,12 @@ async fn admit(
     }
     // Joined before the client hears it is connected, so it misses nothing sent after that.
     socket.join(rooms);
+    // Counted as online (for push notifications) until the socket is dropped.
+    if let Some(online) = &state.online {
+        socket
+            .extensions
+            .insert(Arc::new(online.connected(caller.user_id())));
+    }
     socket.extensions.insert(caller);
     socket.extensions.insert(presence);
     if !since.is_empty() {

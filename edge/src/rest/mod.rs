@@ -4,6 +4,7 @@ mod agents;
 mod api_keys;
 mod auth;
 mod conversations;
+mod devices;
 mod events;
 mod extract;
 mod members;
@@ -43,6 +44,11 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(users::get, users::update, users::delete))
         .routes(routes!(api_keys::list, api_keys::create))
         .routes(routes!(api_keys::revoke))
+        .routes(routes!(devices::list, devices::register))
+        .routes(routes!(devices::delete))
+        .routes(routes!(devices::webpush_key))
+        .routes(routes!(devices::settings, devices::mute_all))
+        .routes(routes!(devices::mute_conversation))
         .routes(routes!(workspaces::list, workspaces::create))
         .routes(routes!(workspaces::get))
         .routes(routes!(members::list, members::add))
@@ -147,6 +153,7 @@ mod tests {
             failed_handshake_limit: crate::shared::limits::DEFAULT_FAILED_HANDSHAKES,
             trusted_proxies: crate::shared::peer::TrustedProxies::default(),
             socket_buffer_bytes: crate::realtime::DEFAULT_SOCKET_BUFFER_BYTES,
+            presence: crawbl_infra::presence::Settings::default(),
         }
     }
 

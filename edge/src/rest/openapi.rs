@@ -23,6 +23,7 @@ use crate::shared::error::ErrorBody;
         (name = "auth", description = "Sign-up, sign-in, token refresh and logout."),
         (name = "users", description = "The caller's profile."),
         (name = "api-keys", description = "Long-lived keys acting as their user."),
+        (name = "devices", description = "Push notification devices, and what their user muted."),
         (name = "workspaces", description = "Workspaces, their runtime and agents."),
         (name = "members", description = "Who belongs to a workspace."),
         (name = "conversations", description = "Conversations with an agent."),

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::api_keys::REVOCATION_RETENTION;
-use crate::db::{accounts, users, workspaces};
+use crate::db::{accounts, devices, users, workspaces};
 use crate::domain::{Revocation, Revoked};
 use crate::error::AuthError;
 use crate::keys::CLOCK_SKEW;
@@ -80,8 +80,8 @@ impl Auth {
             }
             accounts::delete_workspace(&mut transaction, workspace_id).await?;
         }
-        // Devices (push notification tokens) will be deleted here too, once there is a device
-        // table (the push service, SPEC §9): `DELETE FROM devices WHERE user_id = $1`.
+        // Their push devices and mutes: nothing is sent to the account's devices any more.
+        devices::delete_of_user(&mut transaction, user_id).await?;
         accounts::delete_user(&mut transaction, user_id, &user.email).await?;
         accounts::insert_tombstone(&mut *transaction, user_id, now).await?;
         transaction.commit().await?;

@@ -76,6 +76,14 @@ pub enum AuthError {
     /// deleted (ownership changed in between); ask again which, and retry.
     #[error("the workspaces the user alone owns changed; list them again and retry")]
     WorkspacesChanged,
+    /// A device registration that cannot be used (unknown platform, malformed token or
+    /// subscription).
+    #[error(transparent)]
+    InvalidDevice(#[from] crawbl_push::InvalidTarget),
+    #[error("appId must have between 1 and 255 characters, no control characters")]
+    InvalidAppId,
+    #[error("device not found")]
+    DeviceNotFound,
     /// A bug or a failing dependency. Logged; clients only learn that something went wrong.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -100,6 +108,9 @@ impl AuthError {
             Self::LastOwner => "LAST_OWNER",
             Self::TooManyApiKeys => "TOO_MANY_API_KEYS",
             Self::WorkspacesChanged => "WORKSPACES_CHANGED",
+            Self::InvalidDevice(invalid) => invalid.code(),
+            Self::InvalidAppId => "INVALID_APP_ID",
+            Self::DeviceNotFound => "DEVICE_NOT_FOUND",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -132,6 +143,12 @@ impl From<AuthError> for tonic::Status {
             AuthError::AlreadyMember => Code::AlreadyExists,
             AuthError::LastOwner | AuthError::TooManyApiKeys => Code::FailedPrecondition,
             AuthError::WorkspacesChanged => Code::Aborted,
+            // An unknown platform is a malformed request (400); a token or subscription that
+            // cannot be used is well-formed but unusable (422).
+            AuthError::InvalidDevice(crawbl_push::InvalidTarget::UnknownPlatform)
+            | AuthError::InvalidAppId => Code::InvalidArgument,
+            AuthError::InvalidDevice(_) => Code::FailedPrecondition,
+            AuthError::DeviceNotFound => Code::NotFound,
             AuthError::Internal(internal) => {
                 tracing::error!(error = ?internal, "internal error");
                 if database_unavailable(internal) {

@@ -5,6 +5,7 @@ use crawbl_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer
 use tonic::{Request, Response, Status};
 
 use crate::accounts::DeletedUser;
+use crate::devices::{Device, PushSettings};
 use crate::domain::{
     ApiKey, ApiKeyIdentity, CreatedApiKey, IssuedSession, Member, Membership, Principal, User,
 };
@@ -229,6 +230,94 @@ impl AuthService for AuthGrpc {
                 .await,
         )
     }
+
+    async fn register_device(
+        &self,
+        request: Request<pb::RegisterDeviceRequest>,
+    ) -> Reply<pb::RegisteredDevice> {
+        let request = request.into_inner();
+        let (device, created) = self
+            .auth
+            .register_device(
+                &request.actor_user_id,
+                &request.session_id,
+                &request.platform,
+                &request.target_json,
+                request.app_id.as_deref(),
+            )
+            .await?;
+        Ok(Response::new(pb::RegisteredDevice {
+            device: Some(device.into()),
+            created,
+        }))
+    }
+
+    async fn list_devices(&self, request: Request<pb::ListDevicesRequest>) -> Reply<pb::Devices> {
+        let devices = self
+            .auth
+            .list_devices(&request.get_ref().actor_user_id)
+            .await?;
+        Ok(Response::new(pb::Devices {
+            devices: devices.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn delete_device(
+        &self,
+        request: Request<pb::DeleteDeviceRequest>,
+    ) -> Reply<pb::DeleteDeviceResponse> {
+        let request = request.into_inner();
+        let actor = Some(request.actor_user_id.as_str()).filter(|actor| !actor.is_empty());
+        self.auth.delete_device(actor, &request.device_id).await?;
+        Ok(Response::new(pb::DeleteDeviceResponse {}))
+    }
+
+    async fn get_push_settings(
+        &self,
+        request: Request<pb::GetPushSettingsRequest>,
+    ) -> Reply<pb::PushSettings> {
+        reply(
+            self.auth
+                .push_settings(&request.get_ref().actor_user_id)
+                .await,
+        )
+    }
+
+    async fn set_push_mute(
+        &self,
+        request: Request<pb::SetPushMuteRequest>,
+    ) -> Reply<pb::PushSettings> {
+        let request = request.into_inner();
+        reply(
+            self.auth
+                .set_push_mute(
+                    &request.actor_user_id,
+                    &request.conversation_id,
+                    request.muted,
+                )
+                .await,
+        )
+    }
+
+    async fn list_push_targets(
+        &self,
+        request: Request<pb::ListPushTargetsRequest>,
+    ) -> Reply<pb::PushTargets> {
+        let request = request.into_inner();
+        let devices = self
+            .auth
+            .push_targets(&request.workspace_id, &request.conversation_id)
+            .await?;
+        Ok(Response::new(pb::PushTargets {
+            targets: devices
+                .into_iter()
+                .map(|device| pb::PushTarget {
+                    user_id: device.user_id.clone(),
+                    device: Some(device.into()),
+                })
+                .collect(),
+        }))
+    }
 }
 
 fn signing_keys(auth: &Auth) -> pb::SigningKeys {
@@ -246,6 +335,27 @@ fn signing_keys(auth: &Auth) -> pb::SigningKeys {
             .collect(),
         issuer: tokens::ISSUER.to_owned(),
         audience: tokens::AUDIENCE.to_owned(),
+    }
+}
+
+impl From<Device> for pb::Device {
+    fn from(device: Device) -> Self {
+        Self {
+            id: device.id,
+            platform: device.platform,
+            target_json: device.target,
+            app_id: device.app_id,
+            created_at: device.created_at,
+        }
+    }
+}
+
+impl From<PushSettings> for pb::PushSettings {
+    fn from(settings: PushSettings) -> Self {
+        Self {
+            muted: settings.muted,
+            muted_conversation_ids: settings.muted_conversation_ids,
+        }
     }
 }
 

@@ -19,6 +19,7 @@ pub mod accounts;
 pub mod api_keys;
 pub mod changes;
 pub mod db;
+pub mod devices;
 pub mod domain;
 pub mod error;
 pub mod grpc;
@@ -54,6 +55,9 @@ pub struct Config {
     pub sign_in_limits: SignInLimits,
     /// Redis for announcing revocations and membership changes to edges (`None`: in-process).
     pub redis_url: Option<String>,
+    /// `PUSH_ALLOW_LOOPBACK_HTTP=true`: Web Push endpoints on loopback (`http://127.0.0.1:…`)
+    /// are accepted, for tests' fake push services. Never in production.
+    pub push_allow_loopback_http: bool,
 }
 
 impl Default for Config {
@@ -66,6 +70,7 @@ impl Default for Config {
             signing_key_rotation: DEFAULT_SIGNING_KEY_ROTATION,
             sign_in_limits: SignInLimits::default(),
             redis_url: None,
+            push_allow_loopback_http: false,
         }
     }
 }
@@ -104,6 +109,7 @@ impl Config {
                 )?),
             },
             redis_url: optional("REDIS_URL"),
+            push_allow_loopback_http: parse_or("PUSH_ALLOW_LOOPBACK_HTTP", false)?,
         };
         config.validate()?;
         Ok(config)
@@ -166,7 +172,10 @@ pub async fn run(
         keys,
         config.sign_in_limits,
         changes::Changes::new(changes),
-    );
+    )
+    .with_push_validation(crawbl_push::ValidationOptions {
+        allow_loopback_http: config.push_allow_loopback_http,
+    });
     let maintenance = tokio::spawn(maintain(auth.clone(), shutdown.clone()));
     let served = crawbl_infra::grpc::serve(listener, grpc::AuthGrpc::server(auth), shutdown).await;
     maintenance.abort();

@@ -8,7 +8,7 @@ use sqlx::AnyPool;
 use tracing::Instrument as _;
 
 use crate::changes::Changes;
-use crate::db::{sessions, users, workspaces};
+use crate::db::{devices, sessions, users, workspaces};
 use crate::domain::{
     DisplayName, Email, IssuedSession, MAX_PASSWORD_CHARS, Membership, Password, Principal,
     Revocation, Revoked, Role, User,
@@ -37,6 +37,8 @@ pub struct Auth {
     pub(crate) keys: Arc<KeyRing>,
     pub(crate) throttle: Arc<Throttle>,
     pub(crate) changes: Changes,
+    /// How device registrations are checked (tests allow loopback Web Push endpoints).
+    pub(crate) push_validation: crawbl_push::ValidationOptions,
 }
 
 impl Auth {
@@ -53,6 +55,15 @@ impl Auth {
             lifetimes,
             keys,
             changes,
+            push_validation: crawbl_push::ValidationOptions::default(),
+        }
+    }
+
+    /// This service checking device registrations with `options`.
+    pub fn with_push_validation(self, options: crawbl_push::ValidationOptions) -> Self {
+        Self {
+            push_validation: options,
+            ..self
         }
     }
 
@@ -230,6 +241,7 @@ impl Auth {
         if !first_use {
             sessions::revoke_session(&mut *transaction, &row.session_id, REVOKED_BY_REUSE, now)
                 .await?;
+            devices::delete_of_session(&mut *transaction, &row.session_id).await?;
             transaction.commit().await?;
             tracing::warn!(session_id = %row.session_id, user_id = %row.user_id, "refresh token reused; session revoked");
             self.announce_session_revoked(&row.session_id, &row.user_id, now)
@@ -263,8 +275,13 @@ impl Auth {
         let now = now_millis();
         let claims = tokens::authentic_access_token(access_token, &self.keys.public_keys())
             .map_err(|_| AuthError::InvalidToken)?;
+        // The session's push devices go with it: nobody signed in there any more.
+        let mut transaction = self.pool.begin().await?;
         let revoked =
-            sessions::revoke_session(&self.pool, &claims.sid, REVOKED_BY_LOGOUT, now).await?;
+            sessions::revoke_session(&mut *transaction, &claims.sid, REVOKED_BY_LOGOUT, now)
+                .await?;
+        devices::delete_of_session(&mut *transaction, &claims.sid).await?;
+        transaction.commit().await?;
         if revoked {
             tracing::info!(session_id = %claims.sid, user_id = %claims.sub, "session logged out");
             self.announce_session_revoked(&claims.sid, &claims.sub, now)

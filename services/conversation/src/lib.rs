@@ -8,6 +8,7 @@ mod error;
 mod mentions;
 mod metrics;
 mod outbox;
+mod push;
 mod scheduler;
 mod service;
 mod turn;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use crawbl_infra::bus::EventBus;
 use crawbl_infra::config;
+use crawbl_proto::auth::v1::auth_service_client::AuthServiceClient;
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +54,11 @@ pub struct Config {
     /// `DEFAULT_PLAN` and `DEFAULT_MONTHLY_TOKEN_QUOTA`: the plan of workspaces a billing system
     /// set none for (default: `default`, unlimited).
     pub default_plan: db::Plan,
+    /// gRPC address of auth (`AUTH_URL`), which keeps the devices pushes go to.
+    pub auth_url: String,
+    /// The push providers' credentials (`FCM_*`, `APNS_*`, `VAPID_*`; see crawbl_push): a
+    /// provider without them is off.
+    pub push: crawbl_push::PushConfig,
 }
 
 impl Config {
@@ -83,6 +90,9 @@ impl Config {
                     .transpose()?,
             )
             .map_err(|error| anyhow::anyhow!("DEFAULT_PLAN: {error}"))?,
+            auth_url: config::optional("AUTH_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:50051".to_owned()),
+            push: crawbl_push::PushConfig::from_env()?,
         })
     }
 }
@@ -137,7 +147,7 @@ fn migrations() -> crawbl_infra::db::Migrations {
 /// Serves the conversation service on `listener` until `shutdown`, publishing on `bus`.
 /// Turns still running at shutdown are given a short grace period to finish.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     bus: EventBus,
     shutdown: CancellationToken,
@@ -153,8 +163,17 @@ pub async fn run(
     let stops =
         crawbl_infra::notify::Notifier::from_url(config.redis_url.as_deref(), STOPS_CHANNEL)
             .await?;
-    let service =
-        service::Conversations::new(pool, outbox.clone(), runtime, stops, &config, sole_instance);
+    // Says once at start which providers are off.
+    let providers = crawbl_push::Providers::new(std::mem::take(&mut config.push))?;
+    let service = service::Conversations::new(
+        pool.clone(),
+        outbox.clone(),
+        runtime,
+        stops,
+        &config,
+        sole_instance,
+    )
+    .with_vapid_public_key(providers.vapid_public_key());
     let scheduler = service.scheduler();
     scheduler.settle_orphans_of_a_previous_run().await;
     let turns = scheduler.tracker();
@@ -163,6 +182,13 @@ pub async fn run(
     let claims = tokio::spawn(scheduler.clone().run(background.clone()));
     let follower = tokio::spawn(scheduler.follow_stops(background.clone()));
     let relay = tokio::spawn(outbox.clone().run_relay(background.clone()));
+    let pusher = push::Pusher::new(
+        pool.clone(),
+        AuthServiceClient::new(crawbl_infra::grpc::channel(&config.auth_url)?),
+        crawbl_infra::presence::Presence::from_url(config.redis_url.as_deref()).await?,
+        providers,
+    );
+    let pushes = tokio::spawn(pusher.run(background.clone()));
     let pruner = tokio::spawn(outbox.run_pruner(config.event_retention, background.clone()));
 
     let served =
@@ -180,7 +206,7 @@ pub async fn run(
         );
     }
     background.cancel();
-    let _ = tokio::join!(claims, follower, relay, pruner);
+    let _ = tokio::join!(claims, follower, relay, pruner, pushes);
     served
 }
 

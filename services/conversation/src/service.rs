@@ -7,8 +7,8 @@ use crawbl_proto::conversation::v1::conversation_service_server::ConversationSer
 use crawbl_proto::conversation::v1::{
     Agent, AgentStatus, ArchiveAgentRequest, CancelTurnRequest, CancelTurnResponse,
     CreateAgentRequest, DeleteWorkspaceDataRequest, DeleteWorkspaceDataResponse, GetAgentRequest,
-    GetWorkspaceUsageRequest, Message, MessageRole, MessageStatus, Quota, SetWorkspacePlanRequest,
-    UpdateAgentRequest, WorkspacePlan, WorkspaceUsage,
+    GetPushKeysRequest, GetWorkspaceUsageRequest, Message, MessageRole, MessageStatus, PushKeys,
+    Quota, SetWorkspacePlanRequest, UpdateAgentRequest, WorkspacePlan, WorkspaceUsage,
 };
 use crawbl_proto::conversation::v1::{
     Conversation, CreateConversationRequest, DeleteConversationRequest, DeleteConversationResponse,
@@ -41,6 +41,8 @@ pub struct Conversations {
     runtime_wait: Duration,
     /// The plan of workspaces a billing system set none for.
     default_plan: db::Plan,
+    /// The VAPID public key browsers subscribe with; `None` while Web Push is off.
+    vapid_public_key: Option<String>,
 }
 
 /// How long `?wait=true` waits for a reply at most, so a send never waits unboundedly.
@@ -51,6 +53,14 @@ const STOP_WAIT: Duration = Duration::from_secs(5);
 const STOP_POLL: Duration = Duration::from_millis(25);
 
 impl Conversations {
+    /// This service answering `GetPushKeys` with `key`.
+    pub fn with_vapid_public_key(self, key: Option<String>) -> Self {
+        Self {
+            vapid_public_key: key,
+            ..self
+        }
+    }
+
     /// `sole_instance`: only this instance uses the database (SQLite).
     pub fn new(
         pool: AnyPool,
@@ -81,6 +91,7 @@ impl Conversations {
             scheduler,
             runtime_wait: config.runtime_wait,
             default_plan: config.default_plan.clone(),
+            vapid_public_key: None,
         }
     }
 
@@ -757,6 +768,15 @@ impl ConversationService for Conversations {
                 used,
                 resets_at_ms: db::month_end_ms(now),
             }),
+        }))
+    }
+
+    async fn get_push_keys(
+        &self,
+        _request: Request<GetPushKeysRequest>,
+    ) -> Result<Response<PushKeys>, Status> {
+        Ok(Response::new(PushKeys {
+            vapid_public_key: self.vapid_public_key.clone(),
         }))
     }
 

@@ -219,6 +219,15 @@ impl Api {
         }
     }
 
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        let request = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .header("x-token", token)
+            .json(&body);
+        read(request.send().await.expect("PUT")).await
+    }
+
     pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
         let response = self
             .client

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod api_keys;
+pub mod devices;
 pub mod sessions;
 pub mod signing_keys;
 pub mod throttle;

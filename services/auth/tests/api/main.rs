@@ -22,6 +22,7 @@ macro_rules! on_both_backends {
 
 mod accounts;
 mod api_keys;
+mod devices;
 mod helpers;
 mod rate_limits;
 mod sessions;

@@ -362,6 +362,14 @@ pub async fn finish_message(
         event::Kind::MessageUpdated(message.clone()),
     )
     .await?;
+    // The members who are not looking are told, through the push outbox (`push.rs`): of an
+    // answer, and of one that failed (with what it said before: `incomplete`, or nothing).
+    if matches!(
+        status,
+        MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Incomplete
+    ) {
+        super::insert_push_job(&mut tx, &message, event.seq, now).await?;
+    }
     tx.commit().await?;
     Ok(Some((message, event)))
 }
