@@ -172,6 +172,7 @@ pub async fn run(
         stops,
         &config,
         sole_instance,
+        providers.any_enabled(),
     )
     .with_vapid_public_key(providers.vapid_public_key());
     let scheduler = service.scheduler();

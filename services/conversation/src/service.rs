@@ -61,7 +61,8 @@ impl Conversations {
         }
     }
 
-    /// `sole_instance`: only this instance uses the database (SQLite).
+    /// `sole_instance`: only this instance uses the database (SQLite). `pushes`: some push
+    /// provider is on, so ended replies are queued for push.
     pub fn new(
         pool: AnyPool,
         outbox: Outbox,
@@ -69,6 +70,7 @@ impl Conversations {
         stops: crawbl_infra::notify::Notifier,
         config: &crate::Config,
         sole_instance: bool,
+        pushes: bool,
     ) -> Self {
         let scheduler = Scheduler::new(
             TurnDeps {
@@ -77,6 +79,7 @@ impl Conversations {
                 runtime: runtime.clone(),
                 context_budget: config.context_budget,
                 default_plan: config.default_plan.clone(),
+                pushes,
             },
             TurnSettings {
                 sole_instance,

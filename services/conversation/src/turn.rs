@@ -36,6 +36,8 @@ pub struct TurnDeps {
     pub context_budget: ContextBudget,
     /// The plan of workspaces a billing system set none for.
     pub default_plan: db::Plan,
+    /// Whether ended replies are queued for push (some provider is on).
+    pub pushes: bool,
 }
 
 /// Most attempts a turn gets when each owner died before anything of it reached clients.
@@ -157,6 +159,7 @@ pub async fn settle_orphan(deps: &TurnDeps, turn: ClaimedTurn) {
         status,
         Some(&turn.fence),
         None,
+        deps.pushes,
     )
     .await;
     match finished {
@@ -265,6 +268,7 @@ async fn answer(
             status,
             Some(&turn.fence),
             Some(&usage),
+            deps.pushes,
         )
         .await
         .map_err(ConversationError::from)

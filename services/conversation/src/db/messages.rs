@@ -313,7 +313,8 @@ async fn insert_empty_reply(
 /// `message.updated`. With `fence`, the turn's row goes in the same transaction, and nothing is
 /// written unless the turn is still the fence's owner's. `None` when nothing was written: the
 /// reply already ended (a compare-and-set on `streaming`: a delivered reply is never rewritten),
-/// its conversation was deleted, or the turn is no longer this owner's.
+/// its conversation was deleted, or the turn is no longer this owner's. `push`: queue the reply
+/// for push notifications.
 pub async fn finish_message(
     pool: &AnyPool,
     mut message: Message,
@@ -321,6 +322,7 @@ pub async fn finish_message(
     status: MessageStatus,
     fence: Option<&TurnFence>,
     usage: Option<&super::TurnUsage>,
+    push: bool,
 ) -> Result<Option<(Message, Event)>, sqlx::Error> {
     let now = now_ms();
     let mut tx = pool.begin().await?;
@@ -364,10 +366,13 @@ pub async fn finish_message(
     .await?;
     // The members who are not looking are told, through the push outbox (`push.rs`): of an
     // answer, and of one that failed (with what it said before: `incomplete`, or nothing).
-    if matches!(
-        status,
-        MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Incomplete
-    ) {
+    // Nothing is queued while no provider is on: it could never be sent.
+    if push
+        && matches!(
+            status,
+            MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Incomplete
+        )
+    {
         super::insert_push_job(&mut tx, &message, event.seq, now).await?;
     }
     tx.commit().await?;
@@ -465,7 +470,10 @@ pub async fn recover_streaming_messages(pool: &AnyPool) -> Result<Vec<Event>, sq
             .map(|content| content.text.clone())
             .unwrap_or_default();
         let status = ended_status(&text, &message.tool_calls);
-        if let Some((_, event)) = finish_message(pool, message, text, status, None, None).await? {
+        // Replies of a version from before push: not pushed now.
+        if let Some((_, event)) =
+            finish_message(pool, message, text, status, None, None, false).await?
+        {
             events.push(event);
         }
     }

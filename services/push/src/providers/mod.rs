@@ -250,6 +250,11 @@ impl Providers {
         }
     }
 
+    /// Whether any provider is on (without one, nothing can be pushed).
+    pub fn any_enabled(&self) -> bool {
+        self.fcm.is_some() || self.apns.is_some() || self.webpush.is_some()
+    }
+
     /// The VAPID public key (unpadded base64url) that browsers subscribe with
     /// (`applicationServerKey`), when Web Push is on.
     pub fn vapid_public_key(&self) -> Option<String> {
