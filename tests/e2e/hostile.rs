@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::support::api::Api;
-use crate::support::{Stack, external_tool, sio};
+use crate::support::{Stack, external_tool, resident_kib, sio};
 
 /// Cases per operation and phase; `SCHEMATHESIS_MAX_EXAMPLES` for a longer run.
 const MAX_EXAMPLES: &str = "20";
@@ -80,11 +80,6 @@ async fn every_rest_route_holds_its_openapi_contract_under_generated_input() {
     );
     let (status, _) = api.get("/healthz", None).await;
     assert_eq!(status, StatusCode::OK, "the edge is still up");
-}
-
-/// Resident memory of a process, in KiB.
-fn resident_kib(pid: u32) -> u64 {
-    crawbl_loadtest::process::resident_kib(pid).expect("the process runs")
 }
 
 /// A raw websocket connected to `/v1` as `user`, to send what no client library would.

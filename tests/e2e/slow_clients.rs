@@ -8,7 +8,7 @@ use futures::StreamExt as _;
 use crate::support::api::{Api, User};
 use crate::support::scrape::Scrape;
 use crate::support::sio::{self, SioClient};
-use crate::support::{Options, Stack};
+use crate::support::{Options, Stack, resident_kib};
 
 /// The edge's default byte bound per socket (`SOCKET_BUFFER_BYTES`).
 const BUFFER_BYTES: u64 = 256 * 1024;
@@ -20,10 +20,6 @@ const LET_GO_WITHIN: Duration = Duration::from_secs(20);
 const STALLED: u64 = 40;
 const SENDS: usize = 150;
 const BATCH: usize = 5;
-
-fn resident_kib(pid: u32) -> u64 {
-    crawbl_loadtest::process::resident_kib(pid).expect("the process runs")
-}
 
 /// [`SENDS`] messages of 16 KB, [`BATCH`] at a time, each batch once `reader` has every reply
 /// of the previous one (a client that reads keeps up; stalled ones fall behind); the highest

@@ -165,6 +165,7 @@ pub async fn run(
             .await?;
     // Says once at start which providers are off.
     let providers = crawbl_push::Providers::new(std::mem::take(&mut config.push))?;
+    let pushing = providers.any_enabled();
     let service = service::Conversations::new(
         pool.clone(),
         outbox.clone(),
@@ -172,7 +173,7 @@ pub async fn run(
         stops,
         &config,
         sole_instance,
-        providers.any_enabled(),
+        pushing,
     )
     .with_vapid_public_key(providers.vapid_public_key());
     let scheduler = service.scheduler();
@@ -183,13 +184,18 @@ pub async fn run(
     let claims = tokio::spawn(scheduler.clone().run(background.clone()));
     let follower = tokio::spawn(scheduler.follow_stops(background.clone()));
     let relay = tokio::spawn(outbox.clone().run_relay(background.clone()));
-    let pusher = push::Pusher::new(
-        pool.clone(),
-        AuthServiceClient::new(crawbl_infra::grpc::channel(&config.auth_url)?),
-        crawbl_infra::presence::Presence::from_url(config.redis_url.as_deref()).await?,
-        providers,
-    );
-    let pushes = tokio::spawn(pusher.run(background.clone()));
+    // Without a provider no job is queued (see `db::finish_message`): no worker, no polling.
+    let pushes = if pushing {
+        let pusher = push::Pusher::new(
+            pool.clone(),
+            AuthServiceClient::new(crawbl_infra::grpc::channel(&config.auth_url)?),
+            crawbl_infra::presence::Presence::from_url(config.redis_url.as_deref()).await?,
+            providers,
+        );
+        tokio::spawn(pusher.run(background.clone()))
+    } else {
+        tokio::spawn(async {})
+    };
     let pruner = tokio::spawn(outbox.run_pruner(config.event_retention, background.clone()));
 
     let served =

@@ -100,6 +100,11 @@ pub async fn run_client_script(program: &str, dir: &Path, script: &str, args: &[
         .unwrap_or_else(|error| panic!("{script} printed {stdout:?}: {error}"))
 }
 
+/// Resident memory of a running process, in KiB.
+pub fn resident_kib(pid: u32) -> u64 {
+    crawbl_loadtest::process::resident_kib(pid).expect("the process runs")
+}
+
 /// A fresh Postgres database for one test; returns its URL.
 pub async fn fresh_postgres_database() -> String {
     let admin_url = postgres_admin_url();

@@ -79,32 +79,33 @@ impl Queue {
     /// As tokio's `mpsc::Sender::try_send`, which this replaces: a refused group comes back.
     #[allow(clippy::result_large_err)]
     pub(crate) fn try_send(&self, packets: PacketBuf) -> Result<(), TrySendError<PacketBuf>> {
-        let bytes = size_of(&packets);
-        let mut state = self.state();
+        let state = self.state();
         if state.closed {
             return Err(TrySendError::Closed(packets));
         }
-        if !self.has_room(&state, bytes) {
+        if !self.has_room(&state, size_of(&packets)) {
             return Err(TrySendError::Full(packets));
         }
-        state.bytes += bytes;
+        self.push(state, packets);
+        Ok(())
+    }
+
+    /// Appends `packets` and wakes the reader.
+    fn push(&self, mut state: MutexGuard<'_, State>, packets: PacketBuf) {
+        state.bytes += size_of(&packets);
         state.packets.push_back(packets);
         drop(state);
         self.reader.wake();
-        Ok(())
     }
 
     /// Queues `packets` whatever the bounds (a protocol packet that must go, e.g. the `Noop` that
     /// ends a pending poll during an upgrade); false once the queue is closed.
     pub(crate) fn send_unbounded(&self, packets: PacketBuf) -> bool {
-        let mut state = self.state();
+        let state = self.state();
         if state.closed {
             return false;
         }
-        state.bytes += size_of(&packets);
-        state.packets.push_back(packets);
-        drop(state);
-        self.reader.wake();
+        self.push(state, packets);
         true
     }
 
@@ -125,13 +126,9 @@ impl Queue {
     pub(crate) fn send_reserved(&self, packets: PacketBuf) {
         let mut state = self.state();
         state.reserved -= 1;
-        if state.closed {
-            return;
+        if !state.closed {
+            self.push(state, packets);
         }
-        state.bytes += size_of(&packets);
-        state.packets.push_back(packets);
-        drop(state);
-        self.reader.wake();
     }
 
     /// Gives back a place promised by [`Queue::try_reserve`] and not used.
