@@ -36,31 +36,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `stop` waits for a killed process to be reaped before giving up on it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Variables a runtime process inherits from runtime-proxy; everything else is withheld, so
-/// secrets of the platform (the service credential, database and Redis URLs) never reach code an
-/// agent runs. Names ending in `_` are prefixes.
-const INHERITED_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "TMPDIR",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "RUST_LOG",
-    "RUST_BACKTRACE",
-    "LOG_FORMAT",
-    "OTEL_",
-    "RUNTIME_STUB_",
-    "RUNTIME_PROVIDER",
-    "OPENAI_",
-    // A private CA for https to model providers and MCP servers (added to the platform's roots).
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-];
-
-/// What a runtime pod inherits from runtime-proxy's environment (as values in the pod spec):
-/// the runtime's own settings. Not paths of this container (`PATH`, `HOME`, certificates) and
-/// not provider keys (`OPENAI_*`): those come from `RUNTIME_K8S_SECRET`, never pod spec text.
+/// The runtime's own settings, which every runtime inherits from runtime-proxy (a pod as values
+/// in its spec). Names ending in `_` are prefixes.
 const POD_ENV: &[&str] = &[
     "LANG",
     "LC_ALL",
@@ -71,6 +48,20 @@ const POD_ENV: &[&str] = &[
     "OTEL_",
     "RUNTIME_STUB_",
     "RUNTIME_PROVIDER",
+];
+
+/// What a runtime *process* inherits besides [`POD_ENV`]: paths of this machine and provider
+/// keys. A pod gets neither (its keys come from `RUNTIME_K8S_SECRET`, never pod-spec text).
+/// Everything else is withheld, so secrets of the platform (the service credential, database and
+/// Redis URLs) never reach code an agent runs.
+const PROCESS_ONLY_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
+    "OPENAI_",
+    // A private CA for https to model providers and MCP servers (added to the platform's roots).
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
 ];
 
 /// The variables of this process a runtime pod gets (see [`POD_ENV`]).
@@ -365,7 +356,7 @@ async fn spawn_process(
 }
 
 fn inherited(name: &str) -> bool {
-    allowed(INHERITED_ENV, name)
+    allowed(POD_ENV, name) || allowed(PROCESS_ONLY_ENV, name)
 }
 
 /// `name` is in `list`, where entries ending in `_` are prefixes.

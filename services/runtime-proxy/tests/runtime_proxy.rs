@@ -1260,6 +1260,17 @@ async fn shutdown_ends_turns_still_running_after_the_drain_and_kills_every_runti
 // ---------------------------------------------------------------------------------------------
 // Kubernetes driver only (a stand-in API server; see `kube_api`)
 
+/// Forwards one turn of the `assistant` agent and collects its events.
+async fn turn_events(proxy: &mut Proxy, workspace_id: &str, text: &str) -> Vec<Event> {
+    let stream = proxy
+        .client
+        .forward_turn(turn(workspace_id, "assistant", text))
+        .await
+        .expect("forward turn")
+        .into_inner();
+    collect(stream).await
+}
+
 /// A proxy with the kubernetes driver, provisioning bound 20 s.
 async fn kubernetes_proxy(driver: Driver) -> Proxy {
     start_proxy(driver, Duration::from_secs(20), Duration::from_secs(30)).await
@@ -1286,15 +1297,7 @@ async fn a_workspace_gets_one_locked_down_pod_and_a_service_from_the_template() 
     settings.provider_secret = Some("provider-keys".to_owned());
     let mut proxy = kubernetes_proxy(Driver::Kubernetes(settings)).await;
 
-    let events = collect(
-        proxy
-            .client
-            .forward_turn(turn("ws-template", "assistant", "hello pod"))
-            .await
-            .expect("forward turn")
-            .into_inner(),
-    )
-    .await;
+    let events = turn_events(&mut proxy, "ws-template", "hello pod").await;
     assert_eq!(
         concatenated_deltas(&events),
         scripted_reply("assistant", "hello pod")
@@ -1465,15 +1468,7 @@ async fn a_restarted_proxy_adopts_live_pods_and_deletes_orphans() {
         "the service without a pod is deleted"
     );
     assert_eq!(starts(&dir.0).len(), 1, "adopted, not started again");
-    let events = collect(
-        second
-            .client
-            .forward_turn(turn("ws-keep", "assistant", "still there"))
-            .await
-            .expect("forward turn")
-            .into_inner(),
-    )
-    .await;
+    let events = turn_events(&mut second, "ws-keep", "still there").await;
     assert_eq!(
         concatenated_deltas(&events),
         scripted_reply("assistant", "still there")
@@ -1487,15 +1482,7 @@ async fn a_pod_that_dies_while_idle_is_seen_through_the_watch_and_replaced() {
     let (driver, stand_in) = kubernetes_runtimes(&dir.0, 1).await;
     let mut proxy = kubernetes_proxy(driver).await;
     let mut bus = proxy.events();
-    let events = collect(
-        proxy
-            .client
-            .forward_turn(turn("ws-pod-dies", "assistant", "hi"))
-            .await
-            .expect("forward turn")
-            .into_inner(),
-    )
-    .await;
+    let events = turn_events(&mut proxy, "ws-pod-dies", "hi").await;
     assert!(matches!(events.last(), Some(Event::Done(_))));
     let name = crawbl_runtime_proxy::pod_name("ws-pod-dies");
     let first_uid = stand_in.pods()[&name]["metadata"]["uid"].clone();

@@ -429,21 +429,31 @@ async fn create(
     (StatusCode::CREATED, axum::Json(object)).into_response()
 }
 
+/// Records a call on one object and locks the store, or refuses the call.
+fn one_object<'a>(
+    shared: &'a Shared,
+    method: Method,
+    namespace: &str,
+    resource: &str,
+    name: &str,
+) -> Result<MutexGuard<'a, Objects>, Box<Response>> {
+    let mut objects = shared.lock();
+    let path = format!("/{namespace}/{resource}/{name}");
+    record(&mut objects, method, path, &HashMap::new(), None);
+    match refused(shared, namespace, resource) {
+        Some(response) => Err(Box::new(response)),
+        None => Ok(objects),
+    }
+}
+
 async fn read(
     State(shared): State<Arc<Shared>>,
     Path((namespace, resource, name)): Path<(String, String, String)>,
 ) -> Response {
-    let mut objects = shared.lock();
-    record(
-        &mut objects,
-        Method::GET,
-        format!("/{namespace}/{resource}/{name}"),
-        &HashMap::new(),
-        None,
-    );
-    if let Some(response) = refused(&shared, &namespace, &resource) {
-        return response;
-    }
+    let objects = match one_object(&shared, Method::GET, &namespace, &resource, &name) {
+        Ok(objects) => objects,
+        Err(response) => return *response,
+    };
     let found = match resource.as_str() {
         "pods" => objects.pods.get(&name),
         _ => objects.services.get(&name),
@@ -462,17 +472,10 @@ async fn delete(
     State(shared): State<Arc<Shared>>,
     Path((namespace, resource, name)): Path<(String, String, String)>,
 ) -> Response {
-    let mut objects = shared.lock();
-    record(
-        &mut objects,
-        Method::DELETE,
-        format!("/{namespace}/{resource}/{name}"),
-        &HashMap::new(),
-        None,
-    );
-    if let Some(response) = refused(&shared, &namespace, &resource) {
-        return response;
-    }
+    let mut objects = match one_object(&shared, Method::DELETE, &namespace, &resource, &name) {
+        Ok(objects) => objects,
+        Err(response) => return *response,
+    };
     let removed = match resource.as_str() {
         "pods" => {
             let pod = objects.pods.get(&name).cloned();
