@@ -85,17 +85,22 @@ def by_kind(objects, kind):
 
 
 def check_deployments(objects, drain):
-    deployments = by_kind(objects, "Deployment")
+    # Every component is a Deployment but runtime-proxy, a StatefulSet (its replicas are shards).
+    deployments = {**by_kind(objects, "Deployment"), **by_kind(objects, "StatefulSet")}
     check(
         set(deployments) == set(ALLOWED_SECRETS),
-        f"expected Deployments {sorted(ALLOWED_SECRETS)}, got {sorted(deployments)}",
+        f"expected workloads {sorted(ALLOWED_SECRETS)}, got {sorted(deployments)}",
+    )
+    check(
+        "runtime-proxy" in by_kind(objects, "StatefulSet"),
+        "runtime-proxy must be a StatefulSet: callers address each replica by name",
     )
     config_maps = by_kind(objects, "ConfigMap")
     secrets = by_kind(objects, "Secret")
     for name, deployment in deployments.items():
         spec = deployment["spec"]
         pod = spec["template"]["spec"]
-        check(spec.get("replicas", 1) >= 2, f"Deployment {name} has fewer than 2 replicas")
+        check(spec.get("replicas", 1) >= 2, f"{name} has fewer than 2 replicas")
         grace = pod.get("terminationGracePeriodSeconds", 30)
         security = pod.get("securityContext", {})
         check(security.get("runAsNonRoot") is True, f"{name}: pod must set runAsNonRoot")
@@ -159,13 +164,30 @@ def check_edge_scaling(objects):
 def check_services(objects, deployments):
     services = by_kind(objects, "Service")
     for name, deployment in deployments.items():
-        check(name in services, f"Deployment {name} has no Service")
+        check(name in services, f"{name} has no Service")
         selector = services[name]["spec"]["selector"]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         check(
             all(labels.get(key) == value for key, value in selector.items()),
-            f"Service {name} does not select its Deployment's pods",
+            f"Service {name} does not select its pods",
         )
+
+
+def check_runtime_proxy_shards(objects, config_maps, deployments):
+    """Callers shard workspaces over RUNTIME_PROXY_URL: it must name every replica, and only them."""
+    config = next(iter(config_maps.values()))["data"]
+    proxy = deployments["runtime-proxy"]["spec"]
+    replicas = proxy.get("replicas", 1)
+    service = by_kind(objects, "Service")["runtime-proxy"]["spec"]
+    check(service.get("clusterIP") == "None", "runtime-proxy's Service must be headless")
+    check(proxy.get("serviceName") == "runtime-proxy", "the StatefulSet must name its Service")
+    port = next(p["port"] for p in service["ports"] if p["name"] == "grpc")
+    expected = [f"http://runtime-proxy-{i}.runtime-proxy:{port}" for i in range(replicas)]
+    listed = [address.strip() for address in config.get("RUNTIME_PROXY_URL", "").split(",")]
+    check(
+        listed == expected,
+        f"RUNTIME_PROXY_URL must list the {replicas} runtime-proxy replicas: {expected}, is {listed}",
+    )
 
 
 def check_runtime_access(objects, config_maps, deployments):
@@ -238,6 +260,7 @@ def check_overlay(overlay, drain):
     check_edge_scaling(objects)
     check_services(objects, deployments)
     check_runtime_access(objects, config_maps, deployments)
+    check_runtime_proxy_shards(objects, config_maps, deployments)
     return len(objects)
 
 
