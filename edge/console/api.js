@@ -105,7 +105,11 @@ export async function refresh(staleToken) {
       saveSession({ ...sessionFrom(data), user: data.user ?? session.user });
       return data.accessToken;
     } catch (error) {
-      if (error.status === 401) saveSession(null);
+      if (error.status === 401) {
+        // The session is over (revoked, expired or signed out elsewhere): back to sign-in.
+        saveSession(null);
+        window.dispatchEvent(new Event("crawbl:signed-out"));
+      }
       throw error;
     }
   };

@@ -86,7 +86,7 @@ async function loadWorkspace() {
   localStorage.setItem("crawbl.workspace", state.workspaceId);
   const [agents, members] = await Promise.all([
     rest.get(wsPath("/agents")).catch((error) => { showError(error); return { data: [] }; }),
-    rest.get(wsPath("/members")).catch(() => ({ data: [] })),
+    rest.get(wsPath("/members")).catch((error) => { showError(error); return { data: [] }; }),
   ]);
   state.agents = new Map(agents.data.map((agent) => [agent.id, agent]));
   state.members = new Map(members.data.map((member) => [member.user?.id, member]));
@@ -105,15 +105,20 @@ async function loadConversations() {
   }
 }
 
-let conversationsReload = null;
-/** The server counts unread messages: refetch the list after a burst of changes. */
-function reloadConversationsSoon() {
-  clearTimeout(conversationsReload);
-  conversationsReload = setTimeout(async () => {
-    await loadConversations();
-    renderConversationList();
-  }, 250);
+/** `action`, once calls have paused for `ms`. */
+function debounce(action, ms) {
+  let timer = null;
+  return () => {
+    clearTimeout(timer);
+    timer = setTimeout(action, ms);
+  };
 }
+
+/** The server counts unread messages: refetch the list after a burst of changes. */
+const reloadConversationsSoon = debounce(async () => {
+  await loadConversations();
+  renderConversationList();
+}, 250);
 
 async function loadMessages(conversationId) {
   try {
@@ -124,27 +129,23 @@ async function loadMessages(conversationId) {
   }
 }
 
-let readTimer = null;
 /** Moves the read position to the newest message of the open conversation. */
-function markReadSoon() {
-  clearTimeout(readTimer);
-  readTimer = setTimeout(async () => {
-    const conversationId = state.openConversationId;
-    const messages = [...(state.messages.get(conversationId)?.values() ?? [])];
-    const newest = messages.at(-1);
-    const conversation = state.conversations.find((c) => c.id === conversationId);
-    if (!newest || !conversation || document.visibilityState !== "visible") return;
-    if (conversation.lastReadMessageId === newest.id && !conversation.unreadCount) return;
-    try {
-      await rest.post(wsPath(`/conversations/${conversationId}/read`), { messageId: newest.id });
-      conversation.unreadCount = 0;
-      conversation.lastReadMessageId = newest.id;
-      renderConversationList();
-    } catch (error) {
-      showError(error);
-    }
-  }, 150);
-}
+const markReadSoon = debounce(async () => {
+  const conversationId = state.openConversationId;
+  const messages = [...(state.messages.get(conversationId)?.values() ?? [])];
+  const newest = messages.at(-1);
+  const conversation = state.conversations.find((c) => c.id === conversationId);
+  if (!newest || !conversation || document.visibilityState !== "visible") return;
+  if (conversation.lastReadMessageId === newest.id && !conversation.unreadCount) return;
+  try {
+    await rest.post(wsPath(`/conversations/${conversationId}/read`), { messageId: newest.id });
+    conversation.unreadCount = 0;
+    conversation.lastReadMessageId = newest.id;
+    renderConversationList();
+  } catch (error) {
+    showError(error);
+  }
+}, 150);
 
 // ---------------------------------------------------------------- socket events
 
@@ -283,6 +284,10 @@ function route() {
 const currentSection = () => route().section || "chat";
 
 window.addEventListener("hashchange", () => render());
+window.addEventListener("crawbl:signed-out", () => {
+  location.hash = "#/sign-in";
+  location.reload();
+});
 window.addEventListener("storage", (event) => {
   // Signed out (or in as someone else) in another tab.
   if (event.key === "crawbl.session" && !event.newValue) location.reload();

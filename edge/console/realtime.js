@@ -67,7 +67,8 @@ export class Realtime {
       if (socket.active) return; // a transport failure: the client retries by itself
       // Refused by the server (e.g. an expired token): refresh, then try again.
       const retry = () => setTimeout(() => this.socket?.connect(), 1000);
-      if (/token/.test(error.message)) refresh(token).then(retry, () => {});
+      // A failed refresh has already signed this browser out (see api.js).
+      if (/token/.test(error.message)) refresh(token).then(retry, (failure) => this.handlers.onState("error", failure.message));
       else retry();
     });
     socket.onAny((name, payload, meta) => {

@@ -19,7 +19,7 @@ use crate::shared::error::ApiError;
 /// Only this origin's scripts, styles, images and connections (REST and Socket.IO, including
 /// its websocket, which `'self'` covers); nothing inline, no frames, no plugins.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
-    style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+    style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
 /// Asset names are not content-hashed, so browsers revalidate every time (cheap: an ETag).
@@ -31,49 +31,30 @@ struct Asset {
     bytes: &'static [u8],
 }
 
-const SHELL: Asset = Asset {
-    name: "index.html",
-    content_type: "text/html; charset=utf-8",
-    bytes: include_bytes!("../console/index.html"),
-};
+/// An asset of `edge/console/`, embedded.
+macro_rules! asset {
+    ($name:literal, $content_type:expr) => {
+        Asset {
+            name: $name,
+            content_type: $content_type,
+            bytes: include_bytes!(concat!("../console/", $name)),
+        }
+    };
+}
+
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
+const SHELL: Asset = asset!("index.html", "text/html; charset=utf-8");
 
 const ASSETS: &[Asset] = &[
-    Asset {
-        name: "app.css",
-        content_type: "text/css; charset=utf-8",
-        bytes: include_bytes!("../console/app.css"),
-    },
-    Asset {
-        name: "app.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../console/app.js"),
-    },
-    Asset {
-        name: "api.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../console/api.js"),
-    },
-    Asset {
-        name: "realtime.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../console/realtime.js"),
-    },
-    Asset {
-        name: "views.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../console/views.js"),
-    },
-    Asset {
-        name: "icon.svg",
-        content_type: "image/svg+xml",
-        bytes: include_bytes!("../console/icon.svg"),
-    },
+    asset!("app.css", "text/css; charset=utf-8"),
+    asset!("app.js", JAVASCRIPT),
+    asset!("api.js", JAVASCRIPT),
+    asset!("realtime.js", JAVASCRIPT),
+    asset!("views.js", JAVASCRIPT),
+    asset!("icon.svg", "image/svg+xml"),
     // socket.io-client's browser bundle, vendored (see console/vendor/README.md).
-    Asset {
-        name: "vendor/socket.io.esm.min.js",
-        content_type: "text/javascript; charset=utf-8",
-        bytes: include_bytes!("../console/vendor/socket.io.esm.min.js"),
-    },
+    asset!("vendor/socket.io.esm.min.js", JAVASCRIPT),
 ];
 
 /// The console's routes, merged beside the REST API's (not in its OpenAPI document).
