@@ -215,6 +215,38 @@ try {
   step("operations view");
   await shot(pageA, "10-operations");
 
+  // A member (not an owner) signs in through the form: agents are read-only for them and the
+  // operations view says plainly it is for owners.
+  const memberEmail = `member-${Date.now()}-${Math.random().toString(36).slice(2)}@example.com`;
+  const signedUp = await fetch(`${edge}/v1/auth/sign-up`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: memberEmail, password: "correct horse battery", displayName: "Bea Member" }),
+  });
+  expect(signedUp.status === 201, `member sign-up: ${signedUp.status}`);
+  await call("POST", "/members", { email: memberEmail, role: "member" });
+  const memberContext = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const member = await memberContext.newPage();
+  watch(member, "member page");
+  await member.goto(`${edge}/console`);
+  await member.getByLabel("Email").fill(memberEmail);
+  await member.getByLabel("Password").fill("correct horse battery");
+  await member.getByRole("button", { name: "Sign in" }).click();
+  await member.getByRole("heading", { name: "Conversations" }).waitFor({ timeout: TIMEOUT });
+  await member.getByLabel("Workspace").selectOption(workspaceId);
+  await member.getByRole("link", { name: "Trying the console" }).waitFor({ timeout: TIMEOUT });
+  await member.getByRole("link", { name: "Operations" }).click();
+  await member.getByText("The operations view is for workspace owners and admins.").waitFor({ timeout: TIMEOUT });
+  await member.getByRole("link", { name: "Agents" }).click();
+  await member.getByRole("link", { name: /^Assistant/ }).click();
+  await member.getByText("agents are read-only for you").waitFor({ timeout: TIMEOUT });
+  expect(await member.getByRole("button", { name: "Save changes" }).isDisabled(), "a member can save an agent");
+  expect(await member.getByLabel("System prompt").inputValue() === "You are a helpful assistant, tested in a browser.",
+    "the member does not see the owner's prompt");
+  step("a member signs in: agents read-only, operations for owners");
+  await shot(member, "11-member-agents");
+  await memberContext.close();
+
   // Accessibility: axe-core's WCAG 2 A and AA rules on each view, then the sign-in page.
   const axe = async (page, label) => {
     await page.evaluate(axeSource);
