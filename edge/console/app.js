@@ -84,16 +84,24 @@ async function startSession() {
 async function loadWorkspace() {
   if (!state.workspaceId) return;
   localStorage.setItem("crawbl.workspace", state.workspaceId);
-  const [agents, members] = await Promise.all([
+  const [agents] = await Promise.all([
     rest.get(wsPath("/agents")).catch((error) => { showError(error); return { data: [] }; }),
-    rest.get(wsPath("/members")).catch((error) => { showError(error); return { data: [] }; }),
+    loadMembers(),
   ]);
   state.agents = new Map(agents.data.map((agent) => [agent.id, agent]));
-  state.members = new Map(members.data.map((member) => [member.user?.id, member]));
   await loadConversations();
   // Threads not open are fetched again when opened (they may be stale after a reset).
   state.messages.clear();
   if (state.openConversationId) await loadMessages(state.openConversationId);
+}
+
+async function loadMembers() {
+  try {
+    const { data } = await rest.get(wsPath("/members"));
+    state.members = new Map(data.map((member) => [member.user?.id, member]));
+  } catch (error) {
+    showError(error);
+  }
 }
 
 async function loadConversations() {
@@ -197,6 +205,11 @@ function onEvent(name, payload, meta) {
       return setTyping(payload.conversationId, `agent:${payload.agentId}`,
         state.agents.get(payload.agentId)?.name ?? "An agent", payload.isTyping);
     case "user.typing":
+      if (!state.members.has(payload.userId)) {
+        // Someone who joined since the members were loaded.
+        return loadMembers().then(() => setTyping(payload.conversationId, `user:${payload.userId}`,
+          memberName(payload.userId), payload.isTyping));
+      }
       return setTyping(payload.conversationId, `user:${payload.userId}`, memberName(payload.userId), payload.isTyping);
     case "agent.status": {
       const agent = state.agents.get(payload.agentId);
@@ -655,7 +668,8 @@ function renderOperations() {
   section.append(h("p", {}, "Refreshed every 3 seconds."), body);
   const load = async () => {
     try {
-      const { generatedAt, nodes, runtimes, rates, recentErrors } = await rest.get(wsPath("/operations"));
+      const answer = await rest.get(wsPath("/operations"));
+      const { generatedAt, nodes, runtimes, rates, recentErrors } = answer.data ?? answer;
       const table = (caption, columns, rows) => h("table", {}, h("caption", {}, caption),
         h("thead", {}, h("tr", {}, columns.map((column) => h("th", { scope: "col" }, column)))),
         h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: columns.length }, "None."))));

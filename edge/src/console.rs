@@ -81,8 +81,14 @@ async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
 fn serve(asset: &Asset, request: &HeaderMap) -> Response {
     let etag = etag_of(asset);
     let headers = [
-        (header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type)),
-        (header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL)),
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        ),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(CACHE_CONTROL),
+        ),
         (header::ETAG, etag.clone()),
         (
             header::CONTENT_SECURITY_POLICY,
@@ -187,7 +193,12 @@ mod tests {
                 header_of(&response, &header::X_CONTENT_TYPE_OPTIONS),
                 "nosniff"
             );
-            assert_eq!(body_of(response).await, on_disk(asset.name), "{}", asset.name);
+            assert_eq!(
+                body_of(response).await,
+                on_disk(asset.name),
+                "{}",
+                asset.name
+            );
         }
         let script = get("/console/assets/app.js", None).await;
         assert_eq!(
@@ -257,6 +268,9 @@ mod tests {
                 "index.html loads {reference}, which is not embedded"
             );
         }
-        assert!(!shell.contains("<script>"), "no inline script under the CSP");
+        assert!(
+            !shell.contains("<script>"),
+            "no inline script under the CSP"
+        );
     }
 }

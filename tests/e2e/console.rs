@@ -45,7 +45,7 @@ async fn a_user_chats_stops_reads_and_catches_up_in_the_console() {
             "event inspector",
             "agents page",
             "operations view",
-            "a member signs in: agents read-only, operations for owners",
+            "a member signs in and types: agents read-only, operations for owners",
             "accessibility",
         ],
         "{report}"

@@ -234,7 +234,12 @@ try {
   await member.getByRole("button", { name: "Sign in" }).click();
   await member.getByRole("heading", { name: "Conversations" }).waitFor({ timeout: TIMEOUT });
   await member.getByLabel("Workspace").selectOption(workspaceId);
-  await member.getByRole("link", { name: "Trying the console" }).waitFor({ timeout: TIMEOUT });
+  // The member types in the owner's conversation; the owner's page says so.
+  await pageA.evaluate((target) => { location.hash = target; }, `#/chat/${first}`);
+  await member.getByRole("link", { name: "Trying the console" }).click();
+  await member.getByLabel("Message", { exact: true }).pressSequentially("Hi the", { delay: 20 });
+  await pageA.locator("#typing", { hasText: "Bea Member is typing…" }).waitFor({ timeout: TIMEOUT });
+  await shot(pageA, "11-user-typing");
   await member.getByRole("link", { name: "Operations" }).click();
   await member.getByText("The operations view is for workspace owners and admins.").waitFor({ timeout: TIMEOUT });
   await member.getByRole("link", { name: "Agents" }).click();
@@ -243,8 +248,8 @@ try {
   expect(await member.getByRole("button", { name: "Save changes" }).isDisabled(), "a member can save an agent");
   expect(await member.getByLabel("System prompt").inputValue() === "You are a helpful assistant, tested in a browser.",
     "the member does not see the owner's prompt");
-  step("a member signs in: agents read-only, operations for owners");
-  await shot(member, "11-member-agents");
+  step("a member signs in and types: agents read-only, operations for owners");
+  await shot(member, "12-member-agents");
   await memberContext.close();
 
   // Accessibility: axe-core's WCAG 2 A and AA rules on each view, then the sign-in page.

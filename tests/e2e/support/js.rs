@@ -20,7 +20,12 @@ async fn install() {
             let dir = js_dir();
             let installed = ["socket.io-client", "playwright-core", "axe-core"]
                 .iter()
-                .all(|package| dir.join("node_modules").join(package).join("package.json").exists());
+                .all(|package| {
+                    dir.join("node_modules")
+                        .join(package)
+                        .join("package.json")
+                        .exists()
+                });
             if installed {
                 return;
             }
