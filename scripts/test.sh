@@ -45,6 +45,12 @@ fi
 python3 -c 'import yaml' 2>/dev/null || python3 -m pip install --quiet pyyaml
 python3 scripts/check-compose.py compose/docker-compose.yml
 
+step "kubernetes manifests (every overlay rendered and validated against the official schemas)"
+# kubectl renders them (kubectl kustomize); the check fails, never skips, when it is missing.
+python3 -c 'import kubernetes_validate' 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+python3 scripts/check-kubernetes.py
+
 step "grpcurl (the README's gRPC examples run in the end-to-end tests)"
 # grpcurl-rs: a grpcurl-compatible CLI from crates.io, built once (a few minutes) and then kept
 # in ~/.cargo/bin. A grpcurl already on PATH is used as it is.

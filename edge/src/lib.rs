@@ -19,7 +19,7 @@ use crawbl_infra::notify::Notifier;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use shared::{access, cluster, limits, metrics, peer};
+use shared::{access, cluster, cors, limits, metrics, peer};
 pub use state::AppState;
 
 /// How long sockets get to close at shutdown before the edge stops waiting for them.
@@ -45,6 +45,8 @@ pub struct Config {
     pub socket_buffer_bytes: usize,
     /// How long this node's presence marks live without a refresh (`PRESENCE_TTL_MS`).
     pub presence: crawbl_infra::presence::Settings,
+    /// Web origins besides the edge's own that browsers may call it from (`ALLOWED_ORIGINS`).
+    pub allowed_origins: cors::AllowedOrigins,
 }
 
 impl Config {
@@ -70,6 +72,7 @@ impl Config {
                 realtime::DEFAULT_SOCKET_BUFFER_BYTES,
             )?,
             presence: crawbl_infra::presence::Settings::from_env()?,
+            allowed_origins: config::parse_or("ALLOWED_ORIGINS", cors::AllowedOrigins::None)?,
         })
     }
 }
@@ -126,10 +129,15 @@ pub async fn run(
         auth_changes.subscribe(),
         shutdown.clone(),
     ));
-    let app = rest::router(state)?
+    let mut app = rest::router(state)?
         .layer(socket_layer)
-        .layer(axum::middleware::map_request(own_request_parts))
-        .into_make_service_with_connect_info::<SocketAddr>();
+        .layer(axum::middleware::map_request(own_request_parts));
+    // Outermost: long-polling requests get it too, and preflights keep the headers that
+    // `own_request_parts` drops.
+    if let Some(cors) = cors::layer(&config.allowed_origins) {
+        app = app.layer(cors);
+    }
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
 
     let delivery = tokio::spawn(realtime::deliver_events(
         io,

@@ -11,6 +11,10 @@
 //! scored with the Unix ms it expires at (the key itself expires with its last mark). Without
 //! Redis (the embedded default), the marks live in this process, shared by every component in
 //! it; separate processes without Redis then see only their own (like the in-process bus).
+//!
+//! Each node also reports itself (its id, socket count and start) under the same expiry, so the
+//! operations view lists the live nodes: `crawbl:node:{id}` holds the report, and the sorted set
+//! `crawbl:nodes` names the nodes, scored with when their report expires.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -22,6 +26,17 @@ use tokio_util::sync::CancellationToken;
 use crate::config;
 
 const KEY_PREFIX: &str = "crawbl:presence:";
+const NODES_KEY: &str = "crawbl:nodes";
+const NODE_KEY_PREFIX: &str = "crawbl:node:";
+
+/// What a node says of itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeReport {
+    pub id: String,
+    /// Connected sockets (of every user).
+    pub sockets: u64,
+    pub started_at_ms: i64,
+}
 
 /// How long a mark lives and how often nodes refresh theirs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,16 +73,27 @@ pub enum Presence {
     Redis(ConnectionManager),
 }
 
-/// In-process marks: user id → node id → expiry (Unix ms).
+/// In-process marks: user id → node id → expiry (Unix ms); and the nodes' reports with theirs.
 #[derive(Default)]
-pub struct Marks(Mutex<HashMap<String, HashMap<String, u64>>>);
+pub struct Marks {
+    users: Mutex<HashMap<String, HashMap<String, u64>>>,
+    nodes: Mutex<HashMap<String, (NodeReport, u64)>>,
+}
 
 impl Marks {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<String, u64>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.users)
     }
+
+    fn nodes(&self) -> MutexGuard<'_, HashMap<String, (NodeReport, u64)>> {
+        lock(&self.nodes)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Presence {
@@ -107,6 +133,98 @@ impl Presence {
                     .query_async(&mut connection.clone())
                     .await?;
                 Ok(live > 0)
+            }
+        }
+    }
+
+    /// The live nodes' reports (expired ones left out), in no particular order.
+    pub async fn nodes(&self) -> anyhow::Result<Vec<NodeReport>> {
+        let now = unix_ms();
+        match self {
+            Self::InProcess(marks) => Ok(marks
+                .nodes()
+                .values()
+                .filter(|(_, expires)| *expires > now)
+                .map(|(report, _)| report.clone())
+                .collect()),
+            Self::Redis(connection) => {
+                let mut connection = connection.clone();
+                let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                    .arg(NODES_KEY)
+                    .arg(format!("({now}"))
+                    .arg("+inf")
+                    .query_async(&mut connection)
+                    .await?;
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let keys: Vec<String> = ids.iter().map(|id| node_key(id)).collect();
+                let reports: Vec<Option<String>> = redis::cmd("MGET")
+                    .arg(keys)
+                    .query_async(&mut connection)
+                    .await?;
+                Ok(reports
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|json| serde_json::from_str(&json).ok())
+                    .collect())
+            }
+        }
+    }
+
+    async fn report(&self, report: &NodeReport, ttl: Duration) -> anyhow::Result<()> {
+        let now = unix_ms();
+        let expires = now + millis(ttl);
+        match self {
+            Self::InProcess(marks) => {
+                let mut nodes = marks.nodes();
+                nodes.insert(report.id.clone(), (report.clone(), expires));
+                nodes.retain(|_, (_, expires)| *expires > now);
+                Ok(())
+            }
+            Self::Redis(connection) => {
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(node_key(&report.id))
+                    .arg(serde_json::to_string(report)?)
+                    .arg("PX")
+                    .arg(millis(ttl))
+                    .ignore()
+                    .cmd("ZADD")
+                    .arg(NODES_KEY)
+                    .arg(expires)
+                    .arg(&report.id)
+                    .ignore()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(NODES_KEY)
+                    .arg("-inf")
+                    .arg(now)
+                    .ignore()
+                    .query_async::<()>(&mut connection.clone())
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn forget_node(&self, node: &str) -> anyhow::Result<()> {
+        match self {
+            Self::InProcess(marks) => {
+                marks.nodes().remove(node);
+                Ok(())
+            }
+            Self::Redis(connection) => {
+                redis::pipe()
+                    .cmd("DEL")
+                    .arg(node_key(node))
+                    .ignore()
+                    .cmd("ZREM")
+                    .arg(NODES_KEY)
+                    .arg(node)
+                    .ignore()
+                    .query_async::<()>(&mut connection.clone())
+                    .await?;
+                Ok(())
             }
         }
     }
@@ -184,6 +302,7 @@ impl Presence {
 pub struct Node {
     presence: Presence,
     id: String,
+    started_at_ms: i64,
     settings: Settings,
     sockets: Mutex<HashMap<String, usize>>,
 }
@@ -200,11 +319,35 @@ impl Node {
         let node = Arc::new(Self {
             presence,
             id: uuid::Uuid::new_v4().simple().to_string(),
+            started_at_ms: i64::try_from(unix_ms()).unwrap_or(i64::MAX),
             settings,
             sockets: Mutex::default(),
         });
         tokio::spawn(node.clone().refresh(shutdown));
         node
+    }
+
+    /// This node's id, as its report names it.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What this node says of itself now.
+    pub fn report(&self) -> NodeReport {
+        NodeReport {
+            id: self.id.clone(),
+            sockets: self.lock().values().map(|count| *count as u64).sum(),
+            started_at_ms: self.started_at_ms,
+        }
+    }
+
+    /// Every live node's report, this one's as it is now rather than as last refreshed.
+    pub async fn cluster(&self) -> anyhow::Result<Vec<NodeReport>> {
+        let mut nodes = self.presence.nodes().await?;
+        nodes.retain(|node| node.id != self.id);
+        nodes.push(self.report());
+        nodes.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
+        Ok(nodes)
     }
 
     /// Counts a socket of `user_id` until the answer is dropped; the first one marks the user.
@@ -270,9 +413,7 @@ impl Node {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, usize>> {
-        self.sockets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.sockets)
     }
 
     async fn refresh(self: Arc<Self>, shutdown: CancellationToken) {
@@ -282,6 +423,13 @@ impl Node {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = interval.tick() => {}
+            }
+            if let Err(error) = self
+                .presence
+                .report(&self.report(), self.settings.ttl)
+                .await
+            {
+                tracing::warn!(error = format!("{error:#}"), "cannot report this node");
             }
             let users: Vec<String> = self.lock().keys().cloned().collect();
             if users.is_empty() {
@@ -299,6 +447,7 @@ impl Node {
         for user_id in users {
             let _ = self.presence.unmark(&self.id, &user_id).await;
         }
+        let _ = self.presence.forget_node(&self.id).await;
     }
 }
 
@@ -310,6 +459,10 @@ impl Drop for Connected {
 
 fn key(user_id: &str) -> String {
     format!("{KEY_PREFIX}{user_id}")
+}
+
+fn node_key(node: &str) -> String {
+    format!("{NODE_KEY_PREFIX}{node}")
 }
 
 fn unix_ms() -> u64 {
@@ -325,6 +478,71 @@ fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn nodes_report_their_sockets_until_they_stop() {
+        let presence = Presence::InProcess(Arc::default());
+        let settings = Settings {
+            ttl: Duration::from_millis(300),
+            refresh: Duration::from_millis(100),
+        };
+        let (first_shutdown, second_shutdown) =
+            (CancellationToken::new(), CancellationToken::new());
+        let first = Node::start(presence.clone(), settings, first_shutdown.clone());
+        let second = Node::start(presence.clone(), settings, second_shutdown.clone());
+        let _a = first.connected("u1");
+        let _b = first.connected("u2");
+        let _c = second.connected("u1");
+        // Seen live by the node itself, and by the others once refreshed.
+        let seen = first.cluster().await.unwrap_or_default();
+        let sockets = |nodes: &[NodeReport], id: &str| {
+            nodes
+                .iter()
+                .find(|node| node.id == id)
+                .map(|node| node.sockets)
+        };
+        assert_eq!(sockets(&seen, first.id()), Some(2));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let seen = second.cluster().await.unwrap_or_default();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(sockets(&seen, first.id()), Some(2));
+        assert_eq!(sockets(&seen, second.id()), Some(1));
+
+        // A node that stops says so; a node that dies expires.
+        second_shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let seen = first.cluster().await.unwrap_or_default();
+        assert_eq!(
+            seen.iter().map(|node| node.id.as_str()).collect::<Vec<_>>(),
+            [first.id()]
+        );
+        presence
+            .report(
+                &NodeReport {
+                    id: "dead".into(),
+                    sockets: 9,
+                    started_at_ms: 0,
+                },
+                settings.ttl,
+            )
+            .await
+            .unwrap_or_default();
+        assert_eq!(presence.nodes().await.unwrap_or_default().len(), 2);
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let ids: Vec<String> = presence
+            .nodes()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|node| node.id)
+            .collect();
+        assert_eq!(
+            ids,
+            [first.id().to_owned()],
+            "the dead node expired, the live one refreshed"
+        );
+        first_shutdown.cancel();
+    }
 
     #[tokio::test]
     async fn a_user_is_online_while_a_socket_is_connected_and_expires_with_a_dead_node() {

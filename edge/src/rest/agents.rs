@@ -19,14 +19,15 @@ use crate::shared::json::{Agent, Data, Page};
 
 /// Agents (and usage) are managed by owners and admins; members see the 403 (the workspace is
 /// theirs to see, so nothing leaks).
-pub(super) fn require_admin(membership: &Membership) -> Result<(), ApiError> {
+/// `what` completes "only an owner or admin of the workspace …".
+pub(super) fn require_admin(membership: &Membership, what: &str) -> Result<(), ApiError> {
     if matches!(membership.role.as_str(), "owner" | "admin") {
         return Ok(());
     }
     Err(ApiError::new(
         StatusCode::FORBIDDEN,
         "ADMIN_REQUIRED",
-        "only an owner or admin of the workspace may change its agents",
+        format!("only an owner or admin of the workspace {what}"),
     ))
 }
 
@@ -193,7 +194,7 @@ pub async fn create(
     Path(workspace_id): Path<String>,
     ApiJson(body): ApiJson<CreateAgent>,
 ) -> Result<(StatusCode, Json<Data<Agent>>), ApiError> {
-    require_admin(caller.workspace(&workspace_id)?)?;
+    require_admin(caller.workspace(&workspace_id)?, "may change its agents")?;
     let agent = state
         .conversations
         .clone()
@@ -314,7 +315,7 @@ pub async fn update(
     Path((workspace_id, agent_id)): Path<(String, String)>,
     ApiJson(body): ApiJson<UpdateAgent>,
 ) -> Result<Json<Data<Agent>>, ApiError> {
-    require_admin(caller.workspace(&workspace_id)?)?;
+    require_admin(caller.workspace(&workspace_id)?, "may change its agents")?;
     let agent = state
         .conversations
         .clone()
@@ -362,7 +363,7 @@ pub async fn archive(
     caller: Caller,
     Path((workspace_id, agent_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    require_admin(caller.workspace(&workspace_id)?)?;
+    require_admin(caller.workspace(&workspace_id)?, "may change its agents")?;
     state
         .conversations
         .clone()

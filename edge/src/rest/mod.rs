@@ -11,6 +11,7 @@ mod members;
 mod messages;
 mod openapi;
 mod operability;
+mod operations;
 mod turns;
 mod users;
 mod workspaces;
@@ -62,6 +63,7 @@ fn documented_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(messages::edit, messages::delete))
         .routes(routes!(turns::cancel))
         .routes(routes!(turns::usage))
+        .routes(routes!(operations::get))
         .routes(routes!(events::list))
         .routes(routes!(operability::openapi_json));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -155,6 +157,7 @@ mod tests {
             failed_handshake_limit: crate::shared::limits::DEFAULT_FAILED_HANDSHAKES,
             trusted_proxies: crate::shared::peer::TrustedProxies::default(),
             socket_buffer_bytes: crate::realtime::DEFAULT_SOCKET_BUFFER_BYTES,
+            allowed_origins: crate::shared::cors::AllowedOrigins::None,
             presence: crawbl_infra::presence::Settings::default(),
         }
     }

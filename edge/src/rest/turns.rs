@@ -152,7 +152,7 @@ pub async fn usage(
     Path(workspace_id): Path<String>,
     ApiQuery(query): ApiQuery<UsageQuery>,
 ) -> Result<Json<Data<Usage>>, ApiError> {
-    require_admin(caller.workspace(&workspace_id)?)?;
+    require_admin(caller.workspace(&workspace_id)?, "may see its usage")?;
     let usage = state
         .conversations
         .clone()

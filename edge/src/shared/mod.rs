@@ -1,10 +1,11 @@
 //! What the REST side ([`crate::rest`]) and the socket side ([`crate::realtime`]) both stand on:
 //! who may do what ([`access`], [`auth`]), the sockets of every node ([`cluster`], [`rooms`]),
-//! limits, errors, JSON shapes, health and metrics. Nothing here imports either side.
+//! limits, cross-origin access, errors, JSON shapes, health and metrics. Nothing here imports either side.
 
 pub mod access;
 pub mod auth;
 pub mod cluster;
+pub mod cors;
 pub mod error;
 pub mod health;
 pub mod json;

@@ -7,8 +7,9 @@ use crawbl_proto::conversation::v1::conversation_service_server::ConversationSer
 use crawbl_proto::conversation::v1::{
     Agent, AgentStatus, ArchiveAgentRequest, CancelTurnRequest, CancelTurnResponse,
     CreateAgentRequest, DeleteWorkspaceDataRequest, DeleteWorkspaceDataResponse, GetAgentRequest,
-    GetPushKeysRequest, GetWorkspaceUsageRequest, Message, MessageRole, MessageStatus, PushKeys,
-    Quota, SetWorkspacePlanRequest, UpdateAgentRequest, WorkspacePlan, WorkspaceUsage,
+    GetPushKeysRequest, GetWorkspaceActivityRequest, GetWorkspaceUsageRequest, Message,
+    MessageRole, MessageStatus, PushKeys, Quota, SetWorkspacePlanRequest, TurnError,
+    UpdateAgentRequest, WorkspaceActivity, WorkspacePlan, WorkspaceUsage,
 };
 use crawbl_proto::conversation::v1::{
     Conversation, CreateConversationRequest, DeleteConversationRequest, DeleteConversationResponse,
@@ -780,6 +781,34 @@ impl ConversationService for Conversations {
     ) -> Result<Response<PushKeys>, Status> {
         Ok(Response::new(PushKeys {
             vapid_public_key: self.vapid_public_key.clone(),
+        }))
+    }
+
+    async fn get_workspace_activity(
+        &self,
+        request: Request<GetWorkspaceActivityRequest>,
+    ) -> Result<Response<WorkspaceActivity>, Status> {
+        let request = request.into_inner();
+        let (window_ms, error_limit) =
+            validate::activity_bounds(request.window_seconds, request.error_limit)?;
+        let activity =
+            db::workspace_activity(&self.pool, &request.workspace_id, window_ms, error_limit)
+                .await
+                .map_err(db_error)?;
+        Ok(Response::new(WorkspaceActivity {
+            events: activity.events,
+            turns: activity.turns,
+            recent_errors: activity
+                .recent_errors
+                .into_iter()
+                .map(|error| TurnError {
+                    conversation_id: error.conversation_id,
+                    message_id: error.message_id,
+                    code: error.code,
+                    message: error.message,
+                    at_ms: error.at_ms,
+                })
+                .collect(),
         }))
     }
 

@@ -443,6 +443,7 @@ async fn stream_reply(
             Ok(response) => response.into_inner(),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "runtime-proxy refused the turn");
+                record_failure(deps, reply, failure_code(&status, "RUNTIME_UNAVAILABLE"), status.message());
                 return Streamed::from(Ending::Early);
             }
         },
@@ -471,12 +472,24 @@ async fn stream_reply(
         };
         let Some(item) = item else {
             tracing::warn!("turn stream ended without done");
+            record_failure(
+                deps,
+                reply,
+                "TURN_STREAM_ENDED",
+                "the runtime's stream ended before the reply was done",
+            );
             break Ending::Early;
         };
         let event = match item {
             Ok(event) => event.event,
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "turn stream broke");
+                record_failure(
+                    deps,
+                    reply,
+                    failure_code(&status, "TURN_STREAM_BROKEN"),
+                    status.message(),
+                );
                 break Ending::Early;
             }
         };
@@ -500,6 +513,7 @@ async fn stream_reply(
             Some(turn_event::Event::Done(_)) => break Ending::Done,
             Some(turn_event::Event::Error(error)) => {
                 tracing::warn!(code = %error.code, message = %error.message, "the turn failed");
+                record_failure(deps, reply, &error.code, &error.message);
                 break if error.code == "RUNTIME_DIED" {
                     Ending::RuntimeDied
                 } else {
@@ -650,6 +664,29 @@ async fn set_typing(deps: &TurnDeps, conversation: &Conversation, agent: &Agent,
             }),
         )
         .await;
+}
+
+/// Keeps why a turn failed, for the operations view: best effort, off the turn's path.
+fn record_failure(deps: &TurnDeps, reply: &Message, code: &str, message: &str) {
+    let pool = deps.pool.clone();
+    let workspace_id = reply.workspace_id.clone();
+    let failure = db::TurnError {
+        conversation_id: reply.conversation_id.clone(),
+        message_id: reply.id.clone(),
+        code: code.to_owned(),
+        message: message.to_owned(),
+        at_ms: db::now_ms(),
+    };
+    tokio::spawn(async move {
+        if let Err(error) = db::record_turn_error(&pool, &workspace_id, &failure).await {
+            tracing::warn!(%error, "cannot record why a turn failed");
+        }
+    });
+}
+
+/// The stable code a failed call carries, or `fallback`.
+fn failure_code<'a>(status: &'a tonic::Status, fallback: &'a str) -> &'a str {
+    crawbl_infra::grpc::stable_code(status).unwrap_or(fallback)
 }
 
 #[cfg(test)]

@@ -19,6 +19,120 @@ pub enum Driver {
     Process { program: PathBuf, args: Vec<String> },
     /// Every workspace uses the runtime at this fixed address (`http://host:port`), as in compose.
     Static { address: String },
+    /// One pod and Service per workspace in a Kubernetes namespace (`src/kubernetes.rs`).
+    Kubernetes(Box<KubernetesSettings>),
+}
+
+/// How runtime-proxy reaches a runtime pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connect {
+    /// The pod's IP (`status.podIP`): no DNS or kube-proxy hop; the default.
+    Pod,
+    /// The workspace's Service (`<name>.<namespace>.svc`).
+    Service,
+}
+
+/// The template of the `kubernetes` driver's runtime pods, from `RUNTIME_K8S_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSettings {
+    /// `RUNTIME_K8S_API_URL`: an API server reached without credentials (`kubectl proxy`, the
+    /// tests' stand-in); unset: in-cluster service account, then kubeconfig.
+    pub api_url: Option<String>,
+    /// `RUNTIME_K8S_NAMESPACE`, default `default`: where pods and Services go (the proxy's
+    /// Role must be there).
+    pub namespace: String,
+    /// `RUNTIME_K8S_IMAGE` (required): the runtime image.
+    pub image: String,
+    /// `RUNTIME_K8S_ARGS`, default `runtime-stub`: the container's arguments (whitespace-separated).
+    pub args: Vec<String>,
+    /// `RUNTIME_K8S_PORT`, default 50060: the runtime's gRPC port in the pod.
+    pub port: u16,
+    /// `RUNTIME_K8S_CPU`, `RUNTIME_K8S_MEMORY`: requests; `…_LIMIT`: limits (quantities).
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_limit: Option<String>,
+    /// `RUNTIME_K8S_NODE_SELECTOR`: `key=value,key=value`.
+    pub node_selector: std::collections::BTreeMap<String, String>,
+    /// `RUNTIME_K8S_SECRET`: a Secret whose keys become the runtime's environment (model
+    /// provider keys); never the platform's own Secret.
+    pub provider_secret: Option<String>,
+    /// `RUNTIME_K8S_RUN_AS_USER`, default 10001 (the image's user): never 0.
+    pub run_as_user: i64,
+    /// `RUNTIME_K8S_CONNECT`: `pod` (default) or `service`.
+    pub connect: Connect,
+}
+
+impl KubernetesSettings {
+    pub const DEFAULT_PORT: u16 = 50060;
+    pub const DEFAULT_USER: i64 = 10001;
+
+    /// The defaults with `image` in `namespace`.
+    pub fn new(image: &str, namespace: &str) -> Self {
+        Self {
+            api_url: None,
+            namespace: namespace.to_owned(),
+            image: image.to_owned(),
+            args: vec!["runtime-stub".to_owned()],
+            port: Self::DEFAULT_PORT,
+            cpu: None,
+            memory: None,
+            cpu_limit: None,
+            memory_limit: None,
+            node_selector: std::collections::BTreeMap::new(),
+            provider_secret: None,
+            run_as_user: Self::DEFAULT_USER,
+            connect: Connect::Pod,
+        }
+    }
+
+    fn from_env() -> anyhow::Result<Self> {
+        let namespace = optional("RUNTIME_K8S_NAMESPACE").unwrap_or_else(|| "default".to_owned());
+        let mut settings = Self::new(&required("RUNTIME_K8S_IMAGE")?, &namespace);
+        settings.api_url = optional("RUNTIME_K8S_API_URL");
+        if let Some(args) = optional("RUNTIME_K8S_ARGS") {
+            settings.args = args.split_whitespace().map(str::to_owned).collect();
+        }
+        settings.port = parse_or("RUNTIME_K8S_PORT", Self::DEFAULT_PORT)?;
+        settings.cpu = optional("RUNTIME_K8S_CPU");
+        settings.memory = optional("RUNTIME_K8S_MEMORY");
+        settings.cpu_limit = optional("RUNTIME_K8S_CPU_LIMIT");
+        settings.memory_limit = optional("RUNTIME_K8S_MEMORY_LIMIT");
+        if let Some(selector) = optional("RUNTIME_K8S_NODE_SELECTOR") {
+            settings.node_selector =
+                parse_node_selector(&selector).context("RUNTIME_K8S_NODE_SELECTOR is not valid")?;
+        }
+        settings.provider_secret = optional("RUNTIME_K8S_SECRET");
+        settings.run_as_user = parse_or("RUNTIME_K8S_RUN_AS_USER", Self::DEFAULT_USER)?;
+        if settings.run_as_user <= 0 {
+            bail!("RUNTIME_K8S_RUN_AS_USER must be a non-root uid (> 0)");
+        }
+        settings.connect = match optional("RUNTIME_K8S_CONNECT").as_deref().map(str::trim) {
+            None | Some("pod") => Connect::Pod,
+            Some("service") => Connect::Service,
+            Some(other) => {
+                bail!("RUNTIME_K8S_CONNECT={other:?} is not valid: expected pod or service")
+            }
+        };
+        Ok(settings)
+    }
+}
+
+/// `key=value,key=value` (spaces around items ignored).
+fn parse_node_selector(text: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (key, value) = item
+                .split_once('=')
+                .with_context(|| format!("{item:?} is not key=value"))?;
+            if key.trim().is_empty() {
+                bail!("{item:?} has an empty key");
+            }
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect()
 }
 
 impl Driver {
@@ -50,7 +164,10 @@ impl Driver {
             "static" => Ok(Self::Static {
                 address: required("RUNTIME_STATIC_ADDRESS")?,
             }),
-            other => bail!("RUNTIME_DRIVER={other:?} is not valid: expected process or static"),
+            "kubernetes" => Ok(Self::Kubernetes(Box::new(KubernetesSettings::from_env()?))),
+            other => bail!(
+                "RUNTIME_DRIVER={other:?} is not valid: expected process, static or kubernetes"
+            ),
         }
     }
 }
@@ -155,6 +272,15 @@ mod tests {
                 args: vec!["runtime-stub".to_owned(), "--quiet".to_owned()],
             }
         );
+    }
+
+    #[test]
+    fn a_node_selector_is_key_value_pairs_separated_by_commas() {
+        let selector = parse_node_selector(" pool=runtimes , zone = a ,").expect("valid");
+        assert_eq!(selector.get("pool").map(String::as_str), Some("runtimes"));
+        assert_eq!(selector.get("zone").map(String::as_str), Some("a"));
+        assert!(parse_node_selector("pool").is_err());
+        assert!(parse_node_selector("=x").is_err());
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Bringing up one workspace's runtime with a [`Driver`], waiting until it is ready, watching
-//! whether it is still alive, and stopping it. The contract every driver meets (and a Kubernetes
-//! driver would) is in `docs/runtime-drivers.md`.
+//! whether it is still alive, and stopping it. The contract every driver meets is in
+//! `docs/runtime-drivers.md`; the `kubernetes` driver's own part is in `src/kubernetes.rs`.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -20,6 +21,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::config::Driver;
+use crate::kubernetes::{Cluster, PodHandle};
 
 /// The line prefix a runtime process prints on stdout once it listens (see runtime-stub).
 pub const LISTENING_PREFIX: &str = "CRAWBL_RUNTIME_LISTENING";
@@ -34,13 +36,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long `stop` waits for a killed process to be reaped before giving up on it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Variables a runtime process inherits from runtime-proxy; everything else is withheld, so
-/// secrets of the platform (the service credential, database and Redis URLs) never reach code an
-/// agent runs. Names ending in `_` are prefixes.
-const INHERITED_ENV: &[&str] = &[
-    "PATH",
-    "HOME",
-    "TMPDIR",
+/// The runtime's own settings, which every runtime inherits from runtime-proxy (a pod as values
+/// in its spec). Names ending in `_` are prefixes.
+const POD_ENV: &[&str] = &[
     "LANG",
     "LC_ALL",
     "TZ",
@@ -50,11 +48,26 @@ const INHERITED_ENV: &[&str] = &[
     "OTEL_",
     "RUNTIME_STUB_",
     "RUNTIME_PROVIDER",
+];
+
+/// What a runtime *process* inherits besides [`POD_ENV`]: paths of this machine and provider
+/// keys. A pod gets neither (its keys come from `RUNTIME_K8S_SECRET`, never pod-spec text).
+/// Everything else is withheld, so secrets of the platform (the service credential, database and
+/// Redis URLs) never reach code an agent runs.
+const PROCESS_ONLY_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "TMPDIR",
     "OPENAI_",
     // A private CA for https to model providers and MCP servers (added to the platform's roots).
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",
 ];
+
+/// The variables of this process a runtime pod gets (see [`POD_ENV`]).
+pub fn runtime_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars().filter(|(name, _)| allowed(POD_ENV, name))
+}
 
 /// Why a runtime could not be made ready. Cloneable: every caller waiting on the same
 /// provisioning attempt gets the same error.
@@ -69,6 +82,9 @@ pub struct Runtime {
     pub address: String,
     pub channel: Channel,
     process: Option<Process>,
+    /// The runtime's pod (kubernetes driver). Dropping it does not delete the pod: pods outlive
+    /// the proxy and are adopted by the next one (`src/kubernetes.rs`).
+    pod: Option<PodHandle>,
 }
 
 /// A runtime process, owned by a watcher task that reaps it and reports how it ended.
@@ -86,15 +102,24 @@ struct Process {
 }
 
 impl Runtime {
-    /// `Some` (how it ended) once the runtime's process has exited; never for a static runtime.
+    /// `Some` (how it ended) once the runtime's process has exited or its pod died; never for
+    /// a static runtime.
     pub fn exit_status(&self) -> Option<String> {
-        self.process.as_ref()?.exit.borrow().clone()
+        self.exit()?.borrow().clone()
+    }
+
+    fn exit(&self) -> Option<&watch::Receiver<Option<String>>> {
+        match (&self.process, &self.pod) {
+            (Some(process), _) => Some(&process.exit),
+            (None, Some(pod)) => Some(&pod.exit),
+            (None, None) => None,
+        }
     }
 
     /// Resolves with how the process ended, once it has; `None` for a runtime whose death the
     /// driver cannot observe (static), which is then noticed only by [`Runtime::probe`].
     pub fn exited(&self) -> Option<BoxFuture<'static, String>> {
-        let mut exit = self.process.as_ref()?.exit.clone();
+        let mut exit = self.exit()?.clone();
         Some(
             async move {
                 match exit.wait_for(Option::is_some).await {
@@ -121,9 +146,20 @@ impl Runtime {
         }
     }
 
-    /// Kills the runtime's process and waits until it is reaped; nothing to do for a static
-    /// runtime. Idempotent.
+    /// At shutdown: stops a process (it would not outlive us anyway); leaves a pod running for
+    /// the next proxy to adopt.
+    pub async fn stop_at_shutdown(&self) {
+        if self.pod.is_none() {
+            self.stop().await;
+        }
+    }
+
+    /// Kills the runtime's process (or deletes its pod) and waits until it is gone; nothing to
+    /// do for a static runtime. Idempotent.
     pub async fn stop(&self) {
+        if let Some(pod) = &self.pod {
+            return pod.stop().await;
+        }
         let Some(process) = &self.process else {
             return;
         };
@@ -136,11 +172,86 @@ impl Runtime {
     }
 }
 
-impl Driver {
+/// A [`Driver`] ready to provision: for `kubernetes`, connected to the cluster and watching.
+#[derive(Debug)]
+pub enum Provisioner {
+    Local(Driver),
+    Kubernetes(Arc<Cluster>),
+}
+
+impl Provisioner {
+    /// Connects the kubernetes driver (the others need nothing).
+    pub async fn start(driver: Driver) -> anyhow::Result<Self> {
+        match driver {
+            Driver::Kubernetes(settings) => {
+                Ok(Self::Kubernetes(Cluster::connect(*settings).await?))
+            }
+            local => Ok(Self::Local(local)),
+        }
+    }
+
+    /// Cleans up what an earlier proxy left and returns the workspaces whose runtimes live on
+    /// (kubernetes: their pods); nothing for the other drivers, whose runtimes die with us.
+    pub async fn reconcile(&self) -> anyhow::Result<Vec<String>> {
+        match self {
+            Self::Local(_) => Ok(Vec::new()),
+            Self::Kubernetes(cluster) => cluster.reconcile().await,
+        }
+    }
+
     /// Brings up the runtime of `workspace_id` and waits until its health check says SERVING,
     /// all within `timeout`. A process that does not make it is killed (dropping the child kills
-    /// it).
+    /// it); a pod that does not make it is deleted.
     pub async fn provision(
+        &self,
+        workspace_id: &str,
+        timeout: Duration,
+    ) -> Result<Runtime, ProvisionError> {
+        match self {
+            Self::Local(driver) => driver.provision(workspace_id, timeout).await,
+            Self::Kubernetes(cluster) => {
+                let result = provision_pod(cluster, workspace_id, timeout).await;
+                if result.is_err() {
+                    PodHandle::abandon(cluster, workspace_id);
+                }
+                result
+            }
+        }
+    }
+}
+
+/// The pod's part is in `src/kubernetes.rs`; readiness is the same health wait as a process's,
+/// ended early if the pod dies meanwhile.
+async fn provision_pod(
+    cluster: &Arc<Cluster>,
+    workspace_id: &str,
+    timeout: Duration,
+) -> Result<Runtime, ProvisionError> {
+    let deadline = Instant::now() + timeout;
+    let pod = cluster.start(workspace_id, deadline).await?;
+    let channel = connect(&pod.address)?;
+    let mut exit = pod.exit.clone();
+    tokio::select! {
+        ready = wait_until_serving(&channel, deadline, timeout) => ready?,
+        death = exit.wait_for(Option::is_some) => {
+            let death = death.map(|death| death.clone().unwrap_or_default()).unwrap_or_default();
+            return Err(ProvisionError(format!(
+                "the runtime pod {} died before it was ready: {death}",
+                pod.name
+            )));
+        }
+    }
+    Ok(Runtime {
+        address: pod.address.clone(),
+        channel,
+        process: None,
+        pod: Some(pod),
+    })
+}
+
+impl Driver {
+    /// Brings up a local runtime (process or static): see [`Provisioner::provision`].
+    async fn provision(
         &self,
         workspace_id: &str,
         timeout: Duration,
@@ -154,11 +265,15 @@ impl Driver {
                     address: address.clone(),
                     channel,
                     process: None,
+                    pod: None,
                 })
             }
             Self::Process { program, args } => {
                 spawn_process(program, args, workspace_id, deadline, timeout).await
             }
+            Self::Kubernetes(_) => Err(ProvisionError(
+                "the kubernetes driver provisions through its cluster connection".to_owned(),
+            )),
         }
     }
 }
@@ -236,16 +351,20 @@ async fn spawn_process(
             exit,
             _stdin: stdin,
         }),
+        pod: None,
     })
 }
 
 fn inherited(name: &str) -> bool {
-    INHERITED_ENV
-        .iter()
-        .any(|allowed| match allowed.strip_suffix('_') {
-            Some(_) => name.starts_with(allowed),
-            None => name == *allowed,
-        })
+    allowed(POD_ENV, name) || allowed(PROCESS_ONLY_ENV, name)
+}
+
+/// `name` is in `list`, where entries ending in `_` are prefixes.
+fn allowed(list: &[&str], name: &str) -> bool {
+    list.iter().any(|allowed| match allowed.strip_suffix('_') {
+        Some(_) => name.starts_with(allowed),
+        None => name == *allowed,
+    })
 }
 
 /// Hands `child` to a task that waits for it to exit (or kills it when `kill` is cancelled) and
@@ -400,6 +519,30 @@ mod tests {
             "SSL_CERT_FILE_EXTRA",
         ] {
             assert!(!inherited(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn runtime_pods_get_the_runtime_settings_but_no_secret_nor_local_path() {
+        for name in [
+            "RUST_LOG",
+            "RUNTIME_STUB_TOKEN_DELAY_MS",
+            "RUNTIME_PROVIDER",
+            "OTEL_SERVICE_NAME",
+        ] {
+            assert!(allowed(POD_ENV, name), "{name}");
+        }
+        for name in [
+            "CRAWBL_SERVICE_TOKEN",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "OPENAI_API_KEY",
+            "PATH",
+            "HOME",
+            "SSL_CERT_FILE",
+            "RUNTIME_K8S_IMAGE",
+        ] {
+            assert!(!allowed(POD_ENV, name), "{name}");
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod config;
 mod driver;
+mod kubernetes;
 mod metrics;
 mod registry;
 mod service;
@@ -20,11 +21,13 @@ use crawbl_infra::bus::EventBus;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, DEFAULT_RUNTIME_BINARY, Driver};
+pub use config::{Config, Connect, DEFAULT_RUNTIME_BINARY, Driver, KubernetesSettings};
 pub use driver::LISTENING_PREFIX;
+pub use kubernetes::pod_name;
 pub use registry::RESTART_INTERVAL;
 pub use service::codes;
 
+use driver::Provisioner;
 use registry::{Registry, Timeouts};
 use service::ProxyService;
 use status::StatusEvents;
@@ -63,12 +66,24 @@ pub async fn run(
     // is first): provisioning stops and the turns still in flight end with `SHUTTING_DOWN`.
     let stopping = CancellationToken::new();
     tokio::spawn(stop_after_drain(shutdown.clone(), stopping.clone()));
-    let registry = Registry::new(
-        config.driver,
-        timeouts,
-        StatusEvents::start(bus),
-        stopping.clone(),
-    );
+    let driver = Provisioner::start(config.driver)
+        .await
+        .context("starting the runtime driver")?;
+    let adopt = driver
+        .reconcile()
+        .await
+        .context("reconciling the runtimes an earlier proxy left")?;
+    let registry = Registry::new(driver, timeouts, StatusEvents::start(bus), stopping.clone());
+    // Runtimes that outlived an earlier proxy (kubernetes pods) are taken over: ready again
+    // without a new start, and stopped when idle like any other.
+    for workspace_id in adopt {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            if let Err(error) = registry.ensure(&workspace_id).await {
+                tracing::warn!(%workspace_id, %error, "cannot adopt the runtime");
+            }
+        });
+    }
     metrics::watch(&registry);
     let service = ProxyService::new(registry.clone(), config.turn_timeout, stopping);
     let served = crawbl_infra::grpc::serve(listener, service, shutdown).await;

@@ -24,8 +24,7 @@ use futures::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Driver;
-use crate::driver::{ProvisionError, Runtime};
+use crate::driver::{ProvisionError, Provisioner, Runtime};
 use crate::status::{Published, StatusEvents};
 
 /// A runtime that died is restarted at once at most this often per workspace; more frequent
@@ -117,7 +116,7 @@ pub struct Registry {
 }
 
 struct Inner {
-    driver: Driver,
+    driver: Provisioner,
     timeouts: Timeouts,
     /// Never held across an await.
     workspaces: Mutex<HashMap<String, Workspace>>,
@@ -129,7 +128,7 @@ struct Inner {
 impl Registry {
     /// A registry; with an idle timeout, also starts the task that stops idle runtimes.
     pub fn new(
-        driver: Driver,
+        driver: Provisioner,
         timeouts: Timeouts,
         status: StatusEvents,
         shutdown: CancellationToken,
@@ -279,7 +278,8 @@ impl Registry {
         }
     }
 
-    /// Stops accepting work, aborts provisioning and stops every runtime (killing its process).
+    /// Stops accepting work, aborts provisioning and stops every runtime (killing its process;
+    /// pods are left for the next proxy to adopt).
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         let slots: Vec<Slot> = self
@@ -291,7 +291,7 @@ impl Registry {
         tracing::info!(workspaces = slots.len(), "stopping runtimes");
         let stops = slots.into_iter().map(|slot| async move {
             match slot {
-                Slot::Ready(runtime) => runtime.stop().await,
+                Slot::Ready(runtime) => runtime.stop_at_shutdown().await,
                 // Returns promptly: the attempt sees the cancelled token and drops its runtime.
                 Slot::Provisioning(attempt) => drop(attempt.await),
                 Slot::Failed(_) | Slot::Stopped => {}

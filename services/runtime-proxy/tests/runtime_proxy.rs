@@ -1,7 +1,11 @@
 //! runtime-proxy against real gRPC servers on 127.0.0.1:0: in-process runtime-stub servers, real
 //! child processes for the process driver (fake runtimes in shell, and real runtime-stubs: this
 //! test binary re-executed as one, see `runtime_stub_process`), real gRPC clients and an
-//! in-process event bus. No mocks.
+//! in-process event bus. No mocks. The behaviour tests with real runtime-stubs run against both
+//! the process driver and the kubernetes driver; the latter talks to a stand-in API server
+//! (`kube_api`) that runs a real runtime-stub process per pod.
+
+mod kube_api;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +19,7 @@ use crawbl_proto::events::v1::event::Kind;
 use crawbl_proto::runtime::v1::{TurnEvent, TurnRequest, turn_event::Event};
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use crawbl_proto::runtimeproxy::v1::{EnsureRuntimeRequest, GetRuntimeRequest, RuntimeState};
-use crawbl_runtime_proxy::{Config, Driver, codes};
+use crawbl_runtime_proxy::{Config, Driver, KubernetesSettings, codes};
 use crawbl_runtime_stub::{Pace, Provider, StubRuntime, scripted_reply};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -934,13 +938,12 @@ fn runtime_stub_process() {
     std::process::exit(i32::from(result.is_err()));
 }
 
-/// The process driver running real runtime-stubs that stream a token every `token_delay_ms`.
-fn real_runtime(dir: &Path, token_delay_ms: u64) -> Driver {
+/// The arguments of `/usr/bin/env` that run this test binary as a real runtime-stub streaming a
+/// token every `token_delay_ms`, recording its start in `dir`, with `env` set first.
+fn runtime_stub_command(dir: &Path, token_delay_ms: u64, env: Vec<String>) -> Vec<String> {
     let exe = std::env::current_exe().expect("test binary");
-    Driver::Process {
-        // `env` because the driver passes a runtime only its own settings.
-        program: PathBuf::from("/usr/bin/env"),
-        args: vec![
+    env.into_iter()
+        .chain([
             format!("{AS_RUNTIME}=1"),
             format!("{RUNTIME_DIR}={}", dir.display()),
             format!("RUNTIME_STUB_TOKEN_DELAY_MS={token_delay_ms}"),
@@ -951,19 +954,101 @@ fn real_runtime(dir: &Path, token_delay_ms: u64) -> Driver {
             "--ignored".to_owned(),
             "--nocapture".to_owned(),
             "--test-threads=1".to_owned(),
-        ],
+        ])
+        .collect()
+}
+
+/// The process driver running real runtime-stubs that stream a token every `token_delay_ms`.
+fn real_runtime(dir: &Path, token_delay_ms: u64) -> Driver {
+    Driver::Process {
+        // `env` because the driver passes a runtime only its own settings.
+        program: PathBuf::from("/usr/bin/env"),
+        args: runtime_stub_command(dir, token_delay_ms, Vec::new()),
+    }
+}
+
+/// Where workspaces' runtimes come from in the behaviour tests both drivers pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runtimes {
+    Process,
+    Kubernetes,
+}
+
+/// The namespace of the stand-in API server.
+const NAMESPACE: &str = "crawbl-test";
+
+/// The kubernetes driver against a fresh stand-in API server whose pods are real runtime-stubs
+/// on their own loopback address, all on one free port (as pods share a port in a cluster).
+async fn kubernetes_runtimes(dir: &Path, token_delay_ms: u64) -> (Driver, kube_api::StandIn) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("free port")
+        .local_addr()
+        .expect("port")
+        .port();
+    let dir = dir.to_owned();
+    let stand_in = kube_api::StandIn::start(
+        NAMESPACE,
+        Arc::new(move |pod, ip| {
+            // The pod's environment as the driver wrote it, but listening on the pod's address.
+            let env = pod["spec"]["containers"][0]["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|var| match var["name"].as_str() {
+                    Some("RUNTIME_STUB_LISTEN") => format!("RUNTIME_STUB_LISTEN={ip}:{port}"),
+                    _ => format!(
+                        "{}={}",
+                        var["name"].as_str().unwrap_or_default(),
+                        var["value"].as_str().unwrap_or_default()
+                    ),
+                })
+                .collect();
+            let mut command = tokio::process::Command::new("/usr/bin/env");
+            command
+                .env_clear()
+                .args(runtime_stub_command(&dir, token_delay_ms, env))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null());
+            command
+        }),
+    )
+    .await;
+    let mut settings = KubernetesSettings::new("crawbl:test", NAMESPACE);
+    settings.api_url = Some(stand_in.url.clone());
+    settings.port = port;
+    (Driver::Kubernetes(Box::new(settings)), stand_in)
+}
+
+/// Real runtime-stubs from `kind`; keep the stand-in (kubernetes) alive for the test.
+async fn real_runtimes(
+    kind: Runtimes,
+    dir: &Path,
+    token_delay_ms: u64,
+) -> (Driver, Option<kube_api::StandIn>) {
+    match kind {
+        Runtimes::Process => (real_runtime(dir, token_delay_ms), None),
+        Runtimes::Kubernetes => {
+            let (driver, stand_in) = kubernetes_runtimes(dir, token_delay_ms).await;
+            (driver, Some(stand_in))
+        }
     }
 }
 
 #[tokio::test]
 async fn a_runtime_dying_mid_turn_ends_the_turn_with_runtime_died_then_comes_back_online() {
+    runtime_dying_mid_turn(Runtimes::Process).await;
+}
+
+#[tokio::test]
+async fn a_runtime_pod_dying_mid_turn_ends_the_turn_with_runtime_died_then_comes_back_online() {
+    runtime_dying_mid_turn(Runtimes::Kubernetes).await;
+}
+
+async fn runtime_dying_mid_turn(kind: Runtimes) {
     let dir = TempDir::new();
-    let mut proxy = start_proxy(
-        real_runtime(&dir.0, 10),
-        Duration::from_secs(20),
-        Duration::from_secs(60),
-    )
-    .await;
+    let (driver, _stand_in) = real_runtimes(kind, &dir.0, 10).await;
+    let mut proxy = start_proxy(driver, Duration::from_secs(20), Duration::from_secs(60)).await;
     let mut bus = proxy.events();
 
     let started = Instant::now();
@@ -1027,9 +1112,19 @@ async fn a_runtime_dying_mid_turn_ends_the_turn_with_runtime_died_then_comes_bac
 
 #[tokio::test]
 async fn an_idle_runtime_is_stopped_but_never_in_the_middle_of_a_turn() {
+    idle_runtime_is_stopped(Runtimes::Process).await;
+}
+
+#[tokio::test]
+async fn an_idle_runtime_pod_is_deleted_but_never_in_the_middle_of_a_turn() {
+    idle_runtime_is_stopped(Runtimes::Kubernetes).await;
+}
+
+async fn idle_runtime_is_stopped(kind: Runtimes) {
     let dir = TempDir::new();
+    let (driver, stand_in) = real_runtimes(kind, &dir.0, 20).await;
     let mut proxy = start_proxy_with(
-        real_runtime(&dir.0, 20),
+        driver,
         Duration::from_secs(20),
         Duration::from_secs(60),
         |config| config.idle_timeout = Some(Duration::from_millis(400)),
@@ -1061,6 +1156,10 @@ async fn an_idle_runtime_is_stopped_but_never_in_the_middle_of_a_turn() {
         process_is_gone(first)
     })
     .await;
+    if let Some(stand_in) = &stand_in {
+        assert!(stand_in.pods().is_empty(), "the idle pod is deleted");
+        assert!(stand_in.services().is_empty(), "and its service");
+    }
     assert_no_event(&mut bus, Duration::from_millis(200)).await;
 
     assert_eq!(
@@ -1073,13 +1172,19 @@ async fn an_idle_runtime_is_stopped_but_never_in_the_middle_of_a_turn() {
 
 #[tokio::test]
 async fn shutdown_lets_a_turn_in_flight_finish_within_the_drain() {
+    shutdown_lets_a_turn_finish(Runtimes::Process).await;
+}
+
+/// Unlike processes, pods are left running at shutdown, for the next proxy to adopt.
+#[tokio::test]
+async fn shutdown_lets_a_turn_on_a_pod_finish_within_the_drain_and_leaves_the_pod() {
+    shutdown_lets_a_turn_finish(Runtimes::Kubernetes).await;
+}
+
+async fn shutdown_lets_a_turn_finish(kind: Runtimes) {
     let dir = TempDir::new();
-    let mut proxy = start_proxy(
-        real_runtime(&dir.0, 50),
-        Duration::from_secs(20),
-        Duration::from_secs(60),
-    )
-    .await;
+    let (driver, stand_in) = real_runtimes(kind, &dir.0, 50).await;
+    let mut proxy = start_proxy(driver, Duration::from_secs(20), Duration::from_secs(60)).await;
     let mut stream = proxy
         .client
         .forward_turn(turn("ws-busy", "assistant", &"word ".repeat(20)))
@@ -1100,10 +1205,16 @@ async fn shutdown_lets_a_turn_in_flight_finish_within_the_drain() {
         started.elapsed()
     );
     assert!(matches!(events.last(), Some(Event::Done(_))), "{events:?}");
-    assert!(
-        process_is_gone(pid),
-        "runtime {pid} still runs after shutdown"
-    );
+    match &stand_in {
+        None => assert!(
+            process_is_gone(pid),
+            "runtime {pid} still runs after shutdown"
+        ),
+        Some(stand_in) => {
+            assert!(!process_is_gone(pid), "the pod's runtime still runs");
+            assert_eq!(stand_in.pods().len(), 1, "the pod is left for adoption");
+        }
+    }
 }
 
 #[tokio::test]
@@ -1144,4 +1255,256 @@ async fn shutdown_ends_turns_still_running_after_the_drain_and_kills_every_runti
             "runtime {pid} still runs after shutdown"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes driver only (a stand-in API server; see `kube_api`)
+
+/// Forwards one turn of the `assistant` agent and collects its events.
+async fn turn_events(proxy: &mut Proxy, workspace_id: &str, text: &str) -> Vec<Event> {
+    let stream = proxy
+        .client
+        .forward_turn(turn(workspace_id, "assistant", text))
+        .await
+        .expect("forward turn")
+        .into_inner();
+    collect(stream).await
+}
+
+/// A proxy with the kubernetes driver, provisioning bound 20 s.
+async fn kubernetes_proxy(driver: Driver) -> Proxy {
+    start_proxy(driver, Duration::from_secs(20), Duration::from_secs(30)).await
+}
+
+fn posted<'a>(stand_in: &'a [kube_api::Recorded], resource: &str) -> Vec<&'a serde_json::Value> {
+    let path = format!("/{NAMESPACE}/{resource}");
+    stand_in
+        .iter()
+        .filter(|request| request.method == axum::http::Method::POST && request.path == path)
+        .filter_map(|request| request.body.as_ref())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_workspace_gets_one_locked_down_pod_and_a_service_from_the_template() {
+    let dir = TempDir::new();
+    let (Driver::Kubernetes(mut settings), stand_in) = kubernetes_runtimes(&dir.0, 1).await else {
+        unreachable!()
+    };
+    settings.node_selector = [("pool".to_owned(), "runtimes".to_owned())].into();
+    settings.memory = Some("64Mi".to_owned());
+    settings.cpu_limit = Some("500m".to_owned());
+    settings.provider_secret = Some("provider-keys".to_owned());
+    let mut proxy = kubernetes_proxy(Driver::Kubernetes(settings)).await;
+
+    let events = turn_events(&mut proxy, "ws-template", "hello pod").await;
+    assert_eq!(
+        concatenated_deltas(&events),
+        scripted_reply("assistant", "hello pod")
+    );
+
+    let requests = stand_in.requests();
+    assert!(
+        requests
+            .iter()
+            .all(|request| request.path.starts_with(&format!("/{NAMESPACE}/"))),
+        "every call stays in the namespace"
+    );
+    let name = crawbl_runtime_proxy::pod_name("ws-template");
+    let pods = posted(&requests, "pods");
+    let [pod] = pods.as_slice() else {
+        panic!("one pod created, got {pods:?}")
+    };
+    assert_eq!(pod["metadata"]["name"], name.as_str());
+    let labels = &pod["metadata"]["labels"];
+    assert_eq!(labels["crawbl.dev/workspace"], "ws-template");
+    assert_eq!(labels["app.kubernetes.io/component"], "runtime");
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"],
+        "crawbl-runtime-proxy"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["crawbl.dev/workspace-id"],
+        "ws-template"
+    );
+    let spec = &pod["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(spec["enableServiceLinks"], false);
+    assert_eq!(spec["restartPolicy"], "Never");
+    assert_eq!(spec["nodeSelector"]["pool"], "runtimes");
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(spec["securityContext"]["runAsUser"], 10001);
+    let container = &spec["containers"][0];
+    assert_eq!(container["image"], "crawbl:test");
+    assert_eq!(container["args"], serde_json::json!(["runtime-stub"]));
+    assert_eq!(container["resources"]["requests"]["memory"], "64Mi");
+    assert_eq!(container["resources"]["limits"]["cpu"], "500m");
+    assert_eq!(
+        container["envFrom"][0]["secretRef"]["name"],
+        "provider-keys"
+    );
+    assert!(container["readinessProbe"]["grpc"]["port"].is_number());
+    let context = &container["securityContext"];
+    assert_eq!(context["readOnlyRootFilesystem"], true);
+    assert_eq!(context["allowPrivilegeEscalation"], false);
+    assert_eq!(context["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    let env: Vec<&str> = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|var| var["name"].as_str())
+        .collect();
+    assert!(env.contains(&"RUNTIME_WORKSPACE_ID") && env.contains(&"RUNTIME_STUB_LISTEN"));
+    for secret in [
+        "CRAWBL_SERVICE_TOKEN",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "PATH",
+        "HOME",
+    ] {
+        assert!(
+            !env.contains(&secret),
+            "{secret} must not reach a runtime pod"
+        );
+    }
+
+    let services = posted(&requests, "services");
+    let [service] = services.as_slice() else {
+        panic!("one service created, got {services:?}")
+    };
+    assert_eq!(service["metadata"]["name"], name.as_str());
+    assert_eq!(
+        service["spec"]["selector"]["crawbl.dev/runtime"],
+        name.as_str()
+    );
+    assert_eq!(
+        labels["crawbl.dev/runtime"],
+        name.as_str(),
+        "the service selects the pod"
+    );
+
+    assert!(
+        requests
+            .iter()
+            .any(|request| request.path == format!("/{NAMESPACE}/pods")
+                && request
+                    .query
+                    .get("watch")
+                    .is_some_and(|watch| watch == "true" || watch == "1")),
+        "pods are watched"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn two_proxies_asking_for_one_workspace_share_one_pod() {
+    let dir = TempDir::new();
+    let (driver, stand_in) = kubernetes_runtimes(&dir.0, 1).await;
+    let mut first = kubernetes_proxy(driver.clone()).await;
+    let mut second = kubernetes_proxy(driver).await;
+
+    let (a, b) = tokio::join!(
+        ensure(&mut first.client, "ws-shared"),
+        ensure(&mut second.client, "ws-shared")
+    );
+    assert_eq!(a.expect("first"), RuntimeState::Ready);
+    assert_eq!(b.expect("second"), RuntimeState::Ready);
+    assert_eq!(starts(&dir.0), vec!["ws-shared".to_owned()], "one runtime");
+    assert_eq!(stand_in.pods().len(), 1);
+    assert_eq!(
+        posted(&stand_in.requests(), "pods").len(),
+        2,
+        "both asked; the second got 409 and adopted the pod"
+    );
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_proxy_adopts_live_pods_and_deletes_orphans() {
+    let dir = TempDir::new();
+    let (driver, stand_in) = kubernetes_runtimes(&dir.0, 1).await;
+    let mut first = kubernetes_proxy(driver.clone()).await;
+    assert_eq!(
+        ensure(&mut first.client, "ws-keep").await.expect("ensure"),
+        RuntimeState::Ready
+    );
+    first.stop().await;
+    let kept = crawbl_runtime_proxy::pod_name("ws-keep");
+    assert!(
+        stand_in.pods().contains_key(&kept),
+        "left running at shutdown"
+    );
+
+    let ours = serde_json::json!({ "app.kubernetes.io/managed-by": "crawbl-runtime-proxy" });
+    let dead = crawbl_runtime_proxy::pod_name("ws-dead");
+    stand_in.seed_pod(
+        serde_json::json!({ "metadata": { "name": dead, "labels": ours,
+            "annotations": { "crawbl.dev/workspace-id": "ws-dead" } } }),
+        Some("Failed"),
+    );
+    stand_in.seed_pod(
+        serde_json::json!({ "metadata": { "name": "rt-stray", "labels": ours } }),
+        Some("Running"),
+    );
+    stand_in.seed_pod(
+        serde_json::json!({ "metadata": { "name": "not-ours", "labels": { "app": "other" } } }),
+        Some("Running"),
+    );
+    stand_in
+        .seed_service(serde_json::json!({ "metadata": { "name": "rt-lonely", "labels": ours } }));
+
+    let mut second = kubernetes_proxy(driver).await;
+    eventually_state(&mut second.client, "ws-keep", RuntimeState::Ready).await;
+    let pods = stand_in.pods();
+    assert_eq!(
+        pods.keys().cloned().collect::<Vec<_>>(),
+        vec!["not-ours".to_owned(), kept.clone()],
+        "orphans deleted, the live pod kept, others' pods untouched"
+    );
+    assert_eq!(
+        stand_in.services().keys().cloned().collect::<Vec<_>>(),
+        vec![kept],
+        "the service without a pod is deleted"
+    );
+    assert_eq!(starts(&dir.0).len(), 1, "adopted, not started again");
+    let events = turn_events(&mut second, "ws-keep", "still there").await;
+    assert_eq!(
+        concatenated_deltas(&events),
+        scripted_reply("assistant", "still there")
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_pod_that_dies_while_idle_is_seen_through_the_watch_and_replaced() {
+    let dir = TempDir::new();
+    let (driver, stand_in) = kubernetes_runtimes(&dir.0, 1).await;
+    let mut proxy = kubernetes_proxy(driver).await;
+    let mut bus = proxy.events();
+    let events = turn_events(&mut proxy, "ws-pod-dies", "hi").await;
+    assert!(matches!(events.last(), Some(Event::Done(_))));
+    let name = crawbl_runtime_proxy::pod_name("ws-pod-dies");
+    let first_uid = stand_in.pods()[&name]["metadata"]["uid"].clone();
+
+    // The pod's container dies: the stand-in reports the pod Failed.
+    kill_9(pid(&dir.0, "ws-pod-dies"));
+
+    assert_eq!(
+        next_status(&mut bus).await,
+        ("ws-pod-dies".into(), "agent-1".into(), AgentStatus::Offline)
+    );
+    assert_eq!(
+        next_status(&mut bus).await,
+        ("ws-pod-dies".into(), "agent-1".into(), AgentStatus::Online)
+    );
+    assert_eq!(starts(&dir.0).len(), 2);
+    let pods = stand_in.pods();
+    assert_eq!(
+        pods.len(),
+        1,
+        "the failed pod was replaced, not kept beside the new one"
+    );
+    assert_ne!(pods[&name]["metadata"]["uid"], first_uid);
+    proxy.stop().await;
 }

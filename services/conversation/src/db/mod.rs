@@ -1,6 +1,7 @@
 //! Every query of the conversation service: plain functions over an `AnyPool` or a connection
 //! inside a transaction, written once for Postgres and SQLite (`$n` placeholders work on both).
 
+mod activity;
 mod agents;
 mod conversations;
 mod events;
@@ -11,6 +12,7 @@ mod turns;
 mod usage;
 mod workspaces;
 
+pub use activity::*;
 pub use agents::*;
 pub use conversations::*;
 pub use events::*;

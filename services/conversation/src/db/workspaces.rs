@@ -7,13 +7,14 @@ use sqlx::AnyPool;
 /// sequence last (a turn ending meanwhile appends an event under the sequence's row lock, so
 /// whatever it wrote is gone by then). A new table with a `workspace_id` belongs here.
 /// Messages and turns are found through their conversations (the indexes they have).
-const WORKSPACE_TABLES: [(&str, &str); 10] = [
+const WORKSPACE_TABLES: [(&str, &str); 11] = [
     ("turns", BY_CONVERSATION),
     ("read_states", BY_WORKSPACE),
     ("messages", BY_CONVERSATION),
     ("conversations", BY_WORKSPACE),
     ("agents", BY_WORKSPACE),
     ("turn_usage", BY_WORKSPACE),
+    ("turn_errors", BY_WORKSPACE),
     ("workspace_month_usage", BY_WORKSPACE),
     ("workspace_plans", BY_WORKSPACE),
     ("events", BY_WORKSPACE),

@@ -155,6 +155,27 @@ pub fn plan(name: &str, quota: Option<u64>) -> Result<crate::db::Plan, Conversat
 /// Longest span a usage report covers.
 pub const MAX_USAGE_DAYS: i64 = 366;
 
+/// The window (ms) and error count of an activity report: 1 s to a day, at most 100 errors; 0
+/// asks for the defaults (a minute, 20).
+pub fn activity_bounds(
+    window_seconds: u32,
+    error_limit: u32,
+) -> Result<(i64, i64), ConversationError> {
+    let window_seconds = if window_seconds == 0 {
+        60
+    } else {
+        window_seconds
+    };
+    let error_limit = if error_limit == 0 { 20 } else { error_limit };
+    if window_seconds > 86_400 || error_limit > 100 {
+        return Err(ConversationError::invalid(
+            "INVALID_RANGE",
+            "an activity window is at most 86400 seconds and at most 100 errors",
+        ));
+    }
+    Ok((i64::from(window_seconds) * 1000, i64::from(error_limit)))
+}
+
 /// The days (`YYYY-MM-DD`, UTC) a usage report covers: `from` to `to`, both included; `from`
 /// defaults to the first of the current month and `to` to today.
 pub fn usage_days(
