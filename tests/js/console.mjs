@@ -207,10 +207,19 @@ try {
   step("agents page");
   await shot(pageA, "09-agents");
 
-  // Operations (owners): this node and its sockets, refreshed.
+  // Operations (owners): this node and its sockets, the runtime, rates, and a failed turn.
+  await call("POST", `/conversations/${first}/messages?wait=true`, {
+    localId: "failing", content: { type: "text", text: "/fail\nthis one fails, for the operations view" },
+  });
   await pageA.getByRole("link", { name: "Operations" }).click();
-  const ops = pageA.locator("#ops-body table tr.node, #ops-body .form-error");
-  await ops.first().waitFor({ timeout: TIMEOUT });
+  const node = pageA.locator("#ops-body tr.node");
+  await node.first().waitFor({ timeout: TIMEOUT });
+  const sockets = Number(await node.first().locator("td").nth(1).textContent());
+  expect(sockets >= 1, `this node shows ${sockets} sockets`);
+  await pageA.locator("#ops-body td.state-ready").waitFor({ timeout: TIMEOUT });
+  expect(Number(await pageA.locator("#ops-turns").textContent()) >= 1, "no turns counted");
+  await pageA.locator("#ops-body td", { hasText: "PROVIDER_ERROR" }).first().waitFor({ timeout: TIMEOUT });
+  expect(await pageA.locator("#ops-body .form-error").count() === 0, "the operations view shows an error");
   report.operations = await pageA.locator("#ops-body").textContent();
   step("operations view");
   await shot(pageA, "10-operations");
