@@ -43,7 +43,7 @@ async fn a_user_chats_stops_reads_and_catches_up_in_the_console() {
             "offline banner",
             "caught up after reconnecting",
             "event inspector",
-            "agents page",
+            "agents page, after refreshing a spoiled token",
             "operations view",
             "a member signs in and types: agents read-only, operations for owners",
             "accessibility",

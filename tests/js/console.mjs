@@ -127,9 +127,10 @@ try {
 
   // Unread: a reply lands in another conversation (sent over REST, as another device would);
   // a second page of the same user shows the badge, reads it, and the badge clears on both.
-  const session = await pageA.evaluate(() => JSON.parse(localStorage.getItem("crawbl.session")));
   const workspaceId = await pageA.evaluate(() => window.crawblConsole.state.workspaceId);
+  // As the signed-in user, with the token the console holds now (it may have refreshed it).
   const call = async (method, path, body) => {
+    const session = await pageA.evaluate(() => JSON.parse(localStorage.getItem("crawbl.session")));
     const response = await fetch(`${edge}/v1/workspaces/${workspaceId}${path}`, {
       method,
       headers: { authorization: `Bearer ${session.accessToken}`, "content-type": "application/json" },
@@ -193,18 +194,27 @@ try {
   step("event inspector");
   await shot(pageA, "08-inspector");
 
-  // Agents: an owner edits the assistant's prompt.
+  // Agents: an owner edits the assistant's prompt. The access token is spoiled first: the
+  // console gets 401, refreshes with the refresh token, and carries on.
+  const spoiled = await pageA.evaluate(() => {
+    const session = JSON.parse(localStorage.getItem("crawbl.session"));
+    const refreshToken = session.refreshToken;
+    localStorage.setItem("crawbl.session", JSON.stringify({ ...session, accessToken: "spoiled" }));
+    return refreshToken;
+  });
   await pageA.getByRole("link", { name: "Agents" }).click();
   await pageA.getByRole("link", { name: /^Assistant/ }).click();
   await pageA.getByLabel("System prompt").fill("You are a helpful assistant, tested in a browser.");
   await pageA.getByRole("button", { name: "Save changes" }).click();
   await pageA.getByText("Saved Assistant.").waitFor({ timeout: TIMEOUT });
+  const refreshed = await pageA.evaluate(() => JSON.parse(localStorage.getItem("crawbl.session")));
+  expect(refreshed.accessToken !== "spoiled" && refreshed.refreshToken !== spoiled, "the console did not refresh its token");
   await pageA.getByLabel("Temperature").fill("7");
   await pageA.getByRole("button", { name: "Save changes" }).click();
   await pageA.locator("#agent-error:not([hidden])").waitFor({ timeout: TIMEOUT });
   const agentError = await pageA.locator("#agent-error").textContent();
   expect(/INVALID_TEMPERATURE/.test(agentError), `a bad temperature showed ${agentError}`);
-  step("agents page");
+  step("agents page, after refreshing a spoiled token");
   await shot(pageA, "09-agents");
 
   // Operations (owners): this node and its sockets, the runtime, rates, and a failed turn.
