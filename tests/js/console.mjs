@@ -93,6 +93,8 @@ try {
   expect(streamed.seen.every((length, i) => i === 0 || length > streamed.seen[i - 1]), `the reply shrank: ${streamed.seen}`);
   expect(streamed.text.includes("Hello there, console!"), `unexpected reply ${streamed.text}`);
   expect(await pageA.locator("#composer-text").inputValue() === "", "the message box was not cleared");
+  // The live region read the finished reply out.
+  await pageA.locator("#announcer", { hasText: "Assistant: [assistant]" }).waitFor({ state: "attached", timeout: TIMEOUT });
   report.streamLengths = streamed.seen;
   step("sent with the keyboard and watched the reply stream");
 
