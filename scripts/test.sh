@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every check and test of the repository, as CI runs them: formatting, lints, then all tests
 # against real Postgres and Redis (started or installed first when they are not running), and
-# the JavaScript Socket.IO client (Node.js and npm, installed when missing).
+# the JavaScript Socket.IO client (Node.js and npm, installed when missing) and the web console in
+# Debian's Chromium (installed when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,15 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
 fi
 (cd tests/js && npm ci --no-audit --no-fund)
+
+step "chromium (the web console's browser test drives it headless with playwright-core)"
+if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
+  echo "installing Debian's chromium (apt-get)"
+  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
+fi
+echo "using ${CHROMIUM:-/usr/bin/chromium}"
 
 step "python client package (tests/python)"
 python3 -c 'import socketio' 2>/dev/null ||

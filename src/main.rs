@@ -187,7 +187,8 @@ fn print_welcome(edge: SocketAddr, bus: &EventBus, postgres: bool, data_dir: &st
         format!("SQLite files in {}", data_dir.display())
     };
     println!(
-        "\nCrawbl is running: http://{edge}  (data: {storage}; events: {})\n\n\
+        "\nCrawbl is running: http://{edge}  web console: http://{edge}/console  \
+         (data: {storage}; events: {})\n\n\
          Sign up and get a token:\n  \
          curl -s -X POST http://{edge}/v1/auth/sign-up -H 'content-type: application/json' \\\n    \
          -d '{{\"email\":\"me@example.com\",\"password\":\"correct horse battery\",\"displayName\":\"Me\"}}'\n\n\

@@ -3,6 +3,7 @@
 //! never touches a database, and delivers the events services publish to the sockets of each
 //! workspace's room that are connected to this node.
 
+mod console;
 mod realtime;
 mod rest;
 mod shared;

@@ -12,6 +12,7 @@ mod accounts;
 mod agents;
 mod auth_and_tenancy;
 mod chat;
+mod console;
 mod conversations;
 mod faults;
 mod hostile;

@@ -77,6 +77,8 @@ pub fn router(state: AppState) -> anyhow::Result<Router> {
     let (routes, openapi) = documented_routes().split_for_parts();
     let document = OpenApiJson(Arc::from(crate::rest::openapi::to_json(openapi)?));
     Ok(routes
+        // The web console: same origin, outside the OpenAPI document.
+        .merge(crate::console::router())
         .route_layer(axum::middleware::from_fn(trace_request))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -18,10 +18,15 @@ async fn install() {
     INSTALLED
         .get_or_init(|| async {
             let dir = js_dir();
-            if dir
-                .join("node_modules/socket.io-client/package.json")
-                .exists()
-            {
+            let installed = ["socket.io-client", "playwright-core", "axe-core"]
+                .iter()
+                .all(|package| {
+                    dir.join("node_modules")
+                        .join(package)
+                        .join("package.json")
+                        .exists()
+                });
+            if installed {
                 return;
             }
             let output = Command::new("npm")
@@ -69,6 +74,18 @@ pub async fn run_contract(
         &[edge, token, workspace_id, conversation_id],
     )
     .await
+}
+
+/// Runs `tests/js/console.mjs`: the web console of the edge at `edge` in headless Chromium
+/// (`/usr/bin/chromium`, or `$CHROMIUM`), keeping its screenshots in `screenshots`; its JSON report.
+pub async fn run_console(edge: &str, screenshots: &std::path::Path) -> Value {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "Chromium is needed for the console's browser test ({chromium}; scripts/test.sh installs \
+         Debian's chromium package)"
+    );
+    run_script("console.mjs", &[edge, &screenshots.display().to_string()]).await
 }
 
 /// Runs `tests/js/<script>` with `args`; the JSON report it prints last.

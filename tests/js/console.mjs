@@ -1,0 +1,310 @@
+// The web console in a real browser (Debian's Chromium, headless, driven by playwright-core),
+// run by tests/e2e/console.rs against a live stack:
+//   node console.mjs <edge URL> <screenshot folder>
+// It signs up, sends (keyboard only), watches a reply stream in, stops one, reads a conversation
+// on a second page and sees the badge clear on both, drops the connection while a reply arrives
+// and sees it caught up through auth.since, and checks accessibility with axe-core. Prints a JSON
+// report on its last line; any failed expectation throws (exit status 1).
+
+import { readFileSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+import { chromium } from "playwright-core";
+
+const [edge, shots] = process.argv.slice(2);
+if (!edge || !shots) throw new Error("usage: node console.mjs <edge URL> <screenshot folder>");
+mkdirSync(shots, { recursive: true });
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+const report = { steps: [] };
+const step = (name) => { report.steps.push(name); process.stderr.write(`console: ${name}\n`); };
+const expect = (condition, message) => { if (!condition) throw new Error(message); };
+const TIMEOUT = 20_000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  headless: true,
+  // Root (as in CI containers) cannot use Chromium's sandbox.
+  args: ["--no-sandbox", "--disable-dev-shm-usage"],
+});
+const problems = [];
+const watch = (page, label) => {
+  page.on("pageerror", (error) => problems.push(`${label}: page error ${error.message}`));
+  page.on("console", (message) => {
+    // A CSP violation or a failed module shows up here. HTTP errors the app answers (a 422 it
+    // shows, say) are logged by the browser too, and are checked where they happen instead.
+    // So are the failed reconnects while the test holds the browser offline.
+    const expected = /^Failed to load resource|ERR_INTERNET_DISCONNECTED/;
+    if (message.type() === "error" && !expected.test(message.text())) {
+      problems.push(`${label}: console error ${message.text()}`);
+    }
+  });
+};
+const shot = async (page, name) => {
+  await page.screenshot({ path: `${shots}/${name}.png` });
+};
+const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+const pageA = await context.newPage();
+watch(pageA, "page A");
+
+try {
+  // Sign up.
+  await pageA.goto(`${edge}/console`);
+  await pageA.getByRole("link", { name: "Create an account" }).click();
+  const email = `console-${Date.now()}-${Math.random().toString(36).slice(2)}@example.com`;
+  await pageA.getByLabel("Email").fill(email);
+  await pageA.getByLabel("Password").fill("correct horse battery");
+  await pageA.getByLabel("Display name").fill("Ada Browser");
+  await pageA.getByRole("button", { name: "Create account" }).click();
+  await pageA.getByRole("heading", { name: "Conversations" }).waitFor({ timeout: TIMEOUT });
+  await pageA.locator("#connection.online").waitFor({ timeout: TIMEOUT });
+  step("signed up");
+  await shot(pageA, "01-signed-up");
+
+  // Create a conversation and send with the keyboard only: Tab to the composer, type, Enter.
+  await pageA.getByLabel("Title").fill("Trying the console");
+  await pageA.getByRole("button", { name: "Create conversation" }).click();
+  await pageA.locator("#composer-text").waitFor({ timeout: TIMEOUT });
+  await pageA.evaluate(() => document.activeElement?.blur());
+  let tabs = 0;
+  while (!(await pageA.evaluate(() => document.activeElement?.id === "composer-text"))) {
+    expect(++tabs < 60, "Tab never reached the message box");
+    await pageA.keyboard.press("Tab");
+  }
+  const firstText = "Hello there, console! Please tell me a little about streaming replies, token by token, in a browser.";
+  await pageA.keyboard.type(firstText);
+  // Watch the reply's text as it streams: its length at every change, until it is delivered.
+  const lengths = pageA.evaluate(() => new Promise((resolve, reject) => {
+    const seen = [];
+    const started = Date.now();
+    const tick = () => {
+      const reply = document.querySelector(".msg[data-role=agent]");
+      if (reply) {
+        const length = reply.querySelector(".msg-text").textContent.length;
+        if (seen.at(-1) !== length) seen.push(length);
+        if (reply.dataset.status === "delivered") return resolve({ seen, text: reply.querySelector(".msg-text").textContent });
+      }
+      if (Date.now() - started > 20_000) return reject(new Error(`no delivered reply; lengths ${seen}`));
+      setTimeout(tick, 5);
+    };
+    tick();
+  }));
+  await pageA.keyboard.press("Enter");
+  const streamed = await lengths;
+  expect(streamed.seen.length >= 4, `the reply did not grow over several updates: ${streamed.seen}`);
+  expect(streamed.seen.every((length, i) => i === 0 || length > streamed.seen[i - 1]), `the reply shrank: ${streamed.seen}`);
+  expect(streamed.text.includes("Hello there, console!"), `unexpected reply ${streamed.text}`);
+  expect(await pageA.locator("#composer-text").inputValue() === "", "the message box was not cleared");
+  // The live region read the finished reply out.
+  await pageA.locator("#announcer", { hasText: "Assistant: [assistant]" }).waitFor({ state: "attached", timeout: TIMEOUT });
+  report.streamLengths = streamed.seen;
+  step("sent with the keyboard and watched the reply stream");
+
+  // A tool call, shown as a card with its result, and a mention of an agent.
+  await pageA.locator("#composer-text").fill('/tool calculator {"expression": "6 * 7"}\n@assistant and @researcher: what is six times seven?');
+  await pageA.getByRole("button", { name: "Send", exact: true }).click();
+  // The assistant lists the calculator among its tools, so its card shows the real result.
+  await pageA.locator(".msg[data-role=agent] .tool pre", { hasText: '"result": 42' }).waitFor({ timeout: TIMEOUT });
+  expect(await pageA.locator(".msg-user .mention").count() === 2, "the mentions are not marked");
+  await pageA.locator(".msg[data-role=agent][data-status=delivered]").nth(2).waitFor({ timeout: TIMEOUT });
+  step("tool call card and mention");
+  await shot(pageA, "02-conversation");
+
+  // Stop a reply: a long one, stopped while it streams, ends cancelled with the text it had.
+  const long = Array.from({ length: 150 }, (_, i) => `word${i}`).join(" ");
+  await pageA.locator("#composer-text").fill(long);
+  await pageA.keyboard.press("Enter");
+  const streaming = pageA.locator(".msg[data-role=agent][data-status=streaming]");
+  await streaming.waitFor({ timeout: TIMEOUT });
+  await pageA.waitForFunction(() => (document.querySelector(".msg[data-status=streaming] .msg-text")?.textContent.length ?? 0) > 20);
+  const stop = pageA.getByRole("button", { name: "Stop reply" });
+  expect(await stop.isEnabled(), "Stop is disabled while a reply streams");
+  await stop.click();
+  const cancelled = pageA.locator(".msg[data-role=agent][data-status=cancelled]");
+  await cancelled.waitFor({ timeout: TIMEOUT });
+  const cancelledText = await cancelled.locator(".msg-text").textContent();
+  expect(cancelledText.length > 0 && cancelledText.length < long.length, `cancelled text ${cancelledText.length} of ${long.length}`);
+  await pageA.waitForFunction(() => document.querySelector("#stop").disabled);
+  report.cancelledLength = cancelledText.length;
+  step("stopped a reply");
+  await shot(pageA, "03-stopped");
+
+  // Unread: a reply lands in another conversation (sent over REST, as another device would);
+  // a second page of the same user shows the badge, reads it, and the badge clears on both.
+  const workspaceId = await pageA.evaluate(() => window.crawblConsole.state.workspaceId);
+  // As the signed-in user, with the token the console holds now (it may have refreshed it).
+  const call = async (method, path, body) => {
+    const session = await pageA.evaluate(() => JSON.parse(localStorage.getItem("crawbl.session")));
+    const response = await fetch(`${edge}/v1/workspaces/${workspaceId}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${session.accessToken}`, "content-type": "application/json" },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    const json = await response.json();
+    expect(response.ok, `${method} ${path}: ${response.status} ${JSON.stringify(json)}`);
+    return json.data;
+  };
+  const other = await call("POST", "/conversations", { title: "From the phone" });
+  await call("POST", `/conversations/${other.id}/messages?wait=true`, { localId: "phone-1", content: { type: "text", text: "Sent from another device" } });
+  const badgeOn = (page) => page.locator(`.conversation[data-id="${other.id}"] .badge`);
+  await badgeOn(pageA).waitFor({ timeout: TIMEOUT });
+  const pageB = await context.newPage();
+  watch(pageB, "page B");
+  await pageB.goto(`${edge}/console#/chat`);
+  await badgeOn(pageB).waitFor({ timeout: TIMEOUT });
+  report.unreadBadge = await badgeOn(pageB).textContent();
+  step("unread badge on both pages");
+  await shot(pageB, "04-unread-badge");
+  await pageB.locator(`.conversation[data-id="${other.id}"]`).click();
+  await pageB.locator(".msg[data-role=agent]", { hasText: "Sent from another device" }).waitFor({ timeout: TIMEOUT });
+  await badgeOn(pageB).waitFor({ state: "detached", timeout: TIMEOUT });
+  // Page A never opened it: its badge clears through conversation.read.
+  await badgeOn(pageA).waitFor({ state: "detached", timeout: TIMEOUT });
+  step("read on the second page; badge cleared on both");
+  await shot(pageB, "05-read");
+  await pageB.close();
+
+  // Offline while a reply arrives, then back: the missed events are replayed (auth.since).
+  const first = await pageA.evaluate(() => location.hash.split("/")[2]);
+  await context.setOffline(true);
+  await pageA.evaluate(() => window.crawblConsole.socket.io.engine.close());
+  await pageA.locator("#banner.offline").waitFor({ timeout: TIMEOUT });
+  step("offline banner");
+  await shot(pageA, "06-offline");
+  await call("POST", `/conversations/${first}/messages?wait=true`, {
+    localId: "while-offline", content: { type: "text", text: "This arrived while you were offline" },
+  });
+  const eventsBefore = await pageA.evaluate(() => window.crawblConsole.state.events.length);
+  await context.setOffline(false);
+  await pageA.locator("#banner.caught-up").waitFor({ timeout: TIMEOUT });
+  await pageA.locator(".msg[data-role=agent][data-status=delivered]", { hasText: "This arrived while you were offline" }).waitFor({ timeout: TIMEOUT });
+  const replayed = await pageA.evaluate((before) => window.crawblConsole.state.events.slice(before)
+    .filter((event) => event.seq !== undefined).map((event) => ({ name: event.name, seq: event.seq })), eventsBefore);
+  expect(replayed.some((event) => event.name === "message.updated"), `nothing replayed: ${JSON.stringify(replayed)}`);
+  expect(replayed.every((event, i) => i === 0 || event.seq === replayed[i - 1].seq + 1), `gaps in replay ${JSON.stringify(replayed)}`);
+  report.replayed = replayed;
+  step("caught up after reconnecting");
+  await shot(pageA, "07-caught-up");
+
+  // The inspector lists them with their seq, filtered by name.
+  await pageA.getByRole("link", { name: "Events" }).click();
+  await pageA.getByLabel("Event name contains").fill("message.updated");
+  const rows = pageA.locator("#event-rows tr");
+  await rows.first().waitFor({ timeout: TIMEOUT });
+  const names = await rows.evaluateAll((all) => all.map((row) => row.dataset.event));
+  expect(names.length > 0 && names.every((name) => name === "message.updated"), `filter shows ${names}`);
+  const lastSeq = replayed.at(-1).seq;
+  expect(await pageA.locator(`#event-rows tr[data-seq="${lastSeq}"]`).count() >= 1, `seq ${lastSeq} not in the inspector`);
+  step("event inspector");
+  await shot(pageA, "08-inspector");
+
+  // Agents: an owner edits the assistant's prompt. The access token is spoiled first: the
+  // console gets 401, refreshes with the refresh token, and carries on.
+  const spoiled = await pageA.evaluate(() => {
+    const session = JSON.parse(localStorage.getItem("crawbl.session"));
+    const refreshToken = session.refreshToken;
+    localStorage.setItem("crawbl.session", JSON.stringify({ ...session, accessToken: "spoiled" }));
+    return refreshToken;
+  });
+  await pageA.getByRole("link", { name: "Agents" }).click();
+  await pageA.getByRole("link", { name: /^Assistant/ }).click();
+  await pageA.getByLabel("System prompt").fill("You are a helpful assistant, tested in a browser.");
+  await pageA.getByRole("button", { name: "Save changes" }).click();
+  await pageA.getByText("Saved Assistant.").waitFor({ timeout: TIMEOUT });
+  const refreshed = await pageA.evaluate(() => JSON.parse(localStorage.getItem("crawbl.session")));
+  expect(refreshed.accessToken !== "spoiled" && refreshed.refreshToken !== spoiled, "the console did not refresh its token");
+  await pageA.getByLabel("Temperature").fill("7");
+  await pageA.getByRole("button", { name: "Save changes" }).click();
+  await pageA.locator("#agent-error:not([hidden])").waitFor({ timeout: TIMEOUT });
+  const agentError = await pageA.locator("#agent-error").textContent();
+  expect(/INVALID_TEMPERATURE/.test(agentError), `a bad temperature showed ${agentError}`);
+  step("agents page, after refreshing a spoiled token");
+  await shot(pageA, "09-agents");
+
+  // Operations (owners): this node and its sockets, the runtime, rates, and a failed turn.
+  await call("POST", `/conversations/${first}/messages?wait=true`, {
+    localId: "failing", content: { type: "text", text: "/fail\nthis one fails, for the operations view" },
+  });
+  await pageA.getByRole("link", { name: "Operations" }).click();
+  const node = pageA.locator("#ops-body tr.node");
+  await node.first().waitFor({ timeout: TIMEOUT });
+  const sockets = Number(await node.first().locator("td").nth(1).textContent());
+  expect(sockets >= 1, `this node shows ${sockets} sockets`);
+  await pageA.locator("#ops-body td.state-ready").waitFor({ timeout: TIMEOUT });
+  expect(Number(await pageA.locator("#ops-turns").textContent()) >= 1, "no turns counted");
+  await pageA.locator("#ops-body td", { hasText: "PROVIDER_ERROR" }).first().waitFor({ timeout: TIMEOUT });
+  expect(await pageA.locator("#ops-body .form-error").count() === 0, "the operations view shows an error");
+  report.operations = await pageA.locator("#ops-body").textContent();
+  step("operations view");
+  await shot(pageA, "10-operations");
+
+  // A member (not an owner) signs in through the form: agents are read-only for them and the
+  // operations view says plainly it is for owners.
+  const memberEmail = `member-${Date.now()}-${Math.random().toString(36).slice(2)}@example.com`;
+  const signedUp = await fetch(`${edge}/v1/auth/sign-up`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: memberEmail, password: "correct horse battery", displayName: "Bea Member" }),
+  });
+  expect(signedUp.status === 201, `member sign-up: ${signedUp.status}`);
+  await call("POST", "/members", { email: memberEmail, role: "member" });
+  const memberContext = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const member = await memberContext.newPage();
+  watch(member, "member page");
+  await member.goto(`${edge}/console`);
+  await member.getByLabel("Email").fill(memberEmail);
+  await member.getByLabel("Password").fill("correct horse battery");
+  await member.getByRole("button", { name: "Sign in" }).click();
+  await member.getByRole("heading", { name: "Conversations" }).waitFor({ timeout: TIMEOUT });
+  await member.getByLabel("Workspace").selectOption(workspaceId);
+  // The member types in the owner's conversation; the owner's page says so.
+  await pageA.evaluate((target) => { location.hash = target; }, `#/chat/${first}`);
+  await member.getByRole("link", { name: "Trying the console" }).click();
+  await member.getByLabel("Message", { exact: true }).pressSequentially("Hi the", { delay: 20 });
+  await pageA.locator("#typing", { hasText: "Bea Member is typing…" }).waitFor({ timeout: TIMEOUT });
+  await shot(pageA, "11-user-typing");
+  await member.getByRole("link", { name: "Operations" }).click();
+  await member.getByText("The operations view is for workspace owners and admins.").waitFor({ timeout: TIMEOUT });
+  await member.getByRole("link", { name: "Agents" }).click();
+  await member.getByRole("link", { name: /^Assistant/ }).click();
+  await member.getByText("agents are read-only for you").waitFor({ timeout: TIMEOUT });
+  expect(await member.getByRole("button", { name: "Save changes" }).isDisabled(), "a member can save an agent");
+  expect(await member.getByLabel("System prompt").inputValue() === "You are a helpful assistant, tested in a browser.",
+    "the member does not see the owner's prompt");
+  step("a member signs in and types: agents read-only, operations for owners");
+  await shot(member, "12-member-agents");
+  await memberContext.close();
+
+  // Accessibility: axe-core's WCAG 2 A and AA rules on each view, then the sign-in page.
+  const axe = async (page, label) => {
+    await page.evaluate(axeSource);
+    const result = await page.evaluate(() => window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } }));
+    const violations = result.violations.map((v) => `${label}: ${v.id} (${v.nodes.length}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
+    expect(violations.length === 0, `accessibility violations:\n${violations.join("\n")}`);
+    return result.passes.map((pass) => pass.id);
+  };
+  const passed = new Set();
+  for (const [hash, label] of [[`#/chat/${first}`, "chat"], ["#/agents", "agents"], ["#/events", "events"], ["#/operations", "operations"]]) {
+    await pageA.evaluate((target) => { location.hash = target; }, hash);
+    await pageA.waitForTimeout(300);
+    for (const id of await axe(pageA, label)) passed.add(id);
+  }
+  const fresh = await browser.newContext();
+  const signIn = await fresh.newPage();
+  watch(signIn, "sign-in page");
+  await signIn.goto(`${edge}/console`);
+  await signIn.getByRole("heading", { name: "Sign in" }).waitFor({ timeout: TIMEOUT });
+  for (const id of await axe(signIn, "sign-in")) passed.add(id);
+  await fresh.close();
+  for (const rule of ["color-contrast", "label", "button-name"]) {
+    expect(passed.has(rule), `axe never checked ${rule} (passes: ${[...passed]})`);
+  }
+  report.axePasses = [...passed].sort();
+  step("accessibility");
+
+  expect(problems.length === 0, `the browser reported problems:\n${problems.join("\n")}`);
+} catch (error) {
+  await shot(pageA, "failure").catch(() => {});
+  throw error;
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(report));
