@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "postgres and redis"
 bash scripts/ensure-services.sh
@@ -15,7 +16,6 @@ step "javascript client packages (tests/js)"
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   # The end-to-end tests check the replay contract with the npm socket.io-client.
   echo "installing Node.js and npm (apt-get)"
-  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq nodejs npm >/dev/null
 fi
@@ -24,7 +24,6 @@ fi
 step "chromium (the web console's browser test drives it headless with playwright-core)"
 if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
   echo "installing Debian's chromium (apt-get)"
-  as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
 fi
