@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::api::{Api, User, unique_email};
+use crate::support::api::{Api, User, socket, unique_email};
 use crate::support::sio::{self, ServerEvent, SioClient};
 use crate::support::{Backend, Stack};
 
@@ -18,13 +18,6 @@ on_both_backends!(
     read_state_edits_and_deletions_follow_their_rules,
     a_socket_send_follows_the_rest_rules_and_a_retry_after_a_lost_ack_makes_one_message,
 );
-
-async fn socket(edge: &str, user: &User) -> SioClient {
-    sio::connect(edge, &[("x-token", &user.token)], None)
-        .await
-        .expect("connect")
-        .expect_connected()
-}
 
 fn conversation_path(workspace_id: &str, conversation: &str) -> String {
     format!("/v1/workspaces/{workspace_id}/conversations/{conversation}")

@@ -16,8 +16,7 @@ use crate::push_support::fake_apns::{self, FakeApns, TeamKey};
 use crate::push_support::fake_fcm::{self, FakeFcm};
 use crate::push_support::fake_webpush::FakePushService;
 use crate::push_support::tls::TestCa;
-use crate::support::api::{Api, User, unique_email};
-use crate::support::sio::{self, SioClient};
+use crate::support::api::{Api, User, socket, unique_email};
 use crate::support::{Backend, Options, Stack, TempDir};
 
 const TOPIC: &str = "com.crawbl.app";
@@ -194,13 +193,6 @@ async fn devices(api: &Api, user: &User) -> Vec<Value> {
     let (status, body) = api.get("/v1/devices", Some(&user.token)).await;
     assert_eq!(status, StatusCode::OK, "list devices: {body}");
     body["data"].as_array().expect("devices").clone()
-}
-
-async fn socket(edge: &str, user: &User) -> SioClient {
-    sio::connect(edge, &[("x-token", &user.token)], None)
-        .await
-        .expect("connect")
-        .expect_connected()
 }
 
 /// A member of `owner`'s workspace.

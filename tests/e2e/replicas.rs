@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::Stack;
-use crate::support::api::{Api, User, unique_email};
-use crate::support::sio::{self, ServerEvent, SioClient};
+use crate::support::api::{Api, User, socket, unique_email};
+use crate::support::sio::ServerEvent;
 
 const WAIT: Duration = Duration::from_secs(60);
 /// Short leases, so a dead instance's turn is taken over within the test.
@@ -22,13 +22,6 @@ async fn replicated(extra: &[(&'static str, &'static str)]) -> Stack {
     let mut env = LEASES.to_vec();
     env.extend_from_slice(extra);
     Stack::replicated(2, 2, &env).await
-}
-
-async fn socket(edge: &str, user: &User) -> SioClient {
-    sio::connect(edge, &[("x-token", &user.token)], None)
-        .await
-        .expect("connect")
-        .expect_connected()
 }
 
 /// The conversation's durable events from the log, oldest first, as (type, message).

@@ -9,17 +9,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::Stack;
-use crate::support::api::{Api, User};
-use crate::support::sio::{self, ServerEvent, SioClient};
+use crate::support::api::{Api, User, socket};
+use crate::support::sio::{ServerEvent, SioClient};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn socket(edge: &str, user: &User) -> SioClient {
-    sio::connect(edge, &[("x-token", &user.token)], None)
-        .await
-        .expect("connect")
-        .expect_connected()
-}
 
 fn cancel_path(user: &User, conversation: &str, message: &str) -> String {
     format!(

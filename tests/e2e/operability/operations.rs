@@ -7,18 +7,10 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::api::{Api, User, unique_email};
-use crate::support::sio::{self, SioClient};
+use crate::support::api::{Api, User, socket, unique_email};
 use crate::support::{Options, Stack};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn socket(edge: &str, user: &User) -> SioClient {
-    sio::connect(edge, &[("x-token", &user.token)], None)
-        .await
-        .expect("connect")
-        .expect_connected()
-}
 
 fn operations_path(user: &User) -> String {
     format!("/v1/workspaces/{}/operations", user.workspace_id)
@@ -179,13 +171,15 @@ async fn allowed_origins_get_cors_on_rest_and_long_polling_and_others_do_not() {
     .await;
     let closed = Stack::embedded().await;
     let client = reqwest::Client::new();
-    let allow_origin = |response: &reqwest::Response| {
+    let header = |response: &reqwest::Response, name: &str| {
         response
             .headers()
-            .get("access-control-allow-origin")
+            .get(name)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
     };
+    let allow_origin =
+        |response: &reqwest::Response| header(response, "access-control-allow-origin");
     let preflight = |base: &str, path: &str, origin: &str| {
         client
             .request(reqwest::Method::OPTIONS, format!("{base}{path}"))
@@ -208,17 +202,9 @@ async fn allowed_origins_get_cors_on_rest_and_long_polling_and_others_do_not() {
             response.status()
         );
         assert_eq!(allow_origin(&response).as_deref(), Some(allowed), "{path}");
-        let methods = response
-            .headers()
-            .get("access-control-allow-methods")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
+        let methods = header(&response, "access-control-allow-methods").unwrap_or_default();
         assert!(methods.contains("POST"), "{path}: {methods}");
-        let headers = response
-            .headers()
-            .get("access-control-allow-headers")
-            .and_then(|value| value.to_str().ok())
+        let headers = header(&response, "access-control-allow-headers")
             .unwrap_or_default()
             .to_ascii_lowercase();
         assert!(

@@ -255,3 +255,11 @@ async fn read(response: reqwest::Response) -> (StatusCode, Value) {
     };
     (status, body)
 }
+
+/// A Socket.IO client of `user` connected to `edge` (`http://…`), past its handshake.
+pub async fn socket(edge: &str, user: &User) -> crate::support::sio::SioClient {
+    crate::support::sio::connect(edge, &[("x-token", &user.token)], None)
+        .await
+        .expect("connect")
+        .expect_connected()
+}
