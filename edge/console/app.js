@@ -531,7 +531,11 @@ async function renderChat(conversationId) {
           event.target.form.requestSubmit();
         }
       },
-      oninput: () => typingSignal(true) });
+      oninput: () => {
+        typingSignal(true);
+        // A refusal was about the message sent; a new one starts clean.
+        showFormError(sendError, null);
+      } });
     const sendError = formError("send-error");
     const composer = h("form", { class: "composer", id: "composer", onsubmit: (event) => {
       event.preventDefault();

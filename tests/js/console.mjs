@@ -153,6 +153,7 @@ try {
   await shot(pageA, "03b-quota");
   await pageA.unroute("**/messages");
   await pageA.locator("#composer-text").fill("");
+  await refused.waitFor({ state: "hidden", timeout: TIMEOUT });
   step("a send over the quota is refused plainly, with when it resets");
 
   // Unread: a reply lands in another conversation (sent over REST, as another device would);
@@ -227,6 +228,7 @@ try {
     expect(text === editedText, `the edited message reads ${text}`);
   }
   step("edited on page A, seen edited on page B");
+  await byId(pageB).scrollIntoViewIfNeeded();
   await shot(pageB, "05b-edited-on-b");
 
   // Delete, after a confirmation: the tombstone shows on both pages.
@@ -403,6 +405,22 @@ try {
   step("a member added to a workspace sees it appear without a reload");
   await shot(member, "13-member-added");
   await memberContext.close();
+
+  // Paging: past the API's 100 a page, "Load older conversations" brings the rest (nextCursor).
+  const before = (await call("GET", "/conversations?limit=100")).length;
+  for (let batch = 0; batch < 101; batch += 10) {
+    await Promise.all(Array.from({ length: Math.min(10, 101 - batch) }, (_, i) =>
+      call("POST", "/conversations", { title: `Paged ${batch + i}` })));
+  }
+  await pageA.evaluate(() => { location.hash = "#/chat"; });
+  await pageA.reload();
+  const conversationLinks = pageA.locator("#conversation-list .conversation");
+  await pageA.getByRole("button", { name: "Load older conversations" }).waitFor({ timeout: TIMEOUT });
+  expect(await conversationLinks.count() === 100, `the first page shows ${await conversationLinks.count()}`);
+  await pageA.getByRole("button", { name: "Load older conversations" }).click();
+  await pageA.getByRole("button", { name: "Load older conversations" }).waitFor({ state: "hidden", timeout: TIMEOUT });
+  expect(await conversationLinks.count() === before + 101, `after loading older: ${await conversationLinks.count()} of ${before + 101}`);
+  step("older conversations loaded past the first page");
 
   // Accessibility: axe-core's WCAG 2 A and AA rules on each view, then the sign-in page.
   const axe = async (page, label) => {
