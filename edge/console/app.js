@@ -149,16 +149,23 @@ function renderUsage() {
   if (detail) detail.replaceChildren(usageDetail(usage));
 }
 
+// Loads may overlap (the switcher changed while the first workspace was still loading): each
+// keeps what it fetched only if its workspace is still the open one, so the last switch wins.
+const stillOpen = (workspaceId) => workspaceId === state.workspaceId;
+
 async function loadWorkspace() {
-  if (!state.workspaceId) return;
-  localStorage.setItem("crawbl.workspace", state.workspaceId);
+  const workspaceId = state.workspaceId;
+  if (!workspaceId) return;
+  localStorage.setItem("crawbl.workspace", workspaceId);
   const [agents] = await Promise.all([
     rest.get(wsPath("/agents")).catch((error) => { showError(error); return { data: [] }; }),
     loadMembers(),
   ]);
+  if (!stillOpen(workspaceId)) return;
   state.agents = new Map(agents.data.map((agent) => [agent.id, agent]));
   state.olderConversations = [];
   await Promise.all([loadConversations(true), loadUsage()]);
+  if (!stillOpen(workspaceId)) return;
   // Threads not open are fetched again when opened (they may be stale after a reset).
   state.messages.clear();
   state.messageCursors.clear();
@@ -166,8 +173,10 @@ async function loadWorkspace() {
 }
 
 async function loadMembers() {
+  const workspaceId = state.workspaceId;
   try {
     const { data } = await rest.get(wsPath("/members"));
+    if (!stillOpen(workspaceId)) return;
     state.members = new Map(data.map((member) => [member.user?.id, member]));
   } catch (error) {
     showError(error);
@@ -179,8 +188,10 @@ async function loadMembers() {
  * messages). Older pages loaded before are kept after it; `fresh` also resets the cursor.
  */
 async function loadConversations(fresh = false) {
+  const workspaceId = state.workspaceId;
   try {
     const { items, next } = await rest.page(wsPath("/conversations?limit=100"));
+    if (!stillOpen(workspaceId)) return;
     const first = new Set(items.map((c) => c.id));
     state.olderConversations = state.olderConversations.filter((c) => !first.has(c.id));
     state.conversations = [...items, ...state.olderConversations];
@@ -192,8 +203,10 @@ async function loadConversations(fresh = false) {
 
 async function loadOlderConversations(button) {
   button.disabled = true;
+  const workspaceId = state.workspaceId;
   try {
     const { items, next } = await rest.page(wsPath("/conversations?limit=100"), state.conversationsCursor);
+    if (!stillOpen(workspaceId)) return;
     const known = new Set(state.conversations.map((c) => c.id));
     const older = items.filter((c) => !known.has(c.id));
     state.olderConversations.push(...older);
