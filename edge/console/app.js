@@ -374,12 +374,23 @@ function onEvent(name, payload, meta) {
   }
 }
 
+/** Whether `message` comes before the oldest one loaded of a thread that has older pages. */
+function olderThanShown(thread, message) {
+  const oldest = thread.values().next().value;
+  return Boolean(state.messageCursors.get(message.conversationId) && oldest && message.createdAt
+    && message.createdAt < oldest.createdAt);
+}
+
 const messageOf = (conversationId, id) => state.messages.get(conversationId)?.get(id) ?? { id, conversationId };
 const memberName = (userId) => state.members.get(userId)?.user?.displayName ?? "Someone";
 
 function onMessage(message, isNew) {
   if (message.workspaceId && message.workspaceId !== state.workspaceId) return;
   const thread = state.messages.get(message.conversationId);
+  if (thread && !isNew && !thread.has(message.id) && olderThanShown(thread, message)) {
+    // A change to a message on an older page than those loaded: it shows when that page does.
+    return reloadConversationsSoon();
+  }
   if (thread) {
     thread.set(message.id, message);
     if (message.status !== "streaming") {

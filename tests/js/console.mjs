@@ -3,7 +3,10 @@
 //   node console.mjs <edge URL> <screenshot folder>
 // It signs up, sends (keyboard only), watches a reply stream in, stops one, reads a conversation
 // on a second page and sees the badge clear on both, drops the connection while a reply arrives
-// and sees it caught up through auth.since, and checks accessibility with axe-core. Prints a JSON
+// and sees it caught up through auth.since, and checks accessibility with axe-core. It also edits
+// and deletes a message (seen on a second page), shows the month's usage and a quota refusal,
+// creates a second workspace and chats in it, sees a workspace the user is added to appear
+// without a reload, and pages conversations and messages past the first 100. Prints a JSON
 // report on its last line; any failed expectation throws (exit status 1).
 
 import { readFileSync, mkdirSync } from "node:fs";
@@ -40,6 +43,14 @@ const watch = (page, label) => {
 };
 const shot = async (page, name) => {
   await page.screenshot({ path: `${shots}/${name}.png` });
+};
+// axe-core's WCAG 2 A and AA rules on a page as it is now; the rules that passed.
+const axe = async (page, label) => {
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() => window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } }));
+  const violations = result.violations.map((v) => `${label}: ${v.id} (${v.nodes.length}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
+  expect(violations.length === 0, `accessibility violations:\n${violations.join("\n")}`);
+  return result.passes.map((pass) => pass.id);
 };
 const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
 const pageA = await context.newPage();
@@ -213,6 +224,8 @@ try {
   expect(await editButton.evaluate((button) => button === document.activeElement), "focus did not return to Edit");
   // An empty edit is refused by the API: shown in the form with its code.
   await pageA.keyboard.press("Enter");
+  await editBox.waitFor({ timeout: TIMEOUT });
+  await axe(pageA, "chat, editing a message");
   await editBox.fill("   ");
   await editBox.press("Enter");
   const editError = pageA.locator(".edit-form .form-error:not([hidden])");
@@ -422,14 +435,28 @@ try {
   expect(await conversationLinks.count() === before + 101, `after loading older: ${await conversationLinks.count()} of ${before + 101}`);
   step("older conversations loaded past the first page");
 
+  // And a thread past 100 messages: 51 turns make 102, the oldest two on the second page.
+  const longThread = await call("POST", "/conversations", { title: "A long thread" });
+  for (let batch = 0; batch < 51; batch += 6) {
+    await Promise.all(Array.from({ length: Math.min(6, 51 - batch) }, (_, i) =>
+      call("POST", `/conversations/${longThread.id}/messages?wait=true`, {
+        localId: `long-${batch + i}`, content: { type: "text", text: `Line ${batch + i}` },
+      })));
+  }
+  await pageA.evaluate((target) => { location.hash = target; }, `#/chat/${longThread.id}`);
+  const threadItems = pageA.locator("#messages .msg");
+  const olderMessages = pageA.getByRole("button", { name: "Load older messages" });
+  await olderMessages.waitFor({ timeout: TIMEOUT });
+  expect(await threadItems.count() === 100, `the first page of the thread shows ${await threadItems.count()}`);
+  await olderMessages.click();
+  await olderMessages.waitFor({ state: "hidden", timeout: TIMEOUT });
+  expect(await threadItems.count() === 102, `after loading older messages: ${await threadItems.count()}`);
+  // The oldest page goes first: a line of the first batch heads the thread.
+  const oldestText = await threadItems.first().locator(".msg-text").textContent();
+  expect(/^Line [0-5]$/.test(oldestText), `the thread starts with ${oldestText}`);
+  step("older messages loaded past the first page");
+
   // Accessibility: axe-core's WCAG 2 A and AA rules on each view, then the sign-in page.
-  const axe = async (page, label) => {
-    await page.evaluate(axeSource);
-    const result = await page.evaluate(() => window.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } }));
-    const violations = result.violations.map((v) => `${label}: ${v.id} (${v.nodes.length}): ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`);
-    expect(violations.length === 0, `accessibility violations:\n${violations.join("\n")}`);
-    return result.passes.map((pass) => pass.id);
-  };
   const passed = new Set();
   for (const [hash, label] of [[`#/chat/${first}`, "chat"], ["#/agents", "agents"], ["#/events", "events"], ["#/operations", "operations"], ["#/workspaces", "workspaces"]]) {
     await pageA.evaluate((target) => { location.hash = target; }, hash);
