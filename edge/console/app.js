@@ -519,6 +519,15 @@ async function renderChat(conversationId) {
     if (!state.messages.has(conversationId)) await loadMessages(conversationId);
   }
   if (!conversationId) state.openConversationId = null;
+  if (conversationId && !state.conversations.some((c) => c.id === conversationId)) {
+    // Opened by its address before the list has it (new, or on an older page): fetch it alone.
+    try {
+      const { data } = await rest.get(wsPath(`/conversations/${conversationId}`));
+      if (!state.conversations.some((c) => c.id === data.id)) state.conversations.unshift(data);
+    } catch (error) {
+      showError(error);
+    }
+  }
   const conversation = state.conversations.find((c) => c.id === state.openConversationId);
   const title = h("input", { type: "text", maxlength: 200, placeholder: "New conversation" });
   const agentChoice = h("select", {}, h("option", { value: "" }, "Workspace default"),
