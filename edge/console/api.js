@@ -5,10 +5,12 @@ const SESSION_KEY = "crawbl.session";
 
 /** An error answer of the API: `code` and `message` as the server sent them. */
 export class ApiError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, retryAfter) {
     super(message);
     this.status = status;
     this.code = code;
+    // Seconds until a retry can succeed (`Retry-After`, e.g. on 429 QUOTA_EXCEEDED), if given.
+    this.retryAfter = retryAfter;
   }
   toString() {
     return `${this.message} (${this.code}${this.status ? `, HTTP ${this.status}` : ""})`;
@@ -56,10 +58,12 @@ async function call(method, path, { body, token } = {}) {
   const json = await response.json().catch(() => null);
   if (!response.ok) {
     const error = json?.error ?? {};
+    const retryAfter = Number.parseInt(response.headers.get("retry-after") ?? "", 10);
     throw new ApiError(
       response.status,
       error.code ?? `HTTP_${response.status}`,
       error.message ?? response.statusText,
+      Number.isNaN(retryAfter) ? undefined : retryAfter,
     );
   }
   return json;
@@ -138,3 +142,11 @@ export async function api(method, path, body) {
 export const get = (path) => api("GET", path);
 export const post = (path, body) => api("POST", path, body ?? {});
 export const patch = (path, body) => api("PATCH", path, body);
+export const del = (path) => api("DELETE", path);
+
+/** A list's page and the cursor of the next (older) one: `null` at the end. */
+export async function page(path, cursor) {
+  const separator = path.includes("?") ? "&" : "?";
+  const answer = await get(cursor ? `${path}${separator}before=${encodeURIComponent(cursor)}` : path);
+  return { items: answer.data, next: answer.nextCursor ?? null };
+}

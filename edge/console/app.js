@@ -13,8 +13,13 @@ const state = {
   session: rest.loadSession(),
   workspaceId: localStorage.getItem("crawbl.workspace"),
   conversations: [],
+  olderConversations: [], // pages after the first, loaded with "Load older conversations"
+  conversationsCursor: null, // the next older page of conversations, null at the end
   openConversationId: null,
-  messages: new Map(), // conversationId -> Map(messageId -> message)
+  messages: new Map(), // conversationId -> Map(messageId -> message), oldest first
+  messageCursors: new Map(), // conversationId -> cursor of its next older page (null: none)
+  editing: null, // the id of the message being edited in place
+  usage: new Map(), // workspaceId -> {used, limit?, resetsAt?}: tokens this month
   deltas: new Map(), // messageId -> next delta index expected
   liveTools: new Map(), // messageId -> Map(callId -> call), from agent.tool before the final update
   agents: new Map(),
@@ -63,6 +68,21 @@ async function startSession() {
   $("#session").hidden = false;
   $("#nav").hidden = false;
   $("#who").textContent = state.session.user?.displayName ?? state.session.user?.email ?? "";
+  await refreshWorkspaces();
+  realtime = new Realtime({ onEvent, onState, onReset: (workspaceId) => {
+    if (workspaceId === state.workspaceId) loadWorkspace().then(render);
+  } });
+  realtime.start((state.session.workspaces ?? []).map((w) => w.id));
+  await loadWorkspace();
+}
+
+/**
+ * The user's workspaces, fetched again: the switcher, and what the socket's `since` covers.
+ * The edge puts a socket into the room of a workspace the user creates or is added to, but sends
+ * no event saying so; this runs when an event of an unknown workspace arrives, after a
+ * reconnect, when the tab comes back into view and once a minute.
+ */
+async function refreshWorkspaces() {
   try {
     const { data } = await rest.get("/workspaces");
     state.session.workspaces = data;
@@ -70,46 +90,134 @@ async function startSession() {
     showError(error);
   }
   const workspaces = state.session.workspaces ?? [];
+  const previous = state.workspaceId;
   if (!workspaces.some((w) => w.id === state.workspaceId)) state.workspaceId = workspaces[0]?.id ?? null;
   const select = $("#workspace");
   select.replaceChildren(...workspaces.map((w) =>
     h("option", { value: w.id, selected: w.id === state.workspaceId }, `${w.name} (${w.role})`)));
-  realtime = new Realtime({ onEvent, onState, onReset: (workspaceId) => {
-    if (workspaceId === state.workspaceId) loadWorkspace().then(render);
-  } });
-  realtime.start(workspaces.map((w) => w.id));
-  await loadWorkspace();
+  if (realtime) realtime.workspaceIds = workspaces.map((w) => w.id);
+  if (currentSection() === "workspaces" && !document.activeElement?.closest("form")) renderWorkspaces();
+  // Removed from the open workspace: show the one now selected.
+  if (realtime && previous && previous !== state.workspaceId) await switchWorkspace(state.workspaceId);
 }
 
+const refreshWorkspacesSoon = debounce(refreshWorkspaces, 300);
+const knownWorkspace = (id) => (state.session?.workspaces ?? []).some((w) => w.id === id);
+
+async function switchWorkspace(workspaceId) {
+  state.workspaceId = workspaceId;
+  state.openConversationId = null;
+  state.editing = null;
+  state.messages.clear();
+  state.messageCursors.clear();
+  $("#workspace").value = workspaceId ?? "";
+  await loadWorkspace();
+  if (currentSection() === "chat" && route().id) location.hash = "#/chat";
+  else render();
+}
+
+/** The month's token use, for owners and admins (members cannot read it). */
+async function loadUsage() {
+  if (!isAdmin()) return renderUsage();
+  try {
+    const { data } = await rest.get(wsPath("/usage"));
+    state.usage.set(data.workspaceId, { ...data.quota, total: data.total, agents: data.agents });
+  } catch (error) {
+    showError(error);
+  }
+  renderUsage();
+}
+
+const numberFormat = new Intl.NumberFormat();
+function usageText(usage) {
+  if (!usage) return "";
+  const used = numberFormat.format(usage.used ?? 0);
+  return usage.limit === undefined || usage.limit === null
+    ? `${used} tokens this month (no limit)`
+    : `${used} of ${numberFormat.format(usage.limit)} tokens this month`;
+}
+
+/** The header's indicator: the open workspace's tokens this month, for owners and admins. */
+function renderUsage() {
+  const indicator = $("#usage");
+  const usage = state.usage.get(state.workspaceId);
+  indicator.hidden = !isAdmin() || !usage;
+  indicator.textContent = usageText(usage);
+  const over = usage?.limit !== undefined && usage?.limit !== null && usage.used >= usage.limit;
+  indicator.className = `usage${over ? " over" : ""}`;
+  const detail = $("#ops-usage");
+  if (detail) detail.replaceChildren(usageDetail(usage));
+}
+
+// Loads may overlap (the switcher changed while the first workspace was still loading): each
+// keeps what it fetched only if its workspace is still the open one, so the last switch wins.
+const stillOpen = (workspaceId) => workspaceId === state.workspaceId;
+
 async function loadWorkspace() {
-  if (!state.workspaceId) return;
-  localStorage.setItem("crawbl.workspace", state.workspaceId);
+  const workspaceId = state.workspaceId;
+  if (!workspaceId) return;
+  localStorage.setItem("crawbl.workspace", workspaceId);
   const [agents] = await Promise.all([
     rest.get(wsPath("/agents")).catch((error) => { showError(error); return { data: [] }; }),
     loadMembers(),
   ]);
+  if (!stillOpen(workspaceId)) return;
   state.agents = new Map(agents.data.map((agent) => [agent.id, agent]));
-  await loadConversations();
+  state.olderConversations = [];
+  await Promise.all([loadConversations(true), loadUsage()]);
+  if (!stillOpen(workspaceId)) return;
   // Threads not open are fetched again when opened (they may be stale after a reset).
   state.messages.clear();
+  state.messageCursors.clear();
   if (state.openConversationId) await loadMessages(state.openConversationId);
 }
 
 async function loadMembers() {
+  const workspaceId = state.workspaceId;
   try {
     const { data } = await rest.get(wsPath("/members"));
+    if (!stillOpen(workspaceId)) return;
     state.members = new Map(data.map((member) => [member.user?.id, member]));
   } catch (error) {
     showError(error);
   }
 }
 
-async function loadConversations() {
+/**
+ * The first page of conversations, fetched again after changes (the server counts unread
+ * messages). Older pages loaded before are kept after it; `fresh` also resets the cursor.
+ */
+async function loadConversations(fresh = false) {
+  const workspaceId = state.workspaceId;
   try {
-    const { data } = await rest.get(wsPath("/conversations?limit=100"));
-    state.conversations = data;
+    const { items, next } = await rest.page(wsPath("/conversations?limit=100"));
+    if (!stillOpen(workspaceId)) return;
+    const first = new Set(items.map((c) => c.id));
+    state.olderConversations = state.olderConversations.filter((c) => !first.has(c.id));
+    state.conversations = [...items, ...state.olderConversations];
+    if (fresh || !state.olderConversations.length) state.conversationsCursor = next;
   } catch (error) {
     showError(error);
+  }
+}
+
+async function loadOlderConversations(button) {
+  button.disabled = true;
+  const workspaceId = state.workspaceId;
+  try {
+    const { items, next } = await rest.page(wsPath("/conversations?limit=100"), state.conversationsCursor);
+    if (!stillOpen(workspaceId)) return;
+    const known = new Set(state.conversations.map((c) => c.id));
+    const older = items.filter((c) => !known.has(c.id));
+    state.olderConversations.push(...older);
+    state.conversations.push(...older);
+    state.conversationsCursor = next;
+    renderConversationList();
+    $(`#conversation-list [data-id="${CSS.escape(older[0]?.id ?? "")}"]`)?.focus();
+  } catch (error) {
+    showError(error);
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -130,10 +238,34 @@ const reloadConversationsSoon = debounce(async () => {
 
 async function loadMessages(conversationId) {
   try {
-    const { data } = await rest.get(wsPath(`/conversations/${conversationId}/messages?limit=100`));
-    state.messages.set(conversationId, new Map(data.reverse().map((message) => [message.id, message])));
+    const { items, next } = await rest.page(wsPath(`/conversations/${conversationId}/messages?limit=100`));
+    state.messages.set(conversationId, new Map(items.reverse().map((message) => [message.id, message])));
+    state.messageCursors.set(conversationId, next);
   } catch (error) {
     showError(error);
+  }
+}
+
+/** The next older page of the open thread, put before what is shown; the reader stays put. */
+async function loadOlderMessages(button) {
+  const conversationId = state.openConversationId;
+  button.disabled = true;
+  try {
+    const { items, next } = await rest.page(
+      wsPath(`/conversations/${conversationId}/messages?limit=100`), state.messageCursors.get(conversationId));
+    const thread = state.messages.get(conversationId) ?? new Map();
+    const older = items.reverse().filter((message) => !thread.has(message.id));
+    state.messages.set(conversationId, new Map([...older.map((m) => [m.id, m]), ...thread]));
+    state.messageCursors.set(conversationId, next);
+    if (conversationId !== state.openConversationId) return;
+    const list = $("#messages");
+    const fromBottom = list.scrollHeight - list.scrollTop;
+    renderThread();
+    list.scrollTop = list.scrollHeight - fromBottom;
+  } catch (error) {
+    showError(error);
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -169,6 +301,8 @@ function onState(connection, detail) {
     setBanner(`Offline — reconnecting…${detail ? ` (${detail})` : ""}`, "offline");
   } else if (connection === "online" && detail) {
     setBanner("Back online — catching up…", "catching-up");
+    // Memberships may have changed while the connection was down.
+    refreshWorkspacesSoon();
   } else if (connection === "caught-up") {
     setBanner("Back online — caught up.", "caught-up");
     setTimeout(() => { if (state.connection === "caught-up") setBanner(null); }, 4000);
@@ -191,12 +325,20 @@ function recordEvent(name, payload, meta, local = false) {
 
 function onEvent(name, payload, meta) {
   recordEvent(name, payload, meta);
+  // A workspace the user was added to (or created elsewhere) since the list was fetched: the
+  // socket is in its room already, so its events come before the switcher knows it.
+  const workspaceId = meta?.workspaceId ?? payload?.workspaceId;
+  if (workspaceId && state.session && !knownWorkspace(workspaceId)) refreshWorkspacesSoon();
   switch (name) {
     case "message.new":
     case "message.updated":
       return onMessage(payload, name === "message.new");
     case "message.deleted":
+      if (meta?.workspaceId !== state.workspaceId) return reloadConversationsSoon();
       return onMessage({ ...messageOf(payload.conversationId, payload.id), deletedAt: new Date().toISOString(), content: { type: "text", text: "" } }, false);
+    case "usage.update":
+      state.usage.set(payload.workspaceId, { ...state.usage.get(payload.workspaceId), used: payload.used, limit: payload.limit });
+      return renderUsage();
     case "message.delta":
       return onDelta(payload);
     case "agent.tool":
@@ -232,12 +374,23 @@ function onEvent(name, payload, meta) {
   }
 }
 
+/** Whether `message` comes before the oldest one loaded of a thread that has older pages. */
+function olderThanShown(thread, message) {
+  const oldest = thread.values().next().value;
+  return Boolean(state.messageCursors.get(message.conversationId) && oldest && message.createdAt
+    && message.createdAt < oldest.createdAt);
+}
+
 const messageOf = (conversationId, id) => state.messages.get(conversationId)?.get(id) ?? { id, conversationId };
 const memberName = (userId) => state.members.get(userId)?.user?.displayName ?? "Someone";
 
 function onMessage(message, isNew) {
   if (message.workspaceId && message.workspaceId !== state.workspaceId) return;
   const thread = state.messages.get(message.conversationId);
+  if (thread && !isNew && !thread.has(message.id) && olderThanShown(thread, message)) {
+    // A change to a message on an older page than those loaded: it shows when that page does.
+    return reloadConversationsSoon();
+  }
   if (thread) {
     thread.set(message.id, message);
     if (message.status !== "streaming") {
@@ -320,6 +473,7 @@ async function render() {
     case "agents": return renderAgents(id);
     case "events": return renderEvents();
     case "operations": return renderOperations();
+    case "workspaces": return renderWorkspaces();
     default: return renderChat(id || null);
   }
 }
@@ -365,6 +519,15 @@ async function renderChat(conversationId) {
     if (!state.messages.has(conversationId)) await loadMessages(conversationId);
   }
   if (!conversationId) state.openConversationId = null;
+  if (conversationId && !state.conversations.some((c) => c.id === conversationId)) {
+    // Opened by its address before the list has it (new, or on an older page): fetch it alone.
+    try {
+      const { data } = await rest.get(wsPath(`/conversations/${conversationId}`));
+      if (!state.conversations.some((c) => c.id === data.id)) state.conversations.unshift(data);
+    } catch (error) {
+      showError(error);
+    }
+  }
   const conversation = state.conversations.find((c) => c.id === state.openConversationId);
   const title = h("input", { type: "text", maxlength: 200, placeholder: "New conversation" });
   const agentChoice = h("select", {}, h("option", { value: "" }, "Workspace default"),
@@ -387,7 +550,9 @@ async function renderChat(conversationId) {
 
   const list = h("ul", { class: "conversation-list", id: "conversation-list" });
   const side = h("section", { class: "conversations", "aria-labelledby": "conversations-heading" },
-    h("h2", { id: "conversations-heading" }, "Conversations"), create, list);
+    h("h2", { id: "conversations-heading" }, "Conversations"), create, list,
+    h("button", { type: "button", id: "older-conversations", hidden: true,
+      onclick: (event) => loadOlderConversations(event.currentTarget) }, "Load older conversations"));
 
   let thread;
   if (conversation) {
@@ -399,7 +564,11 @@ async function renderChat(conversationId) {
           event.target.form.requestSubmit();
         }
       },
-      oninput: () => typingSignal(true) });
+      oninput: () => {
+        typingSignal(true);
+        // A refusal was about the message sent; a new one starts clean.
+        showFormError(sendError, null);
+      } });
     const sendError = formError("send-error");
     const composer = h("form", { class: "composer", id: "composer", onsubmit: (event) => {
       event.preventDefault();
@@ -413,6 +582,8 @@ async function renderChat(conversationId) {
     thread = h("section", { class: "thread", "aria-labelledby": "thread-heading" },
       h("h2", { id: "thread-heading" }, conversation.title || "Untitled conversation"),
       h("div", { class: "agent-strip", id: "agent-strip", role: "group", "aria-label": "Agents (select to mention)" }),
+      h("button", { type: "button", id: "older-messages", hidden: true,
+        onclick: (event) => loadOlderMessages(event.currentTarget) }, "Load older messages"),
       h("ol", { class: "messages", id: "messages", "aria-label": "Messages" }),
       h("p", { class: "typing", id: "typing" }),
       composer);
@@ -423,7 +594,7 @@ async function renderChat(conversationId) {
   main.replaceChildren(h("div", { class: "chat" }, side, thread));
   renderConversationList();
   if (conversation) {
-    for (const message of state.messages.get(conversation.id)?.values() ?? []) renderMessage(message);
+    renderThread();
     renderAgentStrip();
     renderTyping();
     renderStop();
@@ -447,6 +618,16 @@ function renderConversationList() {
     h("span", { class: "preview" }, conversation.lastMessage?.content?.text?.slice(0, 80) ?? "")));
   }));
   if (focused) list.querySelector(`[data-id="${CSS.escape(focused)}"]`)?.focus();
+  $("#older-conversations").hidden = !state.conversationsCursor;
+}
+
+/** The open conversation's messages, all rebuilt (opening it, or after an older page). */
+function renderThread() {
+  const list = $("#messages");
+  if (!list) return;
+  list.replaceChildren();
+  for (const message of state.messages.get(state.openConversationId)?.values() ?? []) renderMessage(message);
+  $("#older-messages").hidden = !state.messageCursors.get(state.openConversationId);
 }
 
 const authorName = (message) => {
@@ -458,11 +639,89 @@ const authorName = (message) => {
 function renderMessage(message) {
   const list = $("#messages");
   if (!list || message.conversationId !== state.openConversationId) return;
+  const existing = list.querySelector(`.msg[data-id="${CSS.escape(message.id)}"]`);
+  const editing = state.editing === message.id && !message.deletedAt;
+  // An update from elsewhere (another tab) leaves an open edit box, and what is typed in it, be.
+  if (editing && existing?.querySelector(".edit-form")) return;
+  if (state.editing === message.id && !editing) state.editing = null;
+  const mine = message.role === "user" && message.authorId === state.session?.user?.id;
   const item = messageItem(message, {
     authorName: authorName(message), slugs: agentSlugs(), liveTools: state.liveTools.get(message.id),
+    actions: mine && !message.deletedAt && !editing ? messageActions(message) : null,
+    editor: editing ? editForm(message) : null,
   });
-  const existing = list.querySelector(`.msg[data-id="${CSS.escape(message.id)}"]`);
   stickToBottom(list, () => (existing ? existing.replaceWith(item) : list.append(item)));
+  item.querySelector(".edit-form textarea")?.focus();
+}
+
+/** Edit and delete, on the caller's own messages. */
+function messageActions(message) {
+  const about = (message.content?.text ?? "").slice(0, 40);
+  return h("div", { class: "msg-actions" },
+    h("button", { type: "button", class: "small", "aria-label": `Edit your message: ${about}`, onclick: () => {
+      state.editing = message.id;
+      renderMessage(message);
+    } }, "Edit"),
+    h("button", { type: "button", class: "small danger", "aria-label": `Delete your message: ${about}`,
+      onclick: () => deleteMessage(message) }, "Delete"));
+}
+
+/** The inline edit box: Enter saves, Shift+Enter starts a new line, Escape cancels. */
+function editForm(message) {
+  const text = h("textarea", { rows: 2, maxlength: 32768, "aria-label": "Edit message",
+    onkeydown: (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        event.target.form.requestSubmit();
+      } else if (event.key === "Escape") {
+        event.preventDefault();
+        closeEditor(message.id);
+      }
+    } });
+  text.value = message.content?.text ?? "";
+  const error = formError(`edit-error-${message.id}`);
+  return h("form", { class: "edit-form", onsubmit: async (event) => {
+    event.preventDefault();
+    showFormError(error, null);
+    try {
+      const { data } = await rest.patch(wsPath(`/conversations/${message.conversationId}/messages/${message.id}`),
+        { content: { type: "text", text: text.value } });
+      state.messages.get(message.conversationId)?.set(data.id, data);
+      closeEditor(data.id);
+      announce("Message edited.");
+    } catch (failure) {
+      showFormError(error, failure);
+    }
+  } },
+  text,
+  h("small", { class: "hint" }, "Enter saves, Escape cancels."),
+  error,
+  h("div", { class: "actions" },
+    h("button", { type: "submit", class: "small primary" }, "Save"),
+    h("button", { type: "button", class: "small", onclick: () => closeEditor(message.id) }, "Cancel")));
+}
+
+function closeEditor(messageId) {
+  state.editing = null;
+  const message = state.messages.get(state.openConversationId)?.get(messageId);
+  if (!message) return;
+  renderMessage(message);
+  document.querySelector(`.msg[data-id="${CSS.escape(messageId)}"] .msg-actions button`)?.focus();
+}
+
+async function deleteMessage(message) {
+  // The browser's own dialog: keyboard-usable and read out by screen readers.
+  if (!window.confirm(`Delete this message?\n\n${(message.content?.text ?? "").slice(0, 200)}`)) return;
+  try {
+    await rest.del(wsPath(`/conversations/${message.conversationId}/messages/${message.id}`));
+    // The tombstone as message.deleted makes it (the event may come first, or later).
+    onMessage({ ...messageOf(message.conversationId, message.id), deletedAt: new Date().toISOString(),
+      content: { type: "text", text: "" } }, false);
+    announce("Message deleted.");
+    $("#composer-text")?.focus();
+  } catch (error) {
+    showError(error);
+  }
 }
 
 /** Makes a change to the thread; a reader at the bottom stays there, one reading up is left be. */
@@ -535,8 +794,20 @@ async function send(textarea, errorBox) {
     typingSignal(false);
     onMessage(data, true);
   } catch (error) {
-    showFormError(errorBox, error);
+    showFormError(errorBox, error.code === "QUOTA_EXCEEDED" ? quotaError(error) : error);
+    if (error.code === "QUOTA_EXCEEDED") loadUsage();
   }
+}
+
+/** A send refused for the monthly quota, said plainly with when sending works again. */
+function quotaError(error) {
+  const when = error.retryAfter === undefined
+    ? "when the month's quota resets"
+    : `on ${new Date(Date.now() + error.retryAfter * 1000).toLocaleString()}`;
+  return {
+    message: `This workspace has used its monthly token quota. Sending works again ${when}.`,
+    code: error.code, status: error.status,
+  };
 }
 
 async function stopReply() {
@@ -655,6 +926,59 @@ function renderEventRows() {
     h("td", {}, h("code", {}, JSON.stringify(event.payload).slice(0, 240))))));
 }
 
+// Workspaces: the user's, and a new one.
+function renderWorkspaces() {
+  const name = h("input", { type: "text", maxlength: 100, required: true, autocomplete: "off" });
+  const error = formError("workspace-error");
+  const form = h("form", { class: "card new-workspace", onsubmit: async (event) => {
+    event.preventDefault();
+    showFormError(error, null);
+    try {
+      const { data } = await rest.post("/workspaces", { name: name.value });
+      // The edge has put this page's socket into the new workspace's room already.
+      await refreshWorkspaces();
+      await switchWorkspace(data.id);
+      location.hash = "#/chat";
+    } catch (failure) {
+      showFormError(error, failure);
+    }
+  } },
+  h("h3", {}, "New workspace"),
+  field("Workspace name", name, "You will be its owner; it starts with its own agents."),
+  error,
+  h("button", { type: "submit", class: "primary" }, "Create workspace"));
+  const workspaces = state.session?.workspaces ?? [];
+  main.replaceChildren(h("section", { class: "workspaces", "aria-labelledby": "workspaces-heading" },
+    h("h2", { id: "workspaces-heading" }, "Workspaces"),
+    h("ul", { class: "workspace-list", id: "workspace-list" }, workspaces.map((w) =>
+      h("li", { dataset: { id: w.id } },
+        h("span", { class: "title" }, w.name), ` · ${w.role}`,
+        w.id === state.workspaceId
+          ? h("span", { class: "tag" }, "open")
+          : h("button", { type: "button", class: "small", "aria-label": `Open ${w.name}`,
+            onclick: () => switchWorkspace(w.id).then(() => { location.hash = "#/chat"; }) }, "Open")))),
+    form));
+}
+
+/** The month's tokens in the operations view: used, limit, when it resets, by agent. */
+function usageDetail(usage) {
+  if (!usage) return h("p", {}, "No usage yet.");
+  const agents = usage.agents ?? [];
+  return h("div", {},
+    h("dl", { class: "rates" },
+      h("dt", {}, "Tokens this month"), h("dd", { id: "ops-usage-used" }, numberFormat.format(usage.used ?? 0)),
+      h("dt", {}, "Monthly limit"), h("dd", { id: "ops-usage-limit" },
+        usage.limit === undefined || usage.limit === null ? "none" : numberFormat.format(usage.limit)),
+      usage.resetsAt ? [h("dt", {}, "Resets"), h("dd", {}, new Date(usage.resetsAt).toLocaleString())] : null),
+    agents.length
+      ? h("table", {}, h("caption", {}, "Tokens by agent, this month"),
+        h("thead", {}, h("tr", {}, ["agent", "input", "output", "turns"].map((column) => h("th", { scope: "col" }, column)))),
+        h("tbody", {}, agents.map((row) => h("tr", {},
+          h("td", {}, state.agents.get(row.key)?.name ?? row.key), h("td", {}, numberFormat.format(row.inputTokens)),
+          h("td", {}, numberFormat.format(row.outputTokens)), h("td", {}, String(row.turns))))))
+      : null);
+}
+
 // Operations, for owners and admins.
 function renderOperations() {
   const section = h("section", { class: "operations", "aria-labelledby": "ops-heading" },
@@ -665,8 +989,12 @@ function renderOperations() {
     return;
   }
   const body = h("div", { id: "ops-body" }, h("p", {}, "Loading…"));
-  section.append(h("p", {}, "Refreshed every 3 seconds."), body);
+  section.append(h("p", {}, "Refreshed every 3 seconds."),
+    h("section", { "aria-labelledby": "ops-usage-heading" }, h("h3", { id: "ops-usage-heading" }, "Usage"),
+      h("div", { id: "ops-usage" }, usageDetail(state.usage.get(state.workspaceId)))),
+    body);
   const load = async () => {
+    loadUsage();
     try {
       const answer = await rest.get(wsPath("/operations"));
       const { generatedAt, nodes, runtimes, rates, recentErrors } = answer.data ?? answer;
@@ -707,17 +1035,19 @@ $("#sign-out").addEventListener("click", async () => {
 });
 
 $("#workspace").addEventListener("change", async (event) => {
-  state.workspaceId = event.target.value;
-  state.openConversationId = null;
-  state.messages.clear();
-  await loadWorkspace();
-  location.hash = "#/chat";
-  render();
+  await switchWorkspace(event.target.value);
+  if (currentSection() === "workspaces") location.hash = "#/chat";
 });
 
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "visible" && state.openConversationId) markReadSoon();
+  if (document.visibilityState !== "visible") return;
+  if (state.openConversationId) markReadSoon();
+  if (state.session) refreshWorkspacesSoon();
 });
+// A membership added while nothing happens in that workspace: caught within a minute.
+setInterval(() => {
+  if (state.session && realtime && document.visibilityState === "visible") refreshWorkspaces();
+}, 60_000);
 
 (async () => {
   if (state.session) {

@@ -70,24 +70,32 @@ export function toolCard(call) {
       done ? h("div", {}, h("strong", {}, "Result"), h("pre", {}, JSON.stringify(call.result, null, 2))) : null));
 }
 
-/** One message of the thread (replaced whole when it changes, but for streamed text). */
-export function messageItem(message, { authorName, slugs, liveTools }) {
+/**
+ * One message of the thread (replaced whole when it changes, but for streamed text). `actions`:
+ * controls shown under it (edit and delete, on the caller's own messages); `editor`: a form shown
+ * in place of its text while it is edited.
+ */
+export function messageItem(message, { authorName, slugs, liveTools, actions, editor }) {
   const calls = new Map();
   for (const call of message.toolCalls ?? []) calls.set(call.callId, call);
   for (const call of liveTools?.values() ?? []) if (!calls.has(call.callId)) calls.set(call.callId, call);
   const status = message.status;
   const showStatus = !["sent", "delivered"].includes(status);
+  const deleted = Boolean(message.deletedAt);
   return h("li", {
-    class: `msg msg-${message.role}`,
-    dataset: { id: message.id, role: message.role, status },
+    class: `msg msg-${message.role}${deleted ? " msg-deleted" : ""}`,
+    dataset: { id: message.id, role: message.role, status, edited: Boolean(message.editedAt), deleted },
   },
   h("div", { class: "msg-head" },
     h("span", { class: "author" }, authorName),
     h("time", { datetime: message.createdAt }, time(message.createdAt)),
-    message.editedAt ? h("span", { class: "tag" }, "edited") : null,
+    message.editedAt && !deleted
+      ? h("span", { class: "tag edited", title: `edited ${new Date(message.editedAt).toLocaleString()}` }, "edited")
+      : null,
     showStatus ? h("span", { class: `tag status-${status}` }, status) : null),
   [...calls.values()].map(toolCard),
-  h("div", { class: "msg-text" }, message.deletedAt ? h("em", {}, "deleted") : withMentions(message.content?.text, slugs)));
+  editor ?? h("div", { class: "msg-text" }, deleted ? h("em", {}, "This message was deleted.") : withMentions(message.content?.text, slugs)),
+  actions ?? null);
 }
 
 export function badge(count) {

@@ -36,16 +36,24 @@ async fn a_user_chats_stops_reads_and_catches_up_in_the_console() {
         [
             "signed up",
             "sent with the keyboard and watched the reply stream",
+            "usage shown in the header after a turn",
             "tool call card and mention",
             "stopped a reply",
+            "a send over the quota is refused plainly, with when it resets",
             "unread badge on both pages",
             "read on the second page; badge cleared on both",
+            "edited on page A, seen edited on page B",
+            "deleted after confirming; tombstone on both pages",
             "offline banner",
             "caught up after reconnecting",
             "event inspector",
             "agents page, after refreshing a spoiled token",
-            "operations view",
+            "operations view, with the month's usage",
+            "a second workspace created in the console; chatted in it",
             "a member signs in and types: agents read-only, operations for owners",
+            "a member added to a workspace sees it appear without a reload",
+            "older conversations loaded past the first page",
+            "older messages loaded past the first page",
             "accessibility",
         ],
         "{report}"
@@ -59,7 +67,14 @@ async fn a_user_chats_stops_reads_and_catches_up_in_the_console() {
             .is_some_and(|events| !events.is_empty()),
         "{report}"
     );
-    for shot in ["02-conversation", "06-offline", "07-caught-up"] {
+    for shot in [
+        "02-conversation",
+        "05b-edited-on-b",
+        "05c-deleted",
+        "06-offline",
+        "07-caught-up",
+        "13-member-added",
+    ] {
         let path = screenshots.join(format!("{shot}.png"));
         let bytes = std::fs::read(&path).unwrap_or_else(|error| panic!("{path:?}: {error}"));
         assert!(bytes.starts_with(b"\x89PNG"), "{path:?} is not a PNG");
