@@ -78,9 +78,9 @@ async function startSession() {
 
 /**
  * The user's workspaces, fetched again: the switcher, and what the socket's `since` covers.
- * The edge puts a socket into the room of a workspace the user creates or is added to, but sends
- * no event saying so; this runs when an event of an unknown workspace arrives, after a
- * reconnect, when the tab comes back into view and once a minute.
+ * Runs when the edge says the user joined or left one (`workspace.joined`, `workspace.left`),
+ * when an event of an unknown workspace arrives, after a reconnect (memberships may have
+ * changed meanwhile) and when the tab comes back into view.
  */
 async function refreshWorkspaces() {
   try {
@@ -330,6 +330,9 @@ function onEvent(name, payload, meta) {
   const workspaceId = meta?.workspaceId ?? payload?.workspaceId;
   if (workspaceId && state.session && !knownWorkspace(workspaceId)) refreshWorkspacesSoon();
   switch (name) {
+    case "workspace.joined":
+    case "workspace.left":
+      return refreshWorkspacesSoon();
     case "message.new":
     case "message.updated":
       return onMessage(payload, name === "message.new");
@@ -1044,10 +1047,6 @@ document.addEventListener("visibilitychange", () => {
   if (state.openConversationId) markReadSoon();
   if (state.session) refreshWorkspacesSoon();
 });
-// A membership added while nothing happens in that workspace: caught within a minute.
-setInterval(() => {
-  if (state.session && realtime && document.visibilityState === "visible") refreshWorkspaces();
-}, 60_000);
 
 (async () => {
   if (state.session) {

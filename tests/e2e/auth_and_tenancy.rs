@@ -650,6 +650,15 @@ async fn owners_add_and_remove_members_and_removal_takes_effect_at_once_on_every
     assert_eq!(added.status, StatusCode::CREATED, "{}", added.body);
     assert_eq!(added.body["data"]["user"]["id"], bob.user_id.as_str());
     assert_eq!(added.body["data"]["role"], "member");
+    // His socket on the other edge is told, so his app lists the workspace at once.
+    let joined = bob_socket
+        .events_until(TURN_TIMEOUT, |event| event.name == "workspace.joined")
+        .await;
+    assert_eq!(joined.len(), 1, "{joined:?}");
+    assert_eq!(
+        joined[0].payload(),
+        &json!({"workspaceId": owner.workspace_id})
+    );
 
     // At once, on the other edge: Bob sees the workspace, and his socket is in its room.
     let workspace = get(
@@ -733,6 +742,9 @@ async fn owners_add_and_remove_members_and_removal_takes_effect_at_once_on_every
     let (status, _) = api.send(&owner.as_user(), &conversation, "l2", "two").await;
     assert_eq!(status, StatusCode::CREATED);
     turn_events(&mut owner_socket).await;
+    let left = bob_socket.next_event(QUIET).await.expect("workspace.left");
+    assert_eq!(left.name, "workspace.left");
+    assert_eq!(left.payload(), &json!({"workspaceId": owner.workspace_id}));
     if let Some(event) = bob_socket.next_event(QUIET).await {
         panic!("a removed member's socket received {event:?}");
     }
@@ -816,6 +828,12 @@ async fn users_create_and_list_workspaces_and_edit_their_profile() {
     let events = turn_events(&mut socket).await;
     assert!(events.iter().all(|event| event.name != "message.new"
         || event.payload()["workspaceId"] == workspace_id.as_str()));
+    let joined: Vec<_> = events
+        .iter()
+        .filter(|event| event.name == "workspace.joined")
+        .collect();
+    assert_eq!(joined.len(), 1, "{events:?}");
+    assert_eq!(joined[0].payload()["workspaceId"], workspace_id.as_str());
 
     // In the embedded stack too, logout disconnects at once.
     assert_eq!(

@@ -400,16 +400,20 @@ try {
   step("a member signs in and types: agents read-only, operations for owners");
   await shot(member, "12-member-agents");
 
-  // The owner adds the member to the second workspace over REST: it appears in the member's
-  // switcher without a reload, once an event of it reaches their socket.
+  // The owner adds the member to the second workspace over REST: the edge tells the member's
+  // socket (workspace.joined), and the workspace appears in their switcher without a reload,
+  // before anything happens in it.
   await member.evaluate(() => { window.notReloaded = true; });
   await callIn(secondId, "POST", "/members", { email: memberEmail, role: "member" });
+  await member.locator(`#workspace option[value="${secondId}"]`).waitFor({ state: "attached", timeout: TIMEOUT });
+  expect(await member.evaluate((id) => window.crawblConsole.state.events
+    .some((event) => event.name === "workspace.joined" && event.payload?.workspaceId === id), secondId),
+  "the member's socket was not told it joined the workspace");
+  expect(await member.evaluate(() => window.notReloaded === true), "the member's page reloaded");
   const secondConversation = (await callIn(secondId, "GET", "/conversations"))[0];
   await callIn(secondId, "POST", `/conversations/${secondConversation.id}/messages`, {
     localId: "welcome", content: { type: "text", text: "Welcome to the second space" },
   });
-  await member.locator(`#workspace option[value="${secondId}"]`).waitFor({ state: "attached", timeout: TIMEOUT });
-  expect(await member.evaluate(() => window.notReloaded === true), "the member's page reloaded");
   await member.getByLabel("Workspace", { exact: true }).selectOption(secondId);
   await member.getByRole("link", { name: "Chat", exact: true }).click();
   await member.getByRole("link", { name: "In the second space" }).click();

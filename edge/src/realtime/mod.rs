@@ -330,7 +330,8 @@ pub struct Moves;
 
 impl RoomMoves for Moves {
     /// Puts this node's sockets of a user who joined a workspace into its room (they followed
-    /// all of the user's workspaces).
+    /// all of the user's workspaces), and tells each (`workspace.joined`), so a client lists the
+    /// workspace at once.
     fn join<'a>(
         &'a self,
         namespace: BroadcastOperators<Adapter>,
@@ -343,22 +344,43 @@ impl RoomMoves for Moves {
                 let Some(presence) = Presence::of(&socket) else {
                     continue;
                 };
+                // A change can arrive twice (from the handler that made it and from auth's
+                // announcement): a socket already in the room is told once.
+                if presence.counts_in(workspace_id) {
+                    continue;
+                }
                 presence.track(workspace_id).await;
                 socket.join(workspace_room(workspace_id));
                 presence.joined(workspace_id);
+                tell_membership(&socket, "workspace.joined", workspace_id);
             }
         })
     }
 
-    /// Takes this node's sockets of a user who left a workspace out of its room.
+    /// Takes this node's sockets of a user who left a workspace out of its room, and tells
+    /// each (`workspace.left`).
     fn leave(&self, namespace: BroadcastOperators<Adapter>, user_id: &str, workspace_id: &str) {
         let sockets = namespace.local().to(user_room(user_id)).sockets();
         for socket in sockets {
-            socket.leave(workspace_room(workspace_id));
+            let room = workspace_room(workspace_id);
+            let was_in = socket.rooms().iter().any(|joined| joined.as_ref() == room);
+            socket.leave(room);
             if let Some(presence) = Presence::of(&socket) {
                 presence.untrack(workspace_id);
             }
+            if was_in {
+                tell_membership(&socket, "workspace.left", workspace_id);
+            }
         }
+    }
+}
+
+/// `workspace.joined` / `workspace.left {workspaceId}` to one socket: not durable (the
+/// workspace list over REST is the truth after a reconnect), so a full buffer only loses it.
+fn tell_membership(socket: &SocketRef<Adapter>, event: &str, workspace_id: &str) {
+    let payload = serde_json::json!({ "workspaceId": workspace_id });
+    if let Err(error) = socket.emit(event, &payload) {
+        tracing::debug!(%error, event, "cannot tell a socket about its membership");
     }
 }
 
