@@ -124,23 +124,15 @@ pub async fn claim_queued(
     limits: (u32, i64),
 ) -> Result<Vec<ClaimedTurn>, sqlx::Error> {
     let (limit, per_workspace) = limits;
-    // Only the head of each (conversation, agent) queue may start. The heads are found in one
-    // pass over the open turns' index, not with a probe per queued turn: while sends outpace
-    // turns, a conversation's queue grows long, and probing every queued turn on each send made
-    // the claim cost grow with it (BENCHMARKS.md, send path).
-    let (condition, heads_of, bound) = match which {
-        Queued::Before(at) => ("t.created_at < $1", "", SqlValue::Time(at)),
-        Queued::Of(conversation_id) => (
-            "t.conversation_id = $1",
-            "WHERE o.conversation_id = $1",
-            SqlValue::Id(conversation_id),
-        ),
+    let (condition, bound) = match which {
+        Queued::Before(at) => ("t.created_at < $1", SqlValue::Time(at)),
+        Queued::Of(conversation_id) => ("t.conversation_id = $1", SqlValue::Id(conversation_id)),
     };
     let query = format!(
         "SELECT t.id, t.workspace_id FROM turns t WHERE t.state = 'queued' AND {condition}
-           AND (t.conversation_id, t.agent_id, t.seq) IN
-               (SELECT o.conversation_id, o.agent_id, MIN(o.seq) FROM turns o {heads_of}
-                GROUP BY o.conversation_id, o.agent_id)
+           AND NOT EXISTS (SELECT 1 FROM turns o
+                           WHERE o.conversation_id = t.conversation_id
+                             AND o.agent_id = t.agent_id AND o.seq < t.seq)
          ORDER BY t.seq LIMIT $2"
     );
     let query = sqlx::query(AssertSqlSafe(query));
