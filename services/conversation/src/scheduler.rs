@@ -148,9 +148,10 @@ impl Scheduler {
         self.tracker.clone()
     }
 
-    /// Starts the conversation's next turns here (one per agent), those that may run now (no
-    /// earlier turn of their agent in the conversation is open) and no other instance took first.
-    pub fn start_next(&self, conversation_id: &str) {
+    /// Starts the next turn here of each of `agent_ids` in the conversation, those that may run
+    /// now (no earlier turn of their agent in the conversation is open) and no other instance
+    /// took first.
+    pub fn start_next(&self, conversation_id: &str, agent_ids: Vec<String>) {
         let capacity = self.capacity();
         if capacity == 0 {
             return; // A poll will find it.
@@ -162,7 +163,10 @@ impl Scheduler {
                 &scheduler.deps.pool,
                 &scheduler.instance,
                 scheduler.lease_ms(),
-                Queued::Of(&conversation_id),
+                Queued::Heads {
+                    conversation_id: &conversation_id,
+                    agent_ids: &agent_ids,
+                },
                 (capacity, i64::from(scheduler.settings.per_workspace)),
             )
             .await;
@@ -341,6 +345,7 @@ impl Scheduler {
                     scheduler.keep_leased(turn.fence.clone(), cancel.clone(), stop.clone());
                 let user_message_id = turn.user_message_id.clone();
                 let conversation_id = turn.conversation_id.clone();
+                let agent_id = turn.agent_id.clone();
                 let turn_id = turn.fence.turn_id.clone();
                 // A stop asked for between the claim and now was announced to nobody.
                 if let Ok(requested) =
@@ -355,7 +360,7 @@ impl Scheduler {
                 }
                 scheduler.lock().remove(&turn_id);
                 let _ = scheduler.ended.send(user_message_id);
-                scheduler.start_next(&conversation_id);
+                scheduler.start_next(&conversation_id, vec![agent_id]);
             }
             .instrument(span),
         );

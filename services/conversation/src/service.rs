@@ -573,7 +573,7 @@ impl ConversationService for Conversations {
         if let Some(event) = created {
             self.outbox.publish([event]).await;
             // Its turns were queued with it; run them here now if they may start.
-            self.scheduler.start_next(&conversation.id);
+            self.scheduler.start_next(&conversation.id, answering);
         }
         let replies = if wait {
             let replies = self.scheduler.wait_for_replies(&message.id, None);

@@ -109,8 +109,13 @@ pub enum Queued<'a> {
     /// Turns queued before this time (unix ms), in every conversation: a poll, which leaves
     /// younger turns to the instance that stored them.
     Before(i64),
-    /// The next turn of one conversation, however young.
-    Of(&'a str),
+    /// The next turn of each of these agents in one conversation, however young. One indexed
+    /// read per agent: while sends outpace turns a conversation's queue grows long, and a claim
+    /// that looked at every queued turn cost more with each send (BENCHMARKS.md, send path).
+    Heads {
+        conversation_id: &'a str,
+        agent_ids: &'a [String],
+    },
 }
 
 /// Claims up to `limit` queued turns that may run now: the first open turn of their
@@ -124,23 +129,44 @@ pub async fn claim_queued(
     limits: (u32, i64),
 ) -> Result<Vec<ClaimedTurn>, sqlx::Error> {
     let (limit, per_workspace) = limits;
-    let (condition, bound) = match which {
-        Queued::Before(at) => ("t.created_at < $1", SqlValue::Time(at)),
-        Queued::Of(conversation_id) => ("t.conversation_id = $1", SqlValue::Id(conversation_id)),
+    let candidates = match which {
+        Queued::Before(at) => {
+            sqlx::query(
+                "SELECT t.id, t.workspace_id FROM turns t WHERE t.state = 'queued' AND t.created_at < $1
+                   AND NOT EXISTS (SELECT 1 FROM turns o
+                                   WHERE o.conversation_id = t.conversation_id
+                                     AND o.agent_id = t.agent_id AND o.seq < t.seq)
+                 ORDER BY t.seq LIMIT $2",
+            )
+            .bind(at)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        }
+        Queued::Heads {
+            conversation_id,
+            agent_ids,
+        } => {
+            let mut heads = Vec::new();
+            for agent_id in agent_ids {
+                let head = sqlx::query(
+                    "SELECT id, workspace_id, state FROM turns
+                     WHERE conversation_id = $1 AND agent_id = $2 ORDER BY seq LIMIT 1",
+                )
+                .bind(conversation_id)
+                .bind(agent_id)
+                .fetch_optional(pool)
+                .await?;
+                if let Some(head) = head
+                    && head.try_get::<String, _>("state")? == "queued"
+                {
+                    heads.push(head);
+                }
+            }
+            heads.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            heads
+        }
     };
-    let query = format!(
-        "SELECT t.id, t.workspace_id FROM turns t WHERE t.state = 'queued' AND {condition}
-           AND NOT EXISTS (SELECT 1 FROM turns o
-                           WHERE o.conversation_id = t.conversation_id
-                             AND o.agent_id = t.agent_id AND o.seq < t.seq)
-         ORDER BY t.seq LIMIT $2"
-    );
-    let query = sqlx::query(AssertSqlSafe(query));
-    let query = match bound {
-        SqlValue::Time(at) => query.bind(at),
-        SqlValue::Id(id) => query.bind(id.to_owned()),
-    };
-    let candidates = query.bind(i64::from(limit)).fetch_all(pool).await?;
     let mut claimed = Vec::with_capacity(candidates.len());
     for candidate in candidates {
         let id: String = candidate.try_get("id")?;
@@ -209,11 +235,6 @@ async fn claim_one(
         }
         Err(error) => Err(error),
     }
-}
-
-enum SqlValue<'a> {
-    Time(i64),
-    Id(&'a str),
 }
 
 /// Takes over up to `limit` running turns whose lease ran out before `expired_before` (unix ms;
