@@ -184,6 +184,7 @@ pub async fn run(
     let claims = tokio::spawn(scheduler.clone().run(background.clone()));
     let follower = tokio::spawn(scheduler.follow_stops(background.clone()));
     let relay = tokio::spawn(outbox.clone().run_relay(background.clone()));
+    let marker = tokio::spawn(outbox.clone().run_marker(background.clone()));
     // Without a provider no job is queued (see `db::finish_message`): no worker, no polling.
     let pushes = if pushing {
         let pusher = push::Pusher::new(
@@ -213,7 +214,7 @@ pub async fn run(
         );
     }
     background.cancel();
-    let _ = tokio::join!(claims, follower, relay, pruner, pushes);
+    let _ = tokio::join!(claims, follower, relay, marker, pruner, pushes);
     served
 }
 

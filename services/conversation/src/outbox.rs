@@ -1,8 +1,16 @@
-//! Getting events from the database to the bus. Durable events are published right after their
-//! transaction commits and marked published; what could not be published (the bus was down)
-//! stays pending and the relay publishes it, in sequence order, once the bus is back. The
-//! pruner drops published events older than the retention.
+//! Getting events from the database to the bus. Right after a transaction that appended events
+//! commits, [`Outbox::publish`] numbers its workspace's new events (`db::number_pending`),
+//! publishes them and marks them published. Writers to one workspace that commit at the same time
+//! share one numbering: while one runs, the others wait and the next covers all of them (group
+//! commit, as a database does with its log). Marking them published is left to a background
+//! marker, which marks what was published every [`MARK_INTERVAL`] in one statement per
+//! workspace, off the writers' path. What could not be numbered or published (the
+//! process stopped, the bus was down) is left for the relay, which numbers and publishes it, in
+//! order, once it can. The pruner drops published events older than the retention.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crawbl_infra::bus::EventBus;
@@ -17,6 +25,11 @@ const RELAY_INTERVAL: Duration = Duration::from_secs(1);
 /// Pending events younger than this are left to the publisher that wrote them.
 const RELAY_GRACE_MS: i64 = 2_000;
 const RELAY_BATCH: u32 = 500;
+/// How often published events are marked published. Well within [`RELAY_GRACE_MS`], so the
+/// relay does not publish them again.
+const MARK_INTERVAL: Duration = Duration::from_millis(50);
+/// Workspaces with events left unnumbered that one relay pass numbers.
+const RELAY_WORKSPACES: u32 = 100;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
@@ -25,6 +38,19 @@ pub struct Outbox {
     bus: EventBus,
     /// Other instances may relay from the same database (Postgres): relays take turns.
     shared_store: bool,
+    /// The workspaces being numbered on this instance right now.
+    numbering: Arc<Mutex<HashMap<String, Arc<Numbering>>>>,
+    /// Published ranges (`workspace_id`, first and last seq) the marker has yet to mark.
+    published: Arc<Mutex<Vec<(String, u64, u64)>>>,
+}
+
+/// One workspace's numbering, shared by the writers that wait for it.
+#[derive(Default)]
+struct Numbering {
+    /// Tickets handed out: a writer takes one after its commit.
+    asked: AtomicU64,
+    /// Held while numbering; the tickets the last numbering covered.
+    covered: tokio::sync::Mutex<u64>,
 }
 
 impl Outbox {
@@ -33,15 +59,99 @@ impl Outbox {
             pool,
             bus,
             shared_store,
+            numbering: Arc::default(),
+            published: Arc::default(),
         }
     }
 
-    /// Publishes committed durable events in order. At the first failure the rest stay pending
-    /// (in order) for the relay.
+    /// Numbers and publishes the workspaces' events appended by transactions that committed
+    /// (`events` as they were appended, unnumbered), with whatever else of those workspaces
+    /// is waiting. Returns once they are numbered and published, or left to the relay.
     pub async fn publish(&self, events: impl IntoIterator<Item = Event>) {
-        for event in events {
-            if !self.publish_one(&event).await {
+        let mut workspaces: Vec<String> =
+            events.into_iter().map(|event| event.workspace_id).collect();
+        workspaces.sort_unstable();
+        workspaces.dedup();
+        for workspace_id in workspaces {
+            self.number_and_publish(&workspace_id).await;
+        }
+    }
+
+    /// Numbers and publishes what the workspace has pending, once for every writer that asked
+    /// while a numbering ran.
+    async fn number_and_publish(&self, workspace_id: &str) {
+        let numbering = lock(&self.numbering)
+            .entry(workspace_id.to_owned())
+            .or_default()
+            .clone();
+        // Everything committed before this ticket is covered by a numbering that starts after it.
+        let ticket = numbering.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        {
+            let mut covered = numbering.covered.lock().await;
+            if *covered < ticket {
+                let asked = numbering.asked.load(Ordering::SeqCst);
+                match db::number_pending(&self.pool, workspace_id).await {
+                    Ok(events) => self.publish_numbered(events).await,
+                    Err(error) => tracing::warn!(
+                        %error,
+                        workspace_id,
+                        "events not numbered; the relay will retry"
+                    ),
+                }
+                *covered = asked;
+            }
+        }
+        let mut numbering_of = lock(&self.numbering);
+        // The map's and this one: nobody else waits for this workspace.
+        if Arc::strong_count(&numbering) == 2 {
+            numbering_of.remove(workspace_id);
+        }
+    }
+
+    /// Publishes numbered events in order (per workspace) and hands them to the marker. At the
+    /// first failure the rest stay pending, in order, for the relay.
+    async fn publish_numbered(&self, events: Vec<Event>) {
+        let mut published: Vec<(String, u64, u64)> = Vec::new();
+        for event in &events {
+            if let Err(error) = self.bus.publish(event).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    workspace_id = %event.workspace_id,
+                    seq = event.seq,
+                    "event not published; the relay will retry"
+                );
+                break;
+            }
+            extend_ranges(&mut published, &event.workspace_id, event.seq, event.seq);
+        }
+        lock(&self.published).extend(published);
+    }
+
+    /// Marks what was published, every [`MARK_INTERVAL`], until `shutdown` (then once more).
+    pub async fn run_marker(self, shutdown: CancellationToken) {
+        loop {
+            let stopping = tokio::select! {
+                () = shutdown.cancelled() => true,
+                () = tokio::time::sleep(MARK_INTERVAL) => false,
+            };
+            self.mark_published().await;
+            if stopping {
                 return;
+            }
+        }
+    }
+
+    async fn mark_published(&self) {
+        let taken = std::mem::take(&mut *lock(&self.published));
+        let mut ranges = Vec::new();
+        for (workspace_id, first, last) in taken {
+            extend_ranges(&mut ranges, &workspace_id, first, last);
+        }
+        for (workspace_id, first, last) in ranges {
+            if let Err(error) = db::mark_published(&self.pool, &workspace_id, first, last).await {
+                // Published but not marked: the relay publishes them again; edges drop
+                // duplicates.
+                tracing::warn!(%error, workspace_id, "could not mark events published");
             }
         }
     }
@@ -75,23 +185,6 @@ impl Outbox {
         }
     }
 
-    async fn publish_one(&self, event: &Event) -> bool {
-        if let Err(error) = self.bus.publish(event).await {
-            tracing::warn!(
-                error = format!("{error:#}"),
-                workspace_id = %event.workspace_id,
-                seq = event.seq,
-                "event not published; the relay will retry"
-            );
-            return false;
-        }
-        if let Err(error) = db::mark_published(&self.pool, event).await {
-            // Published but not marked: the relay may publish it again; edges drop duplicates.
-            tracing::warn!(%error, seq = event.seq, "could not mark an event published");
-        }
-        true
-    }
-
     /// Publishes pending events until `shutdown`.
     pub async fn run_relay(self, shutdown: CancellationToken) {
         loop {
@@ -105,7 +198,7 @@ impl Outbox {
         }
     }
 
-    /// Publishes what is pending, unless another instance's relay is at it: on a shared
+    /// Numbers and publishes what is pending, unless another instance's relay is at it: on a shared
     /// database one relay runs at a time (a transaction-scoped advisory lock), so the same
     /// events are not read and published by every instance.
     async fn relay_once(&self) -> Result<(), sqlx::Error> {
@@ -119,10 +212,18 @@ impl Outbox {
             None
         };
         let cutoff = db::now_ms() - RELAY_GRACE_MS;
+        for workspace_id in
+            db::workspaces_with_unnumbered(&self.pool, cutoff, RELAY_WORKSPACES).await?
+        {
+            tracing::info!(workspace_id, "numbering events left unnumbered");
+            self.number_and_publish(&workspace_id).await;
+        }
+        // What was just published (old events among it) is not to be read as pending.
+        self.mark_published().await;
         let pending = db::pending_events(&self.pool, cutoff, RELAY_BATCH).await?;
         if !pending.is_empty() {
             tracing::info!(count = pending.len(), "relaying pending events");
-            self.publish(pending).await;
+            self.publish_numbered(pending).await;
         }
         // Ending the transaction releases the lock.
         match lock {
@@ -145,5 +246,118 @@ impl Outbox {
                 () = tokio::time::sleep(PRUNE_INTERVAL) => {}
             }
         }
+    }
+}
+
+/// Adds `first..=last` of `workspace_id` to `ranges`: to the last range when it continues it
+/// (ranges of one workspace come in order; a gap, where a publish failed, starts a new one).
+fn extend_ranges(ranges: &mut Vec<(String, u64, u64)>, workspace_id: &str, first: u64, last: u64) {
+    match ranges.last_mut() {
+        Some((same, _, end)) if same == workspace_id && *end + 1 == first => *end = last,
+        _ => ranges.push((workspace_id.to_owned(), first, last)),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use crawbl_proto::conversation::v1::Message;
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    async fn append(pool: &AnyPool, message_id: &str) -> Event {
+        let mut tx = pool.begin().await.expect("begin");
+        let message = Message {
+            id: message_id.to_owned(),
+            ..Message::default()
+        };
+        let (event, _) = db::append_event(&mut tx, "w", event::Kind::MessageNew(message))
+            .await
+            .expect("append");
+        tx.commit().await.expect("commit");
+        event
+    }
+
+    fn message_id(event: &Event) -> &str {
+        match &event.kind {
+            Some(event::Kind::MessageNew(message)) => &message.id,
+            other => panic!("not a message.new: {other:?}"),
+        }
+    }
+
+    async fn unpublished(pool: &AnyPool) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn events_left_unnumbered_are_numbered_in_append_order_and_published_once_old_enough() {
+        let folder = std::env::temp_dir().join(format!("outbox-{}", uuid::Uuid::new_v4()));
+        let url = format!("sqlite://{}/c.db?mode=rwc", folder.display());
+        let pool = crawbl_infra::db::connect(&url, crate::migrations())
+            .await
+            .expect("database");
+        let bus = EventBus::in_process();
+        let mut published = bus.subscribe();
+        let outbox = Outbox::new(pool.clone(), bus, false);
+
+        // An instance that stopped between its commits and their numbering.
+        for id in ["m1", "m2", "m3"] {
+            append(&pool, id).await;
+        }
+        outbox.relay_once().await.expect("relay");
+        let nothing = tokio::time::timeout(Duration::from_millis(200), published.next()).await;
+        assert!(nothing.is_err(), "left to their writer while young");
+
+        sqlx::query("UPDATE events SET created_at = created_at - 10000")
+            .execute(&pool)
+            .await
+            .expect("age");
+        outbox.relay_once().await.expect("relay");
+        // A writer's publish numbers whatever else of its workspace committed before it.
+        let late = append(&pool, "m4").await;
+        append(&pool, "m5").await;
+        outbox.publish([late]).await;
+
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let event = tokio::time::timeout(Duration::from_secs(5), published.next())
+                .await
+                .expect("published")
+                .expect("open");
+            seen.push((event.seq, message_id(&event).to_owned()));
+        }
+        let expected: Vec<(u64, String)> = (1..=5).map(|n| (n, format!("m{n}"))).collect();
+        assert_eq!(seen, expected);
+
+        let (logged, _) = db::list_events(&pool, "w", 0, 10).await.expect("list");
+        let logged: Vec<u64> = logged.iter().map(|event| event.seq).collect();
+        assert_eq!(logged, [1, 2, 3, 4, 5]);
+        assert_eq!(
+            db::sequence_bounds(&pool, "w").await.expect("bounds"),
+            (1, 5)
+        );
+        // The relay marked what it published; the writer's are the marker's to mark.
+        assert_eq!(unpublished(&pool).await, 2);
+        outbox.mark_published().await;
+        assert_eq!(unpublished(&pool).await, 0);
+        let _ = std::fs::remove_dir_all(folder);
+    }
+
+    #[test]
+    fn published_ranges_join_only_where_they_continue() {
+        let mut ranges = Vec::new();
+        for (workspace, first, last) in [("a", 1, 2), ("a", 3, 3), ("a", 5, 6), ("b", 7, 7)] {
+            extend_ranges(&mut ranges, workspace, first, last);
+        }
+        let expected = [("a", 1, 3), ("a", 5, 6), ("b", 7, 7)]
+            .map(|(workspace, first, last)| (workspace.to_owned(), first, last));
+        assert_eq!(ranges, expected);
     }
 }

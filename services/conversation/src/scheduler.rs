@@ -60,6 +60,7 @@ impl Default for TurnSettings {
 
 /// A turn running on this instance.
 struct Running {
+    workspace_id: String,
     conversation_id: String,
     /// Ends the turn with nothing more written (deleted, or no longer ours).
     cancel: CancellationToken,
@@ -151,10 +152,18 @@ impl Scheduler {
     /// Starts the next turn here of each of `agent_ids` in the conversation, those that may run
     /// now (no earlier turn of their agent in the conversation is open) and no other instance
     /// took first.
-    pub fn start_next(&self, conversation_id: &str, agent_ids: Vec<String>) {
+    pub fn start_next(&self, workspace_id: &str, conversation_id: &str, agent_ids: Vec<String>) {
         let capacity = self.capacity();
         if capacity == 0 {
             return; // A poll will find it.
+        }
+        // The workspace is known to be full without asking the database: the end of one of
+        // its turns here starts the next.
+        let running_here = (self.lock().values())
+            .filter(|running| running.workspace_id == workspace_id)
+            .count();
+        if running_here >= self.settings.per_workspace as usize {
+            return;
         }
         let scheduler = self.clone();
         let conversation_id = conversation_id.to_owned();
@@ -326,6 +335,7 @@ impl Scheduler {
         self.lock().insert(
             turn.fence.turn_id.clone(),
             Running {
+                workspace_id: turn.workspace_id.clone(),
                 conversation_id: turn.conversation_id.clone(),
                 cancel: cancel.clone(),
                 stop: stop.clone(),
@@ -344,6 +354,7 @@ impl Scheduler {
                 let renewal =
                     scheduler.keep_leased(turn.fence.clone(), cancel.clone(), stop.clone());
                 let user_message_id = turn.user_message_id.clone();
+                let workspace_id = turn.workspace_id.clone();
                 let conversation_id = turn.conversation_id.clone();
                 let agent_id = turn.agent_id.clone();
                 let turn_id = turn.fence.turn_id.clone();
@@ -360,7 +371,7 @@ impl Scheduler {
                 }
                 scheduler.lock().remove(&turn_id);
                 let _ = scheduler.ended.send(user_message_id);
-                scheduler.start_next(&conversation_id, vec![agent_id]);
+                scheduler.start_next(&workspace_id, &conversation_id, vec![agent_id]);
             }
             .instrument(span),
         );

@@ -1,6 +1,8 @@
 //! The gRPC face of the conversation service.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crawbl_infra::grpc::{Shards, status_with_code};
 use crawbl_proto::conversation::v1::conversation_service_server::ConversationService;
@@ -40,6 +42,8 @@ pub struct Conversations {
     scheduler: Scheduler,
     /// How long a send waits for the workspace's runtime to become ready.
     runtime_wait: Duration,
+    /// When each workspace's runtime last answered ready, so that a burst of sends asks once.
+    runtime_ready: Arc<Mutex<HashMap<String, Instant>>>,
     /// The plan of workspaces a billing system set none for.
     default_plan: db::Plan,
     /// The VAPID public key browsers subscribe with; `None` while Web Push is off.
@@ -52,6 +56,12 @@ const WAIT_LIMIT: Duration = Duration::from_secs(300);
 const STOP_WAIT: Duration = Duration::from_secs(5);
 /// How often a cancel looks whether the turn it stopped has ended.
 const STOP_POLL: Duration = Duration::from_millis(25);
+/// How long a runtime's "ready" is trusted for sends without asking runtime-proxy again. A
+/// runtime lost meanwhile costs no message: the turn asks runtime-proxy for it again (which
+/// provisions it), and fails like any turn whose runtime is away if it cannot.
+const RUNTIME_READY_TTL: Duration = Duration::from_secs(2);
+/// Workspaces whose "ready" is remembered at most; past this the oldest answers are dropped.
+const RUNTIME_READY_CAPACITY: usize = 10_000;
 
 impl Conversations {
     /// This service answering `GetPushKeys` with `key`.
@@ -94,6 +104,7 @@ impl Conversations {
             runtime,
             scheduler,
             runtime_wait: config.runtime_wait,
+            runtime_ready: Arc::default(),
             default_plan: config.default_plan.clone(),
             vapid_public_key: None,
         }
@@ -117,13 +128,24 @@ impl Conversations {
     /// with `RUNTIME_NOT_READY` instead of accepted and failed. Provisioning goes on after a
     /// refusal, so a retry soon succeeds.
     async fn ensure_runtime(&self, workspace_id: &str) -> Result<(), Status> {
+        let ready_at = self.ready_lock().get(workspace_id).copied();
+        if ready_at.is_some_and(|at| at.elapsed() < RUNTIME_READY_TTL) {
+            return Ok(());
+        }
         let mut request = Request::new(EnsureRuntimeRequest {
             workspace_id: workspace_id.to_owned(),
         });
         request.set_timeout(self.runtime_wait);
         let mut client = RuntimeProxyClient::new(self.runtime.pick(workspace_id));
         match client.ensure_runtime(request).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let mut ready = self.ready_lock();
+                if ready.len() >= RUNTIME_READY_CAPACITY {
+                    ready.retain(|_, at| at.elapsed() < RUNTIME_READY_TTL);
+                }
+                ready.insert(workspace_id.to_owned(), Instant::now());
+                Ok(())
+            }
             Err(status) => {
                 tracing::info!(code = ?status.code(), message = status.message(), workspace_id, "runtime not ready for a send");
                 Err(status_with_code(
@@ -137,6 +159,12 @@ impl Conversations {
 }
 
 impl Conversations {
+    fn ready_lock(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
+        self.runtime_ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The workspace's plan: its own, or the default.
     async fn plan(&self, workspace_id: &str) -> Result<db::Plan, ConversationError> {
         Ok(db::plan_of(&self.pool, workspace_id)
@@ -171,16 +199,23 @@ impl Conversations {
     }
 
     /// The conversation, from its workspace, or when none is named, from the caller's
-    /// (`member_of`): one lookup by id either way. With `reader`'s read state (empty: none).
+    /// (`member_of`): one lookup by id either way. With `reader`, as a client sees it: its last
+    /// message and the reader's read state (an empty reader: no read state); without, its own
+    /// fields only.
     async fn conversation_among(
         &self,
         workspace_id: &str,
         member_of: &[String],
         conversation_id: &str,
-        reader: &str,
+        reader: Option<&str>,
     ) -> Result<Conversation, ConversationError> {
-        db::find_conversation_for(&self.pool, workspace_id, conversation_id, reader)
-            .await?
+        let found = match reader {
+            Some(reader) => {
+                db::find_conversation_for(&self.pool, workspace_id, conversation_id, reader).await?
+            }
+            None => db::find_conversation(&self.pool, workspace_id, conversation_id).await?,
+        };
+        found
             .filter(|found| !workspace_id.is_empty() || member_of.contains(&found.workspace_id))
             .ok_or(ConversationError::ConversationNotFound)
     }
@@ -220,8 +255,7 @@ impl Conversations {
         new: &mut NewUserMessage,
     ) -> Result<Vec<String>, ConversationError> {
         if !new.mentions.is_empty() || new.text.contains('@') {
-            db::ensure_default_agents(&self.pool, &conversation.workspace_id).await?;
-            let active = db::list_agents(&self.pool, &conversation.workspace_id, false).await?;
+            let active = db::active_agents(&self.pool, &conversation.workspace_id).await?;
             new.mentions = mentions::resolve(&new.mentions, &new.text, &active)?;
             if !new.mentions.is_empty() {
                 return Ok(new.mentions.clone());
@@ -521,7 +555,7 @@ impl ConversationService for Conversations {
                 &request.workspace_id,
                 &request.member_of,
                 &request.conversation_id,
-                &request.reader_id,
+                Some(&request.reader_id),
             )
             .await?;
         Ok(Response::new(conversation))
@@ -556,7 +590,7 @@ impl ConversationService for Conversations {
         let member_of = std::mem::take(&mut request.member_of);
         let mut new = NewUserMessage::try_from(request)?;
         let conversation = self
-            .conversation_among(&new.workspace_id, &member_of, &new.conversation_id, "")
+            .conversation_among(&new.workspace_id, &member_of, &new.conversation_id, None)
             .await?;
         new.workspace_id.clone_from(&conversation.workspace_id);
         // A retry of a message already stored is answered with it, quota or not.
@@ -573,7 +607,8 @@ impl ConversationService for Conversations {
         if let Some(event) = created {
             self.outbox.publish([event]).await;
             // Its turns were queued with it; run them here now if they may start.
-            self.scheduler.start_next(&conversation.id, answering);
+            self.scheduler
+                .start_next(&conversation.workspace_id, &conversation.id, answering);
         }
         let replies = if wait {
             let replies = self.scheduler.wait_for_replies(&message.id, None);
@@ -602,7 +637,7 @@ impl ConversationService for Conversations {
                 &request.workspace_id,
                 &request.member_of,
                 &request.conversation_id,
-                "",
+                None,
             )
             .await?;
         let (user_message, agent) = self

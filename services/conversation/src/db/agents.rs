@@ -280,7 +280,7 @@ async fn log_change(
     let agent = find_agent_in(connection, workspace_id, agent_id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)?;
-    let event = append_event(
+    let (event, _) = append_event(
         connection,
         workspace_id,
         event::Kind::AgentUpdated(agent.clone()),
@@ -304,12 +304,23 @@ pub async fn agent_for_conversation(
         }
         return Ok(agent);
     }
-    ensure_default_agents(pool, &conversation.workspace_id).await?;
-    list_agents(pool, &conversation.workspace_id, false)
+    active_agents(pool, &conversation.workspace_id)
         .await?
         .into_iter()
         .next()
         .ok_or(ConversationError::NoActiveAgent)
+}
+
+/// The workspace's agents that are not archived, in order; a workspace with none yet is seeded
+/// with the default agents first. (Seeding only then keeps every send and turn from writing
+/// the defaults again; a workspace whose agents are all archived stays without.)
+pub async fn active_agents(pool: &AnyPool, workspace_id: &str) -> Result<Vec<Agent>, sqlx::Error> {
+    let agents = list_agents(pool, workspace_id, false).await?;
+    if !agents.is_empty() {
+        return Ok(agents);
+    }
+    ensure_default_agents(pool, workspace_id).await?;
+    list_agents(pool, workspace_id, false).await
 }
 
 /// The agent a turn names (`agent_id`; empty: the conversation's), unless it was archived.

@@ -33,17 +33,25 @@ fn select_conversations(condition: &str) -> String {
 fn conversation_from_row(row: &AnyRow) -> Result<Conversation, sqlx::Error> {
     let has_message = row.try_get::<Option<String>, _>("m_id")?.is_some();
     Ok(Conversation {
+        last_message: has_message
+            .then(|| message_from_prefixed_row(row, "m_"))
+            .transpose()?,
+        unread_count: u64::try_from(row.try_get::<i64, _>("unread_count")?).unwrap_or_default(),
+        last_read_message_id: row.try_get("last_read_message_id")?,
+        ..own_fields_from_row(row)?
+    })
+}
+
+/// The conversation's own columns only.
+fn own_fields_from_row(row: &AnyRow) -> Result<Conversation, sqlx::Error> {
+    Ok(Conversation {
         id: row.try_get("id")?,
         workspace_id: row.try_get("workspace_id")?,
         title: row.try_get("title")?,
         agent_id: row.try_get("agent_id")?,
         created_at_ms: row.try_get("created_at")?,
         updated_at_ms: row.try_get("updated_at")?,
-        last_message: has_message
-            .then(|| message_from_prefixed_row(row, "m_"))
-            .transpose()?,
-        unread_count: u64::try_from(row.try_get::<i64, _>("unread_count")?).unwrap_or_default(),
-        last_read_message_id: row.try_get("last_read_message_id")?,
+        ..Conversation::default()
     })
 }
 
@@ -119,12 +127,23 @@ pub async fn list_conversations(
     }))
 }
 
+/// The conversation, in `workspace_id` (empty: in any workspace, for a caller who then checks
+/// it is one of theirs), without its last message or a reader's state: what a send, a turn or a
+/// scope check needs, in one indexed read.
 pub async fn find_conversation(
     pool: &AnyPool,
     workspace_id: &str,
     conversation_id: &str,
 ) -> Result<Option<Conversation>, sqlx::Error> {
-    find_conversation_for(pool, workspace_id, conversation_id, "").await
+    let row = sqlx::query(
+        "SELECT id, workspace_id, title, agent_id, created_at, updated_at FROM conversations
+         WHERE ($1 = '' OR workspace_id = $1) AND id = $2",
+    )
+    .bind(workspace_id)
+    .bind(conversation_id)
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(own_fields_from_row).transpose()
 }
 
 /// The conversation, in `workspace_id` (empty: in any workspace, for a caller who then checks

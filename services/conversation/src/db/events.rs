@@ -1,6 +1,12 @@
-//! The durable event log (the transactional outbox): events are appended in the transaction of
-//! the change they describe, with a per-workspace sequence that grows by one, and marked
-//! published once they reached the bus.
+//! The durable event log (the transactional outbox): events are appended, unnumbered, in the
+//! transaction of the change they describe; once committed, [`number_pending`] gives each
+//! workspace's new events the next numbers of its sequence (growing by one, no gaps) in the
+//! order they were appended; they are marked published once they reached the bus.
+//!
+//! Numbering after the commit is what lets sends to one workspace commit side by side: when the
+//! append took the next number itself, it held the workspace's sequence row until its
+//! transaction committed, so every write to the workspace waited for the one before (issue 18).
+//! A reader of the log never sees a gap: the numbers of a batch become visible together.
 
 use crawbl_proto::events::v1::{Event, event};
 use prost::Message as _;
@@ -8,47 +14,107 @@ use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::now_ms;
 
-/// Appends `kind` to the workspace's log inside the caller's transaction and returns the event
-/// with its sequence number. The sequence row is locked until the transaction ends, so
-/// concurrent appends to one workspace are numbered one after the other with no gaps.
+/// Appends `kind` to the workspace's log inside the caller's transaction, unnumbered (the
+/// outbox numbers it once the transaction committed). Returns the event (its `seq` still 0)
+/// and its place in the log: appends are placed in the order they happen, and turns queue by
+/// their message's place.
 pub async fn append_event(
     connection: &mut AnyConnection,
     workspace_id: &str,
     kind: event::Kind,
-) -> Result<Event, sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO workspace_sequences (workspace_id, last_seq) VALUES ($1, 0)
-         ON CONFLICT (workspace_id) DO NOTHING",
-    )
-    .bind(workspace_id)
-    .execute(&mut *connection)
-    .await?;
-    let seq: i64 = sqlx::query(
-        "UPDATE workspace_sequences SET last_seq = last_seq + 1 WHERE workspace_id = $1
-         RETURNING last_seq",
-    )
-    .bind(workspace_id)
-    .fetch_one(&mut *connection)
-    .await?
-    .try_get("last_seq")?;
+) -> Result<(Event, i64), sqlx::Error> {
     let event = Event {
         workspace_id: workspace_id.to_owned(),
-        seq: u64::try_from(seq).unwrap_or_default(),
         trace_context: crawbl_infra::trace::current_context(),
         kind: Some(kind),
         ..Event::default()
     };
-    sqlx::query(
+    let place: i64 = sqlx::query_scalar(
         "INSERT INTO events (workspace_id, seq, envelope, created_at, published_at)
-         VALUES ($1, $2, $3, $4, NULL)",
+         VALUES ($1, NULL, $2, $3, NULL) RETURNING id",
     )
     .bind(workspace_id)
-    .bind(seq)
     .bind(event.encode_to_vec())
     .bind(now_ms())
-    .execute(&mut *connection)
+    .fetch_one(&mut *connection)
     .await?;
-    Ok(event)
+    Ok((event, place))
+}
+
+/// Numbers the workspace's committed unnumbered events in the order they were appended and
+/// returns them, oldest first. One short transaction holds the workspace's sequence row, so
+/// numberings of one workspace (from any instance) take turns and never give a number twice.
+pub async fn number_pending(pool: &AnyPool, workspace_id: &str) -> Result<Vec<Event>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let last = match lock_sequence(&mut tx, workspace_id).await? {
+        Some(last) => last,
+        None => {
+            sqlx::query(
+                "INSERT INTO workspace_sequences (workspace_id, last_seq) VALUES ($1, 0)
+                 ON CONFLICT (workspace_id) DO NOTHING",
+            )
+            .bind(workspace_id)
+            .execute(&mut *tx)
+            .await?;
+            lock_sequence(&mut tx, workspace_id)
+                .await?
+                .ok_or(sqlx::Error::RowNotFound)?
+        }
+    };
+    let rows = sqlx::query(
+        "UPDATE events SET seq = numbered.seq
+         FROM (SELECT id, $2 + ROW_NUMBER() OVER (ORDER BY id) AS seq FROM events
+               WHERE workspace_id = $1 AND seq IS NULL) AS numbered
+         WHERE events.id = numbered.id
+         RETURNING events.seq, events.envelope",
+    )
+    .bind(workspace_id)
+    .bind(last)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        tx.rollback().await?;
+        return Ok(Vec::new());
+    }
+    sqlx::query("UPDATE workspace_sequences SET last_seq = $2 WHERE workspace_id = $1")
+        .bind(workspace_id)
+        .bind(last + i64::try_from(rows.len()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let mut events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
+    events.sort_by_key(|event| event.seq);
+    Ok(events)
+}
+
+/// Locks the workspace's sequence row for the transaction and reads its last number.
+async fn lock_sequence(
+    connection: &mut AnyConnection,
+    workspace_id: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE workspace_sequences SET last_seq = last_seq WHERE workspace_id = $1
+         RETURNING last_seq",
+    )
+    .bind(workspace_id)
+    .fetch_optional(connection)
+    .await
+}
+
+/// Workspaces with unnumbered events appended before `created_before` (unix ms): left by an
+/// instance that stopped between a commit and its numbering.
+pub async fn workspaces_with_unnumbered(
+    pool: &AnyPool,
+    created_before: i64,
+    limit: u32,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT workspace_id FROM events WHERE seq IS NULL AND created_at < $1 LIMIT $2",
+    )
+    .bind(created_before)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
 }
 
 /// Takes the relay's lock for the caller's transaction (Postgres only: `false` when another
@@ -62,31 +128,42 @@ pub async fn try_relay_lock(connection: &mut AnyConnection) -> Result<bool, sqlx
         .await
 }
 
-pub async fn mark_published(pool: &AnyPool, event: &Event) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE events SET published_at = $1 WHERE workspace_id = $2 AND seq = $3")
-        .bind(now_ms())
-        .bind(&event.workspace_id)
-        .bind(seq_to_db(event.seq))
-        .execute(pool)
-        .await?;
+/// Marks the workspace's events `first..=last` published.
+pub async fn mark_published(
+    pool: &AnyPool,
+    workspace_id: &str,
+    first: u64,
+    last: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE events SET published_at = $1 WHERE workspace_id = $2 AND seq BETWEEN $3 AND $4",
+    )
+    .bind(now_ms())
+    .bind(workspace_id)
+    .bind(seq_to_db(first))
+    .bind(seq_to_db(last))
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
-/// Unpublished events created before `created_before` (unix ms), oldest first per workspace.
+/// Numbered, unpublished events created before `created_before` (unix ms), oldest first per
+/// workspace.
 pub async fn pending_events(
     pool: &AnyPool,
     created_before: i64,
     limit: u32,
 ) -> Result<Vec<Event>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT envelope FROM events WHERE published_at IS NULL AND created_at < $1
+        "SELECT seq, envelope FROM events
+         WHERE published_at IS NULL AND seq IS NOT NULL AND created_at < $1
          ORDER BY workspace_id, seq LIMIT $2",
     )
     .bind(created_before)
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    rows.iter().map(decode_envelope).collect()
+    rows.iter().map(decode_row).collect()
 }
 
 /// The workspace's events after `after`, oldest first, at most `limit`, and whether more follow.
@@ -97,7 +174,7 @@ pub async fn list_events(
     limit: u32,
 ) -> Result<(Vec<Event>, bool), sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT envelope FROM events WHERE workspace_id = $1 AND seq > $2
+        "SELECT seq, envelope FROM events WHERE workspace_id = $1 AND seq > $2
          ORDER BY seq LIMIT $3",
     )
     .bind(workspace_id)
@@ -105,10 +182,7 @@ pub async fn list_events(
     .bind(i64::from(limit) + 1)
     .fetch_all(pool)
     .await?;
-    let mut events = rows
-        .iter()
-        .map(decode_envelope)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
     let has_more = events.len() > limit as usize;
     events.truncate(limit as usize);
     Ok((events, has_more))
@@ -147,9 +221,15 @@ pub async fn prune_events(pool: &AnyPool, created_before: i64) -> Result<u64, sq
     )
 }
 
-fn decode_envelope(row: &sqlx::any::AnyRow) -> Result<Event, sqlx::Error> {
+/// An event of a `seq, envelope` row: the number is the column's (envelopes written before
+/// numbering moved after the commit hold it too).
+fn decode_row(row: &sqlx::any::AnyRow) -> Result<Event, sqlx::Error> {
+    let seq: i64 = row.try_get("seq")?;
     let bytes: Vec<u8> = row.try_get("envelope")?;
-    Event::decode(bytes.as_slice()).map_err(|error| sqlx::Error::Decode(Box::new(error)))
+    let mut event =
+        Event::decode(bytes.as_slice()).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+    event.seq = u64::try_from(seq).unwrap_or_default();
+    Ok(event)
 }
 
 fn seq_to_db(seq: u64) -> i64 {

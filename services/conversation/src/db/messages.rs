@@ -184,7 +184,7 @@ pub async fn insert_user_message(
         return Ok((message_from_row(&row)?, None));
     }
     touch_conversation(&mut tx, &new.conversation_id, now).await?;
-    let event = append_event(
+    let (event, place) = append_event(
         &mut tx,
         &new.workspace_id,
         event::Kind::MessageNew(message.clone()),
@@ -197,7 +197,7 @@ pub async fn insert_user_message(
             conversation_id: &new.conversation_id,
             user_message_id: &message.id,
             agent_id,
-            seq: event.seq,
+            place,
         };
         insert_turn(&mut tx, &turn).await?;
     }
@@ -300,7 +300,7 @@ async fn insert_empty_reply(
     .execute(&mut *connection)
     .await?;
     touch_conversation(connection, reply.conversation_id, now).await?;
-    let event = append_event(
+    let (event, _) = append_event(
         connection,
         reply.workspace_id,
         event::Kind::MessageNew(message.clone()),
@@ -358,7 +358,7 @@ pub async fn finish_message(
     if let Some(usage) = usage {
         super::record_usage(&mut tx, &message, usage).await?;
     }
-    let event = append_event(
+    let (event, place) = append_event(
         &mut tx,
         &message.workspace_id,
         event::Kind::MessageUpdated(message.clone()),
@@ -373,7 +373,7 @@ pub async fn finish_message(
             MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Incomplete
         )
     {
-        super::insert_push_job(&mut tx, &message, event.seq, now).await?;
+        super::insert_push_job(&mut tx, &message, place, now).await?;
     }
     tx.commit().await?;
     Ok(Some((message, event)))
@@ -630,7 +630,7 @@ async fn change_own_message(
         }));
     };
     let message = message_from_row(&row)?;
-    let event = append_event(&mut tx, workspace_id, kind_of(&message)).await?;
+    let (event, _) = append_event(&mut tx, workspace_id, kind_of(&message)).await?;
     tx.commit().await?;
     Ok(Ok((message, event)))
 }

@@ -32,33 +32,38 @@ pub struct PushDelivery {
 pub async fn insert_push_job(
     connection: &mut AnyConnection,
     message: &Message,
-    seq: u64,
+    event_place: i64,
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO push_jobs (message_id, workspace_id, conversation_id, seq, next_attempt_at, created_at)
-         VALUES ($1, $2, $3, $4, $5, $5)
+        "INSERT INTO push_jobs (message_id, workspace_id, conversation_id, seq, event_id, next_attempt_at, created_at)
+         VALUES ($1, $2, $3, 0, $4, $5, $5)
          ON CONFLICT (message_id) DO NOTHING",
     )
     .bind(&message.id)
     .bind(&message.workspace_id)
     .bind(&message.conversation_id)
-    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+    .bind(event_place)
     .bind(now)
     .execute(connection)
     .await?;
     Ok(())
 }
 
-/// Jobs due at `now`, oldest first.
+/// Jobs due at `now` whose event is numbered, oldest first. (A job's `seq` column is from before
+/// events were numbered after commit; its `event_id` names the event since. A pruned event's
+/// number is 0: the device refetches.)
 pub async fn due_push_jobs(
     pool: &AnyPool,
     now: i64,
     limit: i64,
 ) -> Result<Vec<PushJob>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT message_id, workspace_id, conversation_id, seq, attempts, next_attempt_at
-         FROM push_jobs WHERE next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $2",
+        "SELECT j.message_id, j.workspace_id, j.conversation_id, COALESCE(e.seq, j.seq) AS seq,
+                j.attempts, j.next_attempt_at
+         FROM push_jobs j LEFT JOIN events e ON e.id = j.event_id
+         WHERE j.next_attempt_at <= $1 AND (e.id IS NULL OR e.seq IS NOT NULL)
+         ORDER BY j.next_attempt_at LIMIT $2",
     )
     .bind(now)
     .bind(limit)

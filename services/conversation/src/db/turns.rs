@@ -75,8 +75,9 @@ pub struct NewTurn<'a> {
     pub conversation_id: &'a str,
     pub user_message_id: &'a str,
     pub agent_id: &'a str,
-    /// The `seq` of the user message's `message.new`.
-    pub seq: u64,
+    /// The place in the event log of the user message's `message.new`: turns queue by it
+    /// (the `seq` column).
+    pub place: i64,
 }
 
 /// Queues a turn that answers a user message, inside the message's transaction.
@@ -95,7 +96,7 @@ pub async fn insert_turn(
     .bind(turn.conversation_id)
     .bind(turn.user_message_id)
     .bind(turn.agent_id)
-    .bind(i64::try_from(turn.seq).unwrap_or(i64::MAX))
+    .bind(turn.place)
     .bind(serde_json::to_string(&crawbl_infra::trace::current_context()).unwrap_or_default())
     .bind(now)
     .execute(connection)

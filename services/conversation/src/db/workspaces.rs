@@ -4,8 +4,8 @@ use sqlx::AnyPool;
 
 /// Every table of this service keyed by workspace, in the order they are emptied: messages
 /// before their conversations, conversations before the agents they name, the event log and its
-/// sequence last (a turn ending meanwhile appends an event under the sequence's row lock, so
-/// whatever it wrote is gone by then). A new table with a `workspace_id` belongs here.
+/// sequence last (the writes of a turn still running were fenced off by deleting its row first).
+/// A new table with a `workspace_id` belongs here.
 /// Messages and turns are found through their conversations (the indexes they have).
 const WORKSPACE_TABLES: [(&str, &str); 11] = [
     ("turns", BY_CONVERSATION),
