@@ -7,7 +7,7 @@ use std::str::FromStr;
 use anyhow::Context;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, ConnectOptions};
+use sqlx::{AnyPool, ConnectOptions, Connection as _};
 
 /// How long a query waits for a pool connection before it fails, by backend. Against Postgres
 /// this is also how long a request takes to fail while the server is down (the pool keeps
@@ -17,6 +17,10 @@ use sqlx::{AnyPool, ConnectOptions};
 /// connection there may wait that long for the single writer's lock without anything being down.
 const POSTGRES_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 const SQLITE_ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A pooled connection idle at least this long is pinged before it is handed out (one that
+/// fails is replaced). sqlx pings every time by default: a round trip more for every query of
+/// a busy service, whose connections are never idle that long.
+const PING_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A service's migrations for each backend. Each service records what it applied in its own
 /// table, so services may share one Postgres database without seeing each other's migrations.
@@ -67,6 +71,15 @@ pub async fn connect(url: &str, migrations: Migrations) -> anyhow::Result<AnyPoo
         .acquire_timeout(match backend {
             Backend::Postgres => POSTGRES_ACQUIRE_TIMEOUT,
             Backend::Sqlite => SQLITE_ACQUIRE_TIMEOUT,
+        })
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
         })
         .after_connect(move |connection, _| {
             Box::pin(async move {

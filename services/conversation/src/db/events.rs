@@ -10,9 +10,13 @@
 
 use crawbl_proto::events::v1::{Event, event};
 use prost::Message as _;
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AnyPool, Connection as _, Row};
 
 use super::now_ms;
+
+/// `AnyConnection::backend_name` of Postgres.
+const POSTGRES: &str = "PostgreSQL";
 
 /// Appends `kind` to the workspace's log inside the caller's transaction, unnumbered (the
 /// outbox numbers it once the transaction committed). Returns the event (its `seq` still 0)
@@ -45,7 +49,16 @@ pub async fn append_event(
 /// returns them, oldest first. One short transaction holds the workspace's sequence row, so
 /// numberings of one workspace (from any instance) take turns and never give a number twice.
 pub async fn number_pending(pool: &AnyPool, workspace_id: &str) -> Result<Vec<Event>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut connection = pool.acquire().await?;
+    if connection.backend_name() == POSTGRES {
+        // The same steps in one function (migration 20261210000002): one round trip.
+        let rows = sqlx::query("SELECT seq, envelope FROM number_pending_events($1)")
+            .bind(workspace_id)
+            .fetch_all(&mut *connection)
+            .await?;
+        return sorted_events(&rows);
+    }
+    let mut tx = connection.begin().await?;
     let last = match lock_sequence(&mut tx, workspace_id).await? {
         Some(last) => last,
         None => {
@@ -82,6 +95,10 @@ pub async fn number_pending(pool: &AnyPool, workspace_id: &str) -> Result<Vec<Ev
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
+    sorted_events(&rows)
+}
+
+fn sorted_events(rows: &[AnyRow]) -> Result<Vec<Event>, sqlx::Error> {
     let mut events = rows.iter().map(decode_row).collect::<Result<Vec<_>, _>>()?;
     events.sort_by_key(|event| event.seq);
     Ok(events)
@@ -223,7 +240,7 @@ pub async fn prune_events(pool: &AnyPool, created_before: i64) -> Result<u64, sq
 
 /// An event of a `seq, envelope` row: the number is the column's (envelopes written before
 /// numbering moved after the commit hold it too).
-fn decode_row(row: &sqlx::any::AnyRow) -> Result<Event, sqlx::Error> {
+fn decode_row(row: &AnyRow) -> Result<Event, sqlx::Error> {
     let seq: i64 = row.try_get("seq")?;
     let bytes: Vec<u8> = row.try_get("envelope")?;
     let mut event =
