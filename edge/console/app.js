@@ -19,6 +19,10 @@ const state = {
   messages: new Map(), // conversationId -> Map(messageId -> message), oldest first
   messageCursors: new Map(), // conversationId -> cursor of its next older page (null: none)
   editing: null, // the id of the message being edited in place
+  // What is typed but not sent, kept when the chat view is rebuilt (a reset, a reconnect, a
+  // switch) and per conversation: conversationId -> composer text, and the new-conversation form.
+  drafts: new Map(),
+  newConversation: { title: "", agentId: "" },
   usage: new Map(), // workspaceId -> {used, limit?, resetsAt?}: tokens this month
   deltas: new Map(), // messageId -> next delta index expected
   liveTools: new Map(), // messageId -> Map(callId -> call), from agent.tool before the final update
@@ -532,9 +536,12 @@ async function renderChat(conversationId) {
     }
   }
   const conversation = state.conversations.find((c) => c.id === state.openConversationId);
-  const title = h("input", { type: "text", maxlength: 200, placeholder: "New conversation" });
-  const agentChoice = h("select", {}, h("option", { value: "" }, "Workspace default"),
-    [...state.agents.values()].map((agent) => h("option", { value: agent.id }, agent.name)));
+  const draft = state.newConversation;
+  const title = h("input", { type: "text", id: "new-conversation-title", maxlength: 200, placeholder: "New conversation",
+    value: draft.title, oninput: (event) => { draft.title = event.target.value; } });
+  const agentChoice = h("select", { id: "new-conversation-agent", onchange: (event) => { draft.agentId = event.target.value; } },
+    h("option", { value: "" }, "Workspace default"),
+    [...state.agents.values()].map((agent) => h("option", { value: agent.id, selected: agent.id === draft.agentId }, agent.name)));
   const createError = formError("create-error");
   const create = h("form", { class: "new-conversation", onsubmit: async (event) => {
     event.preventDefault();
@@ -542,6 +549,7 @@ async function renderChat(conversationId) {
     try {
       const body = { title: title.value || undefined, agentId: agentChoice.value || undefined };
       const { data } = await rest.post(wsPath("/conversations"), body);
+      state.newConversation = { title: "", agentId: "" };
       state.conversations.unshift(data);
       state.messages.set(data.id, new Map());
       location.hash = `#/chat/${data.id}`;
@@ -567,7 +575,8 @@ async function renderChat(conversationId) {
           event.target.form.requestSubmit();
         }
       },
-      oninput: () => {
+      oninput: (event) => {
+        state.drafts.set(conversation.id, event.target.value);
         typingSignal(true);
         // A refusal was about the message sent; a new one starts clean.
         showFormError(sendError, null);
@@ -594,7 +603,16 @@ async function renderChat(conversationId) {
     thread = h("section", { class: "thread empty", "aria-label": "No conversation open" },
       h("p", {}, state.conversations.length ? "Pick a conversation, or create one." : "Create a conversation to start."));
   }
+  // Rebuilt under the user's hands (a reset, a reconnect): what they type keeps its focus.
+  const focused = document.activeElement;
+  const keepFocus = focused?.id && main.contains(focused) ? { id: focused.id, start: focused.selectionStart, end: focused.selectionEnd } : null;
   main.replaceChildren(h("div", { class: "chat" }, side, thread));
+  if (conversation) $("#composer-text").value = state.drafts.get(conversation.id) ?? "";
+  if (keepFocus) {
+    const again = document.getElementById(keepFocus.id);
+    again?.focus();
+    if (again && typeof keepFocus.start === "number") again.setSelectionRange?.(keepFocus.start, keepFocus.end);
+  }
   renderConversationList();
   if (conversation) {
     renderThread();
@@ -793,7 +811,10 @@ async function send(textarea, errorBox) {
     const { data } = await rest.post(wsPath(`/conversations/${conversationId}/messages`), {
       localId: crypto.randomUUID(), content: { type: "text", text },
     });
+    state.drafts.delete(conversationId);
     textarea.value = "";
+    // The view may have been rebuilt while the send was on its way: clear the box shown now.
+    if (state.openConversationId === conversationId && $("#composer-text")) $("#composer-text").value = "";
     typingSignal(false);
     onMessage(data, true);
   } catch (error) {

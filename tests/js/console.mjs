@@ -71,8 +71,13 @@ try {
   await shot(pageA, "01-signed-up");
 
   // Create a conversation and send with the keyboard only: Tab to the composer, type, Enter.
+  // The view may be rebuilt while the user types (a reset or a reconnect does that): here it is
+  // rebuilt on purpose, and what was typed stays.
+  const rebuild = () => pageA.evaluate(() => window.dispatchEvent(new HashChangeEvent("hashchange")));
   await pageA.getByLabel("Title").fill("Trying the console");
+  await rebuild();
   await pageA.getByRole("button", { name: "Create conversation" }).click();
+  await pageA.getByRole("heading", { name: "Trying the console" }).waitFor({ timeout: TIMEOUT });
   await pageA.locator("#composer-text").waitFor({ timeout: TIMEOUT });
   await pageA.evaluate(() => document.activeElement?.blur());
   let tabs = 0;
@@ -82,6 +87,9 @@ try {
   }
   const firstText = "Hello there, console! Please tell me a little about streaming replies, token by token, in a browser.";
   await pageA.keyboard.type(firstText);
+  await rebuild();
+  expect(await pageA.locator("#composer-text").inputValue() === firstText, "a rebuilt view lost the typed message");
+  expect(await pageA.evaluate(() => document.activeElement?.id === "composer-text"), "a rebuilt view took the focus from the message box");
   // Watch the reply's text as it streams: its length at every change, until it is delivered.
   const lengths = pageA.evaluate(() => new Promise((resolve, reject) => {
     const seen = [];

@@ -358,17 +358,19 @@ impl RoomMoves for Moves {
     }
 
     /// Takes this node's sockets of a user who left a workspace out of its room, and tells
-    /// each (`workspace.left`).
+    /// each (`workspace.left`) once.
     fn leave(&self, namespace: BroadcastOperators<Adapter>, user_id: &str, workspace_id: &str) {
         let sockets = namespace.local().to(user_room(user_id)).sockets();
         for socket in sockets {
             let room = workspace_room(workspace_id);
-            let was_in = socket.rooms().iter().any(|joined| joined.as_ref() == room);
+            let in_room = socket.rooms().iter().any(|joined| joined.as_ref() == room);
             socket.leave(room);
-            if let Some(presence) = Presence::of(&socket) {
-                presence.untrack(workspace_id);
-            }
-            if was_in {
+            // The node that made the change has every node's adapter take the room away first
+            // (so nothing more reaches the socket), and that can come before auth's
+            // announcement does: what the socket still counts in says it was in, too.
+            let counted =
+                Presence::of(&socket).is_some_and(|presence| presence.untrack(workspace_id));
+            if in_room || counted {
                 tell_membership(&socket, "workspace.left", workspace_id);
             }
         }

@@ -80,11 +80,13 @@ impl Presence {
             .collect()
     }
 
-    /// The socket no longer counts in `workspace_id`.
-    pub fn untrack(&self, workspace_id: &str) {
-        if lock(&self.workspaces).remove(workspace_id).is_some() {
+    /// The socket no longer counts in `workspace_id`; whether it did.
+    pub fn untrack(&self, workspace_id: &str) -> bool {
+        let counted = lock(&self.workspaces).remove(workspace_id).is_some();
+        if counted {
             self.fanout.untrack(workspace_id);
         }
+        counted
     }
 
     pub fn untrack_all(&self) {
