@@ -32,7 +32,9 @@ example() {
   printf '\n$ grpcurl%s\n' "$shown"
   local output status=0
   output=$("$grpcurl" "$@" 2>&1) || status=$?
-  printf '%s\n' "$output" | head -n 12
+  # From a here-string, not a pipe: head leaving early must not kill the writer (SIGPIPE,
+  # which pipefail and set -e turn into a silent exit).
+  head -n 12 <<<"$output"
   if [[ $output != *"$expected"* ]]; then
     printf 'expected the output to contain %q (exit status %s)\n' "$expected" "$status" >&2
     exit 1
