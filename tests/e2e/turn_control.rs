@@ -396,6 +396,17 @@ async fn usage_adds_up_across_a_restart_and_a_quota_set_over_grpc_refuses_the_ne
         (retry_after - until_month_end).abs() <= 5,
         "{retry_after} vs {until_month_end}"
     );
+    // A retry of a message stored before the quota was reached is still answered with it.
+    let (status, first) = api.send(&user, &conversation, "u0", texts[0]).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["data"]["content"]["text"], texts[0], "{first}");
+    let stored = api.all_messages(&user, &conversation, 100).await;
+    assert_eq!(stored.len(), 4, "a retry stored a message: {stored:#?}");
+    assert!(
+        stored
+            .iter()
+            .any(|message| message["id"] == first["data"]["id"])
+    );
     let (_, usage) = api.get(&usage_path, Some(&user.token)).await;
     assert_eq!(usage["data"]["quota"]["limit"], used);
     assert_eq!(usage["data"]["plan"], "tiny");
@@ -408,14 +419,25 @@ async fn usage_adds_up_across_a_restart_and_a_quota_set_over_grpc_refuses_the_ne
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_runs_at_most_its_share_of_turns_at_once_and_the_rest_wait_in_order() {
-    let stack = Stack::separate_processes_with(
-        1,
-        &[
-            ("TURNS_PER_WORKSPACE", "1"),
-            ("RUNTIME_STUB_TOKEN_DELAY_MS", "10"),
-        ],
+    one_turn_of_the_workspace_at_a_time(
+        Stack::separate_processes_with(1, &ONE_TURN_AT_A_TIME).await,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_share_of_turns_holds_across_two_conversation_instances() {
+    one_turn_of_the_workspace_at_a_time(Stack::replicated(2, 2, &ONE_TURN_AT_A_TIME).await).await;
+}
+
+const ONE_TURN_AT_A_TIME: [(&str, &str); 2] = [
+    ("TURNS_PER_WORKSPACE", "1"),
+    ("RUNTIME_STUB_TOKEN_DELAY_MS", "10"),
+];
+
+/// Three conversations of one workspace whose share is one turn: each is answered, and the log
+/// never shows two replies streaming at once.
+async fn one_turn_of_the_workspace_at_a_time(stack: Stack) {
     let api = Api::new(stack.edge(0));
     let user = api.sign_up().await;
     let conversations = [

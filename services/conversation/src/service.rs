@@ -249,6 +249,19 @@ impl Conversations {
 
     /// The agents a new message is addressed to: those it mentions (ids, `@slug`s), which it
     /// then carries as its `content.mentions`; without any, the conversation's agent.
+    /// What a new message must pass before it is stored: the agents that answer it (its
+    /// mentions resolved), the workspace's quota, its runtime.
+    async fn admit(
+        &self,
+        conversation: &Conversation,
+        new: &mut NewUserMessage,
+    ) -> Result<Vec<String>, Status> {
+        let answering = self.addressed_agents(conversation, new).await?;
+        self.check_quota(&new.workspace_id).await?;
+        self.ensure_runtime(&new.workspace_id).await?;
+        Ok(answering)
+    }
+
     async fn addressed_agents(
         &self,
         conversation: &Conversation,
@@ -593,23 +606,32 @@ impl ConversationService for Conversations {
             .conversation_among(&new.workspace_id, &member_of, &new.conversation_id, None)
             .await?;
         new.workspace_id.clone_from(&conversation.workspace_id);
-        // A retry of a message already stored is answered with it, quota or not.
-        let stored = db::find_sent(&self.pool, &new).await.map_err(db_error)?;
-        let mut answering = Vec::new();
-        if stored.is_none() {
-            answering = self.addressed_agents(&conversation, &mut new).await?;
-            self.check_quota(&new.workspace_id).await?;
-            self.ensure_runtime(&new.workspace_id).await?;
-        }
-        let (message, created) = db::insert_user_message(&self.pool, &new, &answering)
-            .await
-            .map_err(db_error)?;
-        if let Some(event) = created {
-            self.outbox.publish([event]).await;
-            // Its turns were queued with it; run them here now if they may start.
-            self.scheduler
-                .start_next(&conversation.workspace_id, &conversation.id, answering);
-        }
+        let message = match self.admit(&conversation, &mut new).await {
+            Ok(answering) => {
+                // A retry of a stored message meets its own row here (the unique local id)
+                // and is answered with it.
+                let (message, created) = db::insert_user_message(&self.pool, &new, &answering)
+                    .await
+                    .map_err(db_error)?;
+                if let Some(event) = created {
+                    self.outbox.publish([event]).await;
+                    // Its turns were queued with it; run them here now if they may start.
+                    self.scheduler.start_next(
+                        &conversation.workspace_id,
+                        &conversation.id,
+                        answering,
+                    );
+                }
+                message
+            }
+            // A retry of a message already stored is answered with it, whatever refuses a new
+            // one now (the quota, the runtime, an agent archived since). Looked up only then,
+            // so a send makes no read for it.
+            Err(refusal) => db::find_sent(&self.pool, &new)
+                .await
+                .map_err(db_error)?
+                .ok_or(refusal)?,
+        };
         let replies = if wait {
             let replies = self.scheduler.wait_for_replies(&message.id, None);
             match tokio::time::timeout(WAIT_LIMIT, replies).await {

@@ -13,10 +13,7 @@ use prost::Message as _;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Connection as _, Row};
 
-use super::now_ms;
-
-/// `AnyConnection::backend_name` of Postgres.
-const POSTGRES: &str = "PostgreSQL";
+use super::{POSTGRES, now_ms};
 
 /// Appends `kind` to the workspace's log inside the caller's transaction, unnumbered (the
 /// outbox numbers it once the transaction committed). Returns the event (its `seq` still 0)

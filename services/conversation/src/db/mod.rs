@@ -34,6 +34,9 @@ pub fn now_ms() -> i64 {
 
 pub use crawbl_infra::db::is_unique_violation;
 
+/// `AnyConnection::backend_name` of Postgres, for the few statements written for it alone.
+const POSTGRES: &str = "PostgreSQL";
+
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

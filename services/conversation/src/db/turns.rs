@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
 
-use super::{new_id, now_ms};
+use super::{POSTGRES, new_id, now_ms};
 
 /// Proof of ownership every write of a running turn carries: the turn and its owner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,11 +132,17 @@ pub async fn claim_queued(
     let (limit, per_workspace) = limits;
     let candidates = match which {
         Queued::Before(at) => {
+            // The head of each queue with a queued turn, found once per queue (not probed for
+            // every queued turn: a long backlog made that the costliest statement of a send).
             sqlx::query(
-                "SELECT t.id, t.workspace_id FROM turns t WHERE t.state = 'queued' AND t.created_at < $1
-                   AND NOT EXISTS (SELECT 1 FROM turns o
-                                   WHERE o.conversation_id = t.conversation_id
-                                     AND o.agent_id = t.agent_id AND o.seq < t.seq)
+                "SELECT t.id, t.workspace_id FROM turns t
+                 WHERE t.id IN (SELECT (SELECT o.id FROM turns o
+                                        WHERE o.conversation_id = q.conversation_id
+                                          AND o.agent_id = q.agent_id
+                                        ORDER BY o.seq LIMIT 1)
+                                FROM (SELECT DISTINCT conversation_id, agent_id FROM turns
+                                      WHERE state = 'queued') q)
+                   AND t.state = 'queued' AND t.created_at < $1
                  ORDER BY t.seq LIMIT $2",
             )
             .bind(at)
@@ -182,7 +188,7 @@ pub async fn claim_queued(
 }
 
 /// Claims one queued turn unless its workspace already runs `per_workspace` turns. Claims in one
-/// workspace take turns (its sequence row is locked), so the bound holds across instances.
+/// workspace take turns (a lock of the workspace), so the bound holds across instances.
 async fn claim_one(
     pool: &AnyPool,
     owner: &str,
@@ -192,7 +198,15 @@ async fn claim_one(
     per_workspace: i64,
 ) -> Result<Option<ClaimedTurn>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE workspace_sequences SET last_seq = last_seq WHERE workspace_id = $1")
+    // On Postgres an advisory lock, apart from the sequence row that numbering the workspace's
+    // events holds (sharing it made claims and sends wait on each other). SQLite writes one
+    // transaction at a time: this first write takes that lock.
+    let lock = if tx.backend_name() == POSTGRES {
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"
+    } else {
+        "UPDATE workspace_sequences SET last_seq = last_seq WHERE workspace_id = $1"
+    };
+    sqlx::query(lock)
         .bind(workspace_id)
         .execute(&mut *tx)
         .await?;
