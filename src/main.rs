@@ -17,9 +17,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc, built to give freed memory back to the system within about a second (its options
-/// are in `.cargo/config.toml`): with the system allocator a process kept what sockets and
-/// turns had held long after they were gone (BENCHMARKS.md, "Memory per idle socket").
+/// jemalloc, built to give freed memory back to the system within about a second, with small
+/// thread caches (its options are in `.cargo/config.toml`): with the system allocator a process
+/// kept what sockets and turns had held long after they were gone (BENCHMARKS.md, "Memory per
+/// idle socket").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
