@@ -1157,8 +1157,11 @@ async fn idle_runtime_is_stopped(kind: Runtimes) {
     })
     .await;
     if let Some(stand_in) = &stand_in {
-        assert!(stand_in.pods().is_empty(), "the idle pod is deleted");
-        assert!(stand_in.services().is_empty(), "and its service");
+        // The pod is deleted first (its process goes with it), then its Service.
+        eventually("the idle pod and its service are deleted", || {
+            stand_in.pods().is_empty() && stand_in.services().is_empty()
+        })
+        .await;
     }
     assert_no_event(&mut bus, Duration::from_millis(200)).await;
 
