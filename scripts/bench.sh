@@ -56,11 +56,13 @@ stop_target() {
 trap 'stop_target; [ -n "${BENCH_LOGS:-}" ] || rm -rf "$work"' EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# Sets `database` to a new, empty Postgres database, dropped when the target stops. (Not echoed:
+# in a command substitution the `databases` list would not keep it, and it would never be dropped.)
 fresh_database() {
   local name="crawbl_bench_$(date +%s)_$RANDOM"
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE $name"
   databases+=("$name")
-  echo "postgres://postgres@127.0.0.1:5432/$name"
+  database="postgres://postgres@127.0.0.1:5432/$name"
 }
 wait_for() { # URL: until it answers 2xx, for up to 30 s
   for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return; sleep 0.1; done
@@ -84,9 +86,10 @@ count_of() { # fan-out-10k → 10000, storm-50 → 50
 joined() { local IFS=,; echo "$*"; }
 
 # Crawbl: every component in its own process, EDGES edge nodes. Sets edges and servers (pids).
+# BENCH_DATABASE_URL: a database to use instead of a new one (scripts/bench-statements.sh).
 start_crawbl() {
-  local count=$1 database auth conversation proxy
-  database=$(fresh_database)
+  local count=$1 database=${BENCH_DATABASE_URL:-} auth conversation proxy
+  [ -n "$database" ] || fresh_database
   auth=$(free_port) conversation=$(free_port) proxy=$(free_port)
   export DATABASE_URL=$database REDIS_URL=redis://127.0.0.1:6379 RUST_LOG=${BENCH_RUST_LOG:-warn} \
     AUTH_URL=http://127.0.0.1:$auth CONVERSATION_URL=http://127.0.0.1:$conversation \
@@ -113,7 +116,7 @@ start_crawbl() {
 # The Node peer: COUNT nodes on the same Redis (and a Postgres database for the send route).
 start_node() {
   local count=$1 database
-  database=$(fresh_database)
+  fresh_database
   for index in $(seq 1 "$count"); do
     local port
     port=$(free_port)

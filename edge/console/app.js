@@ -812,9 +812,9 @@ async function send(textarea, errorBox) {
       localId: crypto.randomUUID(), content: { type: "text", text },
     });
     state.drafts.delete(conversationId);
-    textarea.value = "";
-    // The view may have been rebuilt while the send was on its way: clear the box shown now.
-    if (state.openConversationId === conversationId && $("#composer-text")) $("#composer-text").value = "";
+    // The box shown now: the view may have been rebuilt while the send was on its way.
+    const shown = $("#composer-text");
+    if (shown && state.openConversationId === conversationId) shown.value = "";
     typingSignal(false);
     onMessage(data, true);
   } catch (error) {

@@ -247,8 +247,6 @@ impl Conversations {
         }
     }
 
-    /// The agents a new message is addressed to: those it mentions (ids, `@slug`s), which it
-    /// then carries as its `content.mentions`; without any, the conversation's agent.
     /// What a new message must pass before it is stored: the agents that answer it (its
     /// mentions resolved), the workspace's quota, its runtime.
     async fn admit(
@@ -262,6 +260,8 @@ impl Conversations {
         Ok(answering)
     }
 
+    /// The agents a new message is addressed to: those it mentions (ids, `@slug`s), which it
+    /// then carries as its `content.mentions`; without any, the conversation's agent.
     async fn addressed_agents(
         &self,
         conversation: &Conversation,
