@@ -165,23 +165,22 @@ impl Conversations {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The workspace's plan: its own, or the default.
-    async fn plan(&self, workspace_id: &str) -> Result<db::Plan, ConversationError> {
-        Ok(db::plan_of(&self.pool, workspace_id)
-            .await?
-            .unwrap_or_else(|| self.default_plan.clone()))
+    /// The workspace's plan (its own, or the default) and the tokens it used in the month of
+    /// `at_ms`.
+    async fn plan(&self, workspace_id: &str, at_ms: i64) -> Result<(db::Plan, u64), Status> {
+        let (plan, used) = db::plan_and_month_tokens(&self.pool, workspace_id, at_ms)
+            .await
+            .map_err(db_error)?;
+        Ok((plan.unwrap_or_else(|| self.default_plan.clone()), used))
     }
 
     /// Refuses a send from a workspace at or over its monthly quota, until the month ends.
     async fn check_quota(&self, workspace_id: &str) -> Result<(), Status> {
-        let plan = self.plan(workspace_id).await?;
+        let now = db::now_ms();
+        let (plan, used) = self.plan(workspace_id, now).await?;
         let Some(limit) = plan.monthly_token_quota else {
             return Ok(());
         };
-        let now = db::now_ms();
-        let used = db::month_tokens(&self.pool, workspace_id, now)
-            .await
-            .map_err(db_error)?;
         if used < limit {
             return Ok(());
         }
@@ -811,10 +810,7 @@ impl ConversationService for Conversations {
         let by_day = totals(Some("day")).await.map_err(db_error)?;
         let by_agent = totals(Some("agent_id")).await.map_err(db_error)?;
         let by_user = totals(Some("user_id")).await.map_err(db_error)?;
-        let plan = self.plan(&workspace_id).await?;
-        let used = db::month_tokens(&self.pool, &workspace_id, now)
-            .await
-            .map_err(db_error)?;
+        let (plan, used) = self.plan(&workspace_id, now).await?;
         Ok(Response::new(WorkspaceUsage {
             workspace_id,
             plan: plan.name,

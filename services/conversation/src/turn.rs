@@ -315,28 +315,25 @@ fn turn_usage(
 
 /// Counts the turn's tokens and tells the workspace where its month stands (`usage.update`).
 async fn announce_usage(deps: &TurnDeps, workspace_id: &str, usage: &db::TurnUsage) {
-    let plan = match db::plan_of(&deps.pool, workspace_id).await {
-        Ok(plan) => plan.unwrap_or_else(|| deps.default_plan.clone()),
+    let (plan, used) = match db::plan_and_month_tokens(&deps.pool, workspace_id, db::now_ms()).await
+    {
+        Ok((plan, used)) => (plan.unwrap_or_else(|| deps.default_plan.clone()), used),
         Err(error) => {
-            tracing::debug!(%error, "cannot read the workspace's plan");
-            deps.default_plan.clone()
+            tracing::debug!(%error, "cannot read the workspace's plan and usage");
+            crate::metrics::count_tokens(&deps.default_plan.name, &usage.model, usage);
+            return;
         }
     };
     crate::metrics::count_tokens(&plan.name, &usage.model, usage);
-    match db::month_tokens(&deps.pool, workspace_id, db::now_ms()).await {
-        Ok(used) => {
-            deps.outbox
-                .publish_volatile(
-                    workspace_id,
-                    event::Kind::UsageUpdate(UsageUpdate {
-                        used,
-                        limit: plan.monthly_token_quota,
-                    }),
-                )
-                .await;
-        }
-        Err(error) => tracing::debug!(%error, "cannot read the month's usage"),
-    }
+    deps.outbox
+        .publish_volatile(
+            workspace_id,
+            event::Kind::UsageUpdate(UsageUpdate {
+                used,
+                limit: plan.monthly_token_quota,
+            }),
+        )
+        .await;
 }
 
 /// The agent's `streaming` reply: the one the turn already started (an earlier owner's, or an

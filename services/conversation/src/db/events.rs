@@ -24,12 +24,7 @@ pub async fn append_event(
     workspace_id: &str,
     kind: event::Kind,
 ) -> Result<(Event, i64), sqlx::Error> {
-    let event = Event {
-        workspace_id: workspace_id.to_owned(),
-        trace_context: crawbl_infra::trace::current_context(),
-        kind: Some(kind),
-        ..Event::default()
-    };
+    let event = unnumbered_event(workspace_id, kind);
     let place: i64 = sqlx::query_scalar(
         "INSERT INTO events (workspace_id, seq, envelope, created_at, published_at)
          VALUES ($1, NULL, $2, $3, NULL) RETURNING id",
@@ -40,6 +35,16 @@ pub async fn append_event(
     .fetch_one(&mut *connection)
     .await?;
     Ok((event, place))
+}
+
+/// An event to append: unnumbered, in the current trace.
+pub(super) fn unnumbered_event(workspace_id: &str, kind: event::Kind) -> Event {
+    Event {
+        workspace_id: workspace_id.to_owned(),
+        trace_context: crawbl_infra::trace::current_context(),
+        kind: Some(kind),
+        ..Event::default()
+    }
 }
 
 /// Numbers the workspace's committed unnumbered events in the order they were appended and

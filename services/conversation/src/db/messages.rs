@@ -2,10 +2,14 @@ use crawbl_proto::conversation::v1::{
     Message, MessageContent, MessageRole, MessageStatus, ToolCall,
 };
 use crawbl_proto::events::v1::{Event, event};
+use prost::Message as _;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection as _, Row};
 
-use super::{Cursor, TurnFence, append_event, insert_turn, new_id, now_ms, page};
+use super::{
+    Cursor, POSTGRES, TurnFence, append_event, insert_turn, new_id, now_ms, page,
+    turn_trace_context, unnumbered_event,
+};
 use crate::validate::NewUserMessage;
 
 /// Every column of a message, in the order [`message_from_row`] reads them.
@@ -151,7 +155,90 @@ pub async fn insert_user_message(
         edited_at_ms: None,
         deleted_at_ms: None,
     };
-    let mut tx = pool.begin().await?;
+    let mut connection = pool.acquire().await?;
+    let stored = if connection.backend_name() == POSTGRES {
+        store_in_one_statement(&mut connection, new, &message, answering).await?
+    } else {
+        store_in_transaction(&mut connection, new, &message, answering).await?
+    };
+    if let Some(event) = stored {
+        return Ok((message, Some(event)));
+    }
+    // A retry: the message this author already stored with this local id.
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages
+         WHERE conversation_id = $1 AND author_id = $2 AND local_id = $3"
+    )))
+    .bind(&new.conversation_id)
+    .bind(&new.author_id)
+    .bind(&new.local_id)
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok((message_from_row(&row)?, None))
+}
+
+/// [`insert_user_message`] on Postgres: the message, the conversation's time, the event and
+/// the turns in one statement (its own transaction), so a send makes one round trip where a
+/// transaction took six; each round trip wakes two processes, which is what a send costs most
+/// on a small machine (BENCHMARKS.md, send path). `None`: the local id was taken.
+async fn store_in_one_statement(
+    connection: &mut AnyConnection,
+    new: &NewUserMessage,
+    message: &Message,
+    answering: &[String],
+) -> Result<Option<Event>, sqlx::Error> {
+    let event = unnumbered_event(&new.workspace_id, event::Kind::MessageNew(message.clone()));
+    // Parallel lists (ids hold no comma): the Any driver binds no arrays.
+    let turn_ids: Vec<String> = answering.iter().map(|_| new_id()).collect();
+    let place: Option<i64> = sqlx::query_scalar(
+        "WITH message AS (
+             INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
+                 local_id, content_type, text, status, created_at, updated_at, mentions)
+             VALUES ($1, $2, $3, 'user', $4, NULL, $5, 'text', $6, 'sent', $7, $7, $8)
+             ON CONFLICT (conversation_id, author_id, local_id) DO NOTHING
+             RETURNING id),
+         touched AS (
+             UPDATE conversations SET updated_at = $7
+             WHERE id = $3 AND EXISTS (SELECT 1 FROM message)),
+         appended AS (
+             INSERT INTO events (workspace_id, envelope, created_at)
+             SELECT $2, $9, $7 FROM message RETURNING id),
+         queued AS (
+             INSERT INTO turns (id, workspace_id, conversation_id, user_message_id, agent_id,
+                                seq, state, attempts, trace_context, created_at, updated_at)
+             SELECT answering.turn_id, $2, $3, $1, answering.agent_id, appended.id, 'queued', 0,
+                    $12, $7, $7
+             FROM appended, unnest(string_to_array($10, ','), string_to_array($11, ','))
+                  AS answering(turn_id, agent_id))
+         SELECT id FROM appended",
+    )
+    .bind(&message.id)
+    .bind(&new.workspace_id)
+    .bind(&new.conversation_id)
+    .bind(&new.author_id)
+    .bind(&new.local_id)
+    .bind(&new.text)
+    .bind(message.created_at_ms)
+    .bind(mentions_to_db(&new.mentions))
+    .bind(event.encode_to_vec())
+    .bind(turn_ids.join(","))
+    .bind(answering.join(","))
+    .bind(turn_trace_context())
+    .fetch_optional(&mut *connection)
+    .await?;
+    Ok(place.map(|_| event))
+}
+
+/// [`insert_user_message`] on SQLite: the same writes in one transaction. `None`: the local id
+/// was taken.
+async fn store_in_transaction(
+    connection: &mut AnyConnection,
+    new: &NewUserMessage,
+    message: &Message,
+    answering: &[String],
+) -> Result<Option<Event>, sqlx::Error> {
+    let now = message.created_at_ms;
+    let mut tx = connection.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
              local_id, content_type, text, status, created_at, updated_at, mentions)
@@ -172,16 +259,7 @@ pub async fn insert_user_message(
         == 1;
     if !inserted {
         tx.rollback().await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages
-             WHERE conversation_id = $1 AND author_id = $2 AND local_id = $3"
-        )))
-        .bind(&new.conversation_id)
-        .bind(&new.author_id)
-        .bind(&new.local_id)
-        .fetch_one(pool)
-        .await?;
-        return Ok((message_from_row(&row)?, None));
+        return Ok(None);
     }
     touch_conversation(&mut tx, &new.conversation_id, now).await?;
     let (event, place) = append_event(
@@ -202,7 +280,7 @@ pub async fn insert_user_message(
         insert_turn(&mut tx, &turn).await?;
     }
     tx.commit().await?;
-    Ok((message, Some(event)))
+    Ok(Some(event))
 }
 
 /// The message this author already sent with this `localId` in the conversation, if any.
@@ -232,7 +310,6 @@ pub async fn insert_agent_message(
     agent_id: &str,
     reply_to: &str,
 ) -> Result<Option<(Message, Event)>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
     let reply = EmptyReply {
         workspace_id,
         conversation_id,
@@ -240,6 +317,11 @@ pub async fn insert_agent_message(
         reply_to,
         status: MessageStatus::Streaming,
     };
+    let mut connection = pool.acquire().await?;
+    if connection.backend_name() == POSTGRES {
+        return start_reply_in_one_statement(&mut connection, fence, &reply).await;
+    }
+    let mut tx = connection.begin().await?;
     let (message, event) = insert_empty_reply(&mut tx, &reply).await?;
     if !super::set_reply(&mut tx, fence, &message.id).await? {
         tx.rollback().await?;
@@ -259,13 +341,52 @@ struct EmptyReply<'a> {
     status: MessageStatus,
 }
 
-/// Stores `reply` with its `message.new` event, inside the caller's transaction.
-async fn insert_empty_reply(
+/// [`insert_agent_message`] on Postgres: the turn's row (fenced), the reply, the
+/// conversation's time and the event in one statement, as [`store_in_one_statement`] does for a
+/// send.
+async fn start_reply_in_one_statement(
     connection: &mut AnyConnection,
+    fence: &TurnFence,
     reply: &EmptyReply<'_>,
-) -> Result<(Message, Event), sqlx::Error> {
+) -> Result<Option<(Message, Event)>, sqlx::Error> {
+    let message = empty_reply(reply);
+    let event = unnumbered_event(reply.workspace_id, event::Kind::MessageNew(message.clone()));
+    let place: Option<i64> = sqlx::query_scalar(
+        "WITH fenced AS (
+             UPDATE turns SET reply_id = $1, updated_at = $6
+             WHERE id = $8 AND owner = $9 AND state = 'running' RETURNING id),
+         reply AS (
+             INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
+                 local_id, content_type, text, status, created_at, updated_at, reply_to)
+             SELECT $1, $2, $3, 'agent', NULL, $4, NULL, 'text', '', $5, $6, $6, $7 FROM fenced
+             RETURNING id),
+         touched AS (
+             UPDATE conversations SET updated_at = $6
+             WHERE id = $3 AND EXISTS (SELECT 1 FROM reply)),
+         appended AS (
+             INSERT INTO events (workspace_id, envelope, created_at)
+             SELECT $2, $10, $6 FROM reply RETURNING id)
+         SELECT id FROM appended",
+    )
+    .bind(&message.id)
+    .bind(reply.workspace_id)
+    .bind(reply.conversation_id)
+    .bind(reply.agent_id)
+    .bind(message_status_to_db(reply.status))
+    .bind(message.created_at_ms)
+    .bind(reply.reply_to)
+    .bind(&fence.turn_id)
+    .bind(&fence.owner)
+    .bind(event.encode_to_vec())
+    .fetch_optional(&mut *connection)
+    .await?;
+    Ok(place.map(|_| (message, event)))
+}
+
+/// `reply` as a message, before it is stored.
+fn empty_reply(reply: &EmptyReply<'_>) -> Message {
     let now = now_ms();
-    let message = Message {
+    Message {
         id: new_id(),
         workspace_id: reply.workspace_id.to_owned(),
         conversation_id: reply.conversation_id.to_owned(),
@@ -284,7 +405,16 @@ async fn insert_empty_reply(
         tool_calls: Vec::new(),
         edited_at_ms: None,
         deleted_at_ms: None,
-    };
+    }
+}
+
+/// Stores `reply` with its `message.new` event, inside the caller's transaction.
+async fn insert_empty_reply(
+    connection: &mut AnyConnection,
+    reply: &EmptyReply<'_>,
+) -> Result<(Message, Event), sqlx::Error> {
+    let message = empty_reply(reply);
+    let now = message.created_at_ms;
     sqlx::query(
         "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
              local_id, content_type, text, status, created_at, updated_at, reply_to)

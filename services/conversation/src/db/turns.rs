@@ -97,11 +97,16 @@ pub async fn insert_turn(
     .bind(turn.user_message_id)
     .bind(turn.agent_id)
     .bind(turn.place)
-    .bind(serde_json::to_string(&crawbl_infra::trace::current_context()).unwrap_or_default())
+    .bind(turn_trace_context())
     .bind(now)
     .execute(connection)
     .await?;
     Ok(())
+}
+
+/// The current trace, as a queued turn keeps it to continue it when it runs.
+pub(super) fn turn_trace_context() -> String {
+    serde_json::to_string(&crawbl_infra::trace::current_context()).unwrap_or_default()
 }
 
 /// Which queued turns a claim looks at.

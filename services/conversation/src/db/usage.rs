@@ -107,40 +107,37 @@ pub async fn record_usage(
     Ok(())
 }
 
-/// Tokens the workspace used in the month of `at_ms`.
-pub async fn month_tokens(
+/// The workspace's own plan (`None`: a billing system set none) and the tokens it used in the
+/// month of `at_ms`: what a send's quota check needs, in one read.
+pub async fn plan_and_month_tokens(
     pool: &AnyPool,
     workspace_id: &str,
     at_ms: i64,
-) -> Result<u64, sqlx::Error> {
+) -> Result<(Option<Plan>, u64), sqlx::Error> {
     let (_, month) = day_and_month(at_ms);
-    let tokens: Option<i64> = sqlx::query_scalar(
-        "SELECT tokens FROM workspace_month_usage WHERE workspace_id = $1 AND month = $2",
+    let row = sqlx::query(
+        "SELECT p.plan, p.monthly_token_quota, u.tokens
+         FROM (SELECT $1 AS workspace_id) w
+         LEFT JOIN workspace_plans p ON p.workspace_id = w.workspace_id
+         LEFT JOIN workspace_month_usage u ON u.workspace_id = w.workspace_id AND u.month = $2",
     )
     .bind(workspace_id)
     .bind(month)
-    .fetch_optional(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(tokens.map(from_db).unwrap_or_default())
-}
-
-/// The workspace's own plan, if a billing system set one.
-pub async fn plan_of(pool: &AnyPool, workspace_id: &str) -> Result<Option<Plan>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT plan, monthly_token_quota FROM workspace_plans WHERE workspace_id = $1",
-    )
-    .bind(workspace_id)
-    .fetch_optional(pool)
-    .await?;
-    row.map(|row| {
-        Ok(Plan {
-            name: row.try_get("plan")?,
-            monthly_token_quota: row
-                .try_get::<Option<i64>, _>("monthly_token_quota")?
-                .map(from_db),
+    let plan = row
+        .try_get::<Option<String>, _>("plan")?
+        .map(|name| -> Result<Plan, sqlx::Error> {
+            Ok(Plan {
+                name,
+                monthly_token_quota: row
+                    .try_get::<Option<i64>, _>("monthly_token_quota")?
+                    .map(from_db),
+            })
         })
-    })
-    .transpose()
+        .transpose()?;
+    let used = row.try_get::<Option<i64>, _>("tokens")?.map(from_db);
+    Ok((plan, used.unwrap_or_default()))
 }
 
 pub async fn set_plan(pool: &AnyPool, workspace_id: &str, plan: &Plan) -> Result<(), sqlx::Error> {
