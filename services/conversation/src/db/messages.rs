@@ -181,6 +181,12 @@ pub async fn insert_user_message(
 /// the turns in one statement (its own transaction), so a send makes one round trip where a
 /// transaction took six; each round trip wakes two processes, which is what a send costs most
 /// on a small machine (BENCHMARKS.md, send path). `None`: the local id was taken.
+///
+/// The event is appended from the conversation's update, so it takes its place in the log only
+/// once it holds the conversation's row: sends to one conversation take their places in the
+/// order they commit, which is the order they are numbered in, and turns queue by place. (CTEs
+/// run in no set order apart from what they read: appended from the message, a send could take
+/// its place before an earlier one committed, and its turn ran first.)
 async fn store_in_one_statement(
     connection: &mut AnyConnection,
     new: &NewUserMessage,
@@ -199,10 +205,10 @@ async fn store_in_one_statement(
              RETURNING id),
          touched AS (
              UPDATE conversations SET updated_at = $7
-             WHERE id = $3 AND EXISTS (SELECT 1 FROM message)),
+             WHERE id = $3 AND EXISTS (SELECT 1 FROM message) RETURNING id),
          appended AS (
              INSERT INTO events (workspace_id, envelope, created_at)
-             SELECT $2, $9, $7 FROM message RETURNING id),
+             SELECT $2, $9, $7 FROM touched RETURNING id),
          queued AS (
              INSERT INTO turns (id, workspace_id, conversation_id, user_message_id, agent_id,
                                 seq, state, attempts, trace_context, created_at, updated_at)
@@ -362,10 +368,10 @@ async fn start_reply_in_one_statement(
              RETURNING id),
          touched AS (
              UPDATE conversations SET updated_at = $6
-             WHERE id = $3 AND EXISTS (SELECT 1 FROM reply)),
+             WHERE id = $3 AND EXISTS (SELECT 1 FROM reply) RETURNING id),
          appended AS (
              INSERT INTO events (workspace_id, envelope, created_at)
-             SELECT $2, $10, $6 FROM reply RETURNING id)
+             SELECT $2, $10, $6 FROM touched RETURNING id)
          SELECT id FROM appended",
     )
     .bind(&message.id)
