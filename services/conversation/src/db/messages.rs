@@ -164,17 +164,12 @@ pub async fn insert_user_message(
     if let Some(event) = stored {
         return Ok((message, Some(event)));
     }
+    drop(connection);
     // A retry: the message this author already stored with this local id.
-    let row = sqlx::query(AssertSqlSafe(format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages
-         WHERE conversation_id = $1 AND author_id = $2 AND local_id = $3"
-    )))
-    .bind(&new.conversation_id)
-    .bind(&new.author_id)
-    .bind(&new.local_id)
-    .fetch_one(&mut *connection)
-    .await?;
-    Ok((message_from_row(&row)?, None))
+    let stored = find_sent(pool, new)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    Ok((stored, None))
 }
 
 /// [`insert_user_message`] on Postgres: the message, the conversation's time, the event and
