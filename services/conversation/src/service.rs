@@ -215,7 +215,7 @@ impl Conversations {
             None => db::find_conversation(&self.pool, workspace_id, conversation_id).await?,
         };
         found
-            .filter(|found| !workspace_id.is_empty() || member_of.contains(&found.workspace_id))
+            .filter(|found| in_scope(found, workspace_id, member_of))
             .ok_or(ConversationError::ConversationNotFound)
     }
 
@@ -251,19 +251,22 @@ impl Conversations {
     async fn admit(
         &self,
         conversation: &Conversation,
+        answerer: Option<String>,
         new: &mut NewUserMessage,
     ) -> Result<Vec<String>, Status> {
-        let answering = self.addressed_agents(conversation, new).await?;
+        let answering = self.addressed_agents(conversation, answerer, new).await?;
         self.check_quota(&new.workspace_id).await?;
         self.ensure_runtime(&new.workspace_id).await?;
         Ok(answering)
     }
 
     /// The agents a new message is addressed to: those it mentions (ids, `@slug`s), which it
-    /// then carries as its `content.mentions`; without any, the conversation's agent.
+    /// then carries as its `content.mentions`; without any, the conversation's agent
+    /// (`answerer`, when the conversation's read found it).
     async fn addressed_agents(
         &self,
         conversation: &Conversation,
+        answerer: Option<String>,
         new: &mut NewUserMessage,
     ) -> Result<Vec<String>, ConversationError> {
         if !new.mentions.is_empty() || new.text.contains('@') {
@@ -272,6 +275,9 @@ impl Conversations {
             if !new.mentions.is_empty() {
                 return Ok(new.mentions.clone());
             }
+        }
+        if let Some(answerer) = answerer {
+            return Ok(vec![answerer]);
         }
         // A conversation whose agent was archived stays readable but takes no new message
         // that does not name another agent.
@@ -395,6 +401,12 @@ impl Conversations {
 }
 
 /// Why an author's edit or delete was refused, for the caller.
+/// Whether a conversation found by id is the caller's: in the named workspace (found there), or,
+/// when none was named, in one of the caller's (`member_of`).
+fn in_scope(found: &Conversation, workspace_id: &str, member_of: &[String]) -> bool {
+    !workspace_id.is_empty() || member_of.contains(&found.workspace_id)
+}
+
 fn author_change_error(refusal: db::AuthorChange) -> ConversationError {
     match refusal {
         db::AuthorChange::NotFound => ConversationError::MessageNotFound,
@@ -601,11 +613,14 @@ impl ConversationService for Conversations {
         let wait = request.wait;
         let member_of = std::mem::take(&mut request.member_of);
         let mut new = NewUserMessage::try_from(request)?;
-        let conversation = self
-            .conversation_among(&new.workspace_id, &member_of, &new.conversation_id, None)
-            .await?;
+        let (conversation, answerer) =
+            db::find_conversation_to_send(&self.pool, &new.workspace_id, &new.conversation_id)
+                .await
+                .map_err(db_error)?
+                .filter(|(found, _)| in_scope(found, &new.workspace_id, &member_of))
+                .ok_or(ConversationError::ConversationNotFound)?;
         new.workspace_id.clone_from(&conversation.workspace_id);
-        let message = match self.admit(&conversation, &mut new).await {
+        let message = match self.admit(&conversation, answerer, &mut new).await {
             Ok(answering) => {
                 // A retry of a stored message meets its own row here (the unique local id)
                 // and is answered with it.

@@ -146,6 +146,41 @@ pub async fn find_conversation(
     row.as_ref().map(own_fields_from_row).transpose()
 }
 
+/// [`find_conversation`] for a send, with the agent that answers a message naming none, when
+/// one read can tell: the conversation's own agent while it is active, or (it has none) the
+/// workspace's first active one. `None` there: [`super::agent_for_conversation`] says why, or
+/// seeds the default agents. One round trip where a send made two.
+pub async fn find_conversation_to_send(
+    pool: &AnyPool,
+    workspace_id: &str,
+    conversation_id: &str,
+) -> Result<Option<(Conversation, Option<String>)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT c.id, c.workspace_id, c.title, c.agent_id, c.created_at, c.updated_at,
+                CASE WHEN c.agent_id IS NULL
+                     THEN (SELECT a.id FROM agents a
+                           WHERE a.workspace_id = c.workspace_id AND a.archived_at IS NULL
+                           ORDER BY a.position, a.id LIMIT 1)
+                     ELSE (SELECT a.id FROM agents a
+                           WHERE a.workspace_id = c.workspace_id AND a.id = c.agent_id
+                             AND a.archived_at IS NULL)
+                END AS answering_agent_id
+         FROM conversations c
+         WHERE ($1 = '' OR c.workspace_id = $1) AND c.id = $2",
+    )
+    .bind(workspace_id)
+    .bind(conversation_id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|row| {
+        Ok((
+            own_fields_from_row(&row)?,
+            row.try_get("answering_agent_id")?,
+        ))
+    })
+    .transpose()
+}
+
 /// The conversation, in `workspace_id` (empty: in any workspace, for a caller who then checks
 /// it is one of theirs), with `reader`'s unread count and read position (empty: none).
 pub async fn find_conversation_for(
