@@ -167,7 +167,11 @@ impl Conversations {
 
     /// The workspace's plan (its own, or the default) and the tokens it used in the month of
     /// `at_ms`.
-    async fn plan(&self, workspace_id: &str, at_ms: i64) -> Result<(db::Plan, u64), Status> {
+    async fn plan_and_usage(
+        &self,
+        workspace_id: &str,
+        at_ms: i64,
+    ) -> Result<(db::Plan, u64), Status> {
         let (plan, used) = db::plan_and_month_tokens(&self.pool, workspace_id, at_ms)
             .await
             .map_err(db_error)?;
@@ -177,7 +181,7 @@ impl Conversations {
     /// Refuses a send from a workspace at or over its monthly quota, until the month ends.
     async fn check_quota(&self, workspace_id: &str) -> Result<(), Status> {
         let now = db::now_ms();
-        let (plan, used) = self.plan(workspace_id, now).await?;
+        let (plan, used) = self.plan_and_usage(workspace_id, now).await?;
         let Some(limit) = plan.monthly_token_quota else {
             return Ok(());
         };
@@ -400,13 +404,13 @@ impl Conversations {
     }
 }
 
-/// Why an author's edit or delete was refused, for the caller.
 /// Whether a conversation found by id is the caller's: in the named workspace (found there), or,
 /// when none was named, in one of the caller's (`member_of`).
 fn in_scope(found: &Conversation, workspace_id: &str, member_of: &[String]) -> bool {
     !workspace_id.is_empty() || member_of.contains(&found.workspace_id)
 }
 
+/// Why an author's edit or delete was refused, for the caller.
 fn author_change_error(refusal: db::AuthorChange) -> ConversationError {
     match refusal {
         db::AuthorChange::NotFound => ConversationError::MessageNotFound,
@@ -825,7 +829,7 @@ impl ConversationService for Conversations {
         let by_day = totals(Some("day")).await.map_err(db_error)?;
         let by_agent = totals(Some("agent_id")).await.map_err(db_error)?;
         let by_user = totals(Some("user_id")).await.map_err(db_error)?;
-        let (plan, used) = self.plan(&workspace_id, now).await?;
+        let (plan, used) = self.plan_and_usage(&workspace_id, now).await?;
         Ok(Response::new(WorkspaceUsage {
             workspace_id,
             plan: plan.name,

@@ -172,16 +172,31 @@ pub async fn insert_user_message(
     Ok((stored, None))
 }
 
+/// The tail of a one-statement write on Postgres (after a CTE `written` that returns the new
+/// message's row, or none): the conversation's time, then the `message.new` event (`appended`,
+/// its id the event's place). Parameters: `$2` workspace, `$3` conversation, `$7` time, `$9`
+/// the event's envelope.
+///
+/// The event is appended from the conversation's update, so it takes its place in the log only
+/// once it holds the conversation's row: writes to one conversation take their places in the
+/// order they commit, which is the order they are numbered in, and turns queue by place. (CTEs
+/// run in no set order apart from what they read: appended from the message, a send could take
+/// its place before an earlier one committed, and its turn ran first.)
+macro_rules! touched_then_appended {
+    () => {
+        "touched AS (
+             UPDATE conversations SET updated_at = $7
+             WHERE id = $3 AND EXISTS (SELECT 1 FROM written) RETURNING id),
+         appended AS (
+             INSERT INTO events (workspace_id, envelope, created_at)
+             SELECT $2, $9, $7 FROM touched RETURNING id)"
+    };
+}
+
 /// [`insert_user_message`] on Postgres: the message, the conversation's time, the event and
 /// the turns in one statement (its own transaction), so a send makes one round trip where a
 /// transaction took six; each round trip wakes two processes, which is what a send costs most
 /// on a small machine (BENCHMARKS.md, send path). `None`: the local id was taken.
-///
-/// The event is appended from the conversation's update, so it takes its place in the log only
-/// once it holds the conversation's row: sends to one conversation take their places in the
-/// order they commit, which is the order they are numbered in, and turns queue by place. (CTEs
-/// run in no set order apart from what they read: appended from the message, a send could take
-/// its place before an earlier one committed, and its turn ran first.)
 async fn store_in_one_statement(
     connection: &mut AnyConnection,
     new: &NewUserMessage,
@@ -191,19 +206,16 @@ async fn store_in_one_statement(
     let event = unnumbered_event(&new.workspace_id, event::Kind::MessageNew(message.clone()));
     // Parallel lists (ids hold no comma): the Any driver binds no arrays.
     let turn_ids: Vec<String> = answering.iter().map(|_| new_id()).collect();
-    let place: Option<i64> = sqlx::query_scalar(
-        "WITH message AS (
+    let place: Option<i64> = sqlx::query_scalar(concat!(
+        "WITH written AS (
              INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
                  local_id, content_type, text, status, created_at, updated_at, mentions)
              VALUES ($1, $2, $3, 'user', $4, NULL, $5, 'text', $6, 'sent', $7, $7, $8)
              ON CONFLICT (conversation_id, author_id, local_id) DO NOTHING
              RETURNING id),
-         touched AS (
-             UPDATE conversations SET updated_at = $7
-             WHERE id = $3 AND EXISTS (SELECT 1 FROM message) RETURNING id),
-         appended AS (
-             INSERT INTO events (workspace_id, envelope, created_at)
-             SELECT $2, $9, $7 FROM touched RETURNING id),
+         ",
+        touched_then_appended!(),
+        ",
          queued AS (
              INSERT INTO turns (id, workspace_id, conversation_id, user_message_id, agent_id,
                                 seq, state, attempts, trace_context, created_at, updated_at)
@@ -212,7 +224,7 @@ async fn store_in_one_statement(
              FROM appended, unnest(string_to_array($10, ','), string_to_array($11, ','))
                   AS answering(turn_id, agent_id))
          SELECT id FROM appended",
-    )
+    ))
     .bind(&message.id)
     .bind(&new.workspace_id)
     .bind(&new.conversation_id)
@@ -352,33 +364,30 @@ async fn start_reply_in_one_statement(
 ) -> Result<Option<(Message, Event)>, sqlx::Error> {
     let message = empty_reply(reply);
     let event = unnumbered_event(reply.workspace_id, event::Kind::MessageNew(message.clone()));
-    let place: Option<i64> = sqlx::query_scalar(
+    let place: Option<i64> = sqlx::query_scalar(concat!(
         "WITH fenced AS (
-             UPDATE turns SET reply_id = $1, updated_at = $6
-             WHERE id = $8 AND owner = $9 AND state = 'running' RETURNING id),
-         reply AS (
+             UPDATE turns SET reply_id = $1, updated_at = $7
+             WHERE id = $8 AND owner = $10 AND state = 'running' RETURNING id),
+         written AS (
              INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
                  local_id, content_type, text, status, created_at, updated_at, reply_to)
-             SELECT $1, $2, $3, 'agent', NULL, $4, NULL, 'text', '', $5, $6, $6, $7 FROM fenced
+             SELECT $1, $2, $3, 'agent', NULL, $4, NULL, 'text', '', $5, $7, $7, $6 FROM fenced
              RETURNING id),
-         touched AS (
-             UPDATE conversations SET updated_at = $6
-             WHERE id = $3 AND EXISTS (SELECT 1 FROM reply) RETURNING id),
-         appended AS (
-             INSERT INTO events (workspace_id, envelope, created_at)
-             SELECT $2, $10, $6 FROM touched RETURNING id)
+         ",
+        touched_then_appended!(),
+        "
          SELECT id FROM appended",
-    )
+    ))
     .bind(&message.id)
     .bind(reply.workspace_id)
     .bind(reply.conversation_id)
     .bind(reply.agent_id)
     .bind(message_status_to_db(reply.status))
-    .bind(message.created_at_ms)
     .bind(reply.reply_to)
+    .bind(message.created_at_ms)
     .bind(&fence.turn_id)
-    .bind(&fence.owner)
     .bind(event.encode_to_vec())
+    .bind(&fence.owner)
     .fetch_optional(&mut *connection)
     .await?;
     Ok(place.map(|_| (message, event)))
