@@ -467,7 +467,14 @@ window.addEventListener("storage", (event) => {
 });
 setInterval(renderTyping, 2000);
 
+// Renders may overlap: a view that awaits a fetch (agents, a thread opened by its address) must
+// not replace a view rendered after it (the user moved on meanwhile). Each render takes a
+// number; an async view draws only while its number is still the latest.
+let renders = 0;
+const superseded = (ticket) => ticket !== renders;
+
 async function render() {
+  const ticket = ++renders;
   clearInterval(state.opsTimer);
   state.opsTimer = null;
   if (!state.session) return renderAuth(route().section === "sign-up" ? "sign-up" : "sign-in");
@@ -477,11 +484,11 @@ async function render() {
     else link.removeAttribute("aria-current");
   }
   switch (section || "chat") {
-    case "agents": return renderAgents(id);
+    case "agents": return renderAgents(id, ticket);
     case "events": return renderEvents();
     case "operations": return renderOperations();
     case "workspaces": return renderWorkspaces();
-    default: return renderChat(id || null);
+    default: return renderChat(id || null, ticket);
   }
 }
 
@@ -520,7 +527,7 @@ function renderAuth(mode) {
 }
 
 // Chat: conversations, the open thread, the composer.
-async function renderChat(conversationId) {
+async function renderChat(conversationId, ticket) {
   if (conversationId && conversationId !== state.openConversationId) {
     state.openConversationId = conversationId;
     if (!state.messages.has(conversationId)) await loadMessages(conversationId);
@@ -535,6 +542,7 @@ async function renderChat(conversationId) {
       showError(error);
     }
   }
+  if (superseded(ticket)) return;
   const conversation = state.conversations.find((c) => c.id === state.openConversationId);
   const draft = state.newConversation;
   const title = h("input", { type: "text", id: "new-conversation-title", maxlength: 200, placeholder: "New conversation",
@@ -846,13 +854,15 @@ async function stopReply() {
 }
 
 // Agents: list, create, edit (owners and admins).
-async function renderAgents(agentId) {
+async function renderAgents(agentId, ticket) {
+  const workspaceId = state.workspaceId;
   try {
     const { data } = await rest.get(wsPath("/agents"));
-    state.agents = new Map(data.map((agent) => [agent.id, agent]));
+    if (stillOpen(workspaceId)) state.agents = new Map(data.map((agent) => [agent.id, agent]));
   } catch (error) {
     showError(error);
   }
+  if (superseded(ticket)) return;
   const creating = agentId === "new";
   const agent = creating ? { name: "", slug: "", description: "", systemPrompt: "", model: "", tools: [] } : state.agents.get(agentId);
   const list = h("ul", { class: "agent-list" }, [...state.agents.values()].map((item) =>

@@ -54,6 +54,7 @@ async fn a_user_chats_stops_reads_and_catches_up_in_the_console() {
             "a member added to a workspace sees it appear without a reload",
             "older conversations loaded past the first page",
             "older messages loaded past the first page",
+            "a slow view never covers the one opened after it",
             "accessibility",
         ],
         "{report}"

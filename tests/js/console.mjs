@@ -468,6 +468,20 @@ try {
   expect(/^Line [0-5]$/.test(oldestText), `the thread starts with ${oldestText}`);
   step("older messages loaded past the first page");
 
+  // A view that waits on the network (agents) must not cover the one opened after it: with the
+  // agents answer held back, the user goes on to the chat before it arrives.
+  await pageA.route("**/v1/workspaces/*/agents", async (held) => {
+    await new Promise((resolve) => setTimeout(resolve, 800));
+    await held.continue().catch(() => {});
+  });
+  await pageA.evaluate(() => { location.hash = "#/agents"; });
+  await pageA.evaluate(() => { location.hash = "#/chat"; });
+  await pageA.waitForTimeout(1500);
+  expect(await pageA.getByRole("heading", { name: "Conversations" }).isVisible(), "the chat view is gone");
+  expect(await pageA.getByRole("heading", { name: "Agents" }).count() === 0, "the agents view covered the chat");
+  await pageA.unroute("**/v1/workspaces/*/agents");
+  step("a slow view never covers the one opened after it");
+
   // Accessibility: axe-core's WCAG 2 A and AA rules on each view, then the sign-in page.
   const passed = new Set();
   for (const [hash, label] of [[`#/chat/${first}`, "chat"], ["#/agents", "agents"], ["#/events", "events"], ["#/operations", "operations"], ["#/workspaces", "workspaces"]]) {
@@ -490,7 +504,15 @@ try {
 
   expect(problems.length === 0, `the browser reported problems:\n${problems.join("\n")}`);
 } catch (error) {
-  await shot(pageA, "failure").catch(() => {});
+  // What every open page showed when it failed: its address, the problems it reported, the
+  // start of its text, and a screenshot (failure-1.png, …).
+  const pages = browser.contexts().flatMap((open) => open.pages());
+  for (const [index, page] of pages.entries()) {
+    await shot(page, `failure-${index + 1}`).catch(() => {});
+    const text = await page.evaluate(() => document.body.innerText).catch((failure) => `(unreadable: ${failure.message})`);
+    process.stderr.write(`console: page ${index + 1} at ${page.url()}:\n${text.slice(0, 1500)}\n\n`);
+  }
+  if (problems.length) process.stderr.write(`console: problems reported:\n${problems.join("\n")}\n`);
   throw error;
 } finally {
   await browser.close();
