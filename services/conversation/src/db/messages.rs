@@ -465,8 +465,124 @@ pub async fn finish_message(
     push: bool,
 ) -> Result<Option<(Message, Event)>, sqlx::Error> {
     let now = now_ms();
-    let mut tx = pool.begin().await?;
-    if let Some(fence) = fence
+    if let Some(content) = message.content.as_mut() {
+        content.text = text;
+    }
+    message.status = status as i32;
+    message.updated_at_ms = now;
+    // The members who are not looking are told, through the push outbox (`push.rs`): of an
+    // answer, and of one that failed (with what it said before: `incomplete`, or nothing).
+    // Nothing is queued while no provider is on: it could never be sent.
+    let push = push
+        && matches!(
+            status,
+            MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Incomplete
+        );
+    let ending = Ending {
+        message: &message,
+        fence,
+        usage,
+        push,
+        now,
+    };
+    let mut connection = pool.acquire().await?;
+    let event = if connection.backend_name() == POSTGRES {
+        finish_in_one_statement(&mut connection, &ending).await?
+    } else {
+        finish_in_transaction(&mut connection, &ending).await?
+    };
+    Ok(event.map(|event| (message, event)))
+}
+
+/// A reply's end, as [`finish_message`] writes it: `message` as it is to be stored.
+struct Ending<'a> {
+    message: &'a Message,
+    fence: Option<&'a TurnFence>,
+    usage: Option<&'a super::TurnUsage>,
+    push: bool,
+    now: i64,
+}
+
+/// [`finish_message`] on Postgres: the turn's row, the reply, its usage, the event and the push
+/// job in one statement, where a transaction took seven round trips (as a send's, see
+/// [`store_in_one_statement`]). `None`: nothing written.
+async fn finish_in_one_statement(
+    connection: &mut AnyConnection,
+    ending: &Ending<'_>,
+) -> Result<Option<Event>, sqlx::Error> {
+    let message = ending.message;
+    let event = unnumbered_event(
+        &message.workspace_id,
+        event::Kind::MessageUpdated(message.clone()),
+    );
+    let (day, month) = super::day_and_month(ending.now);
+    let usage = ending.usage;
+    // With a fence, the reply is written only if the turn's row was this owner's (and went);
+    // the usage and the push job only with the reply; the event from the reply's update, after
+    // it holds the reply's row (see `touched_then_appended!`).
+    let place: Option<i64> = sqlx::query_scalar(
+        "WITH ended AS (
+             DELETE FROM turns WHERE id = $6 AND owner = $7 RETURNING id),
+         finished AS (
+             UPDATE messages SET text = $1, status = $2, updated_at = $3, tool_calls = $4
+             WHERE id = $5 AND status = 'streaming'
+               AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM ended))
+             RETURNING workspace_id, conversation_id),
+         used AS (
+             INSERT INTO turn_usage (reply_id, workspace_id, conversation_id, agent_id, user_id,
+                                     model, input_tokens, output_tokens, duration_ms, day,
+                                     created_at)
+             SELECT $5, workspace_id, conversation_id, $10, $11, $12, $13, $14, $15, $16, $3
+             FROM finished WHERE $10::text IS NOT NULL
+             ON CONFLICT (reply_id) DO NOTHING
+             RETURNING workspace_id),
+         counted AS (
+             INSERT INTO workspace_month_usage (workspace_id, month, tokens)
+             SELECT workspace_id, $17, $18 FROM used
+             ON CONFLICT (workspace_id, month)
+             DO UPDATE SET tokens = workspace_month_usage.tokens + excluded.tokens),
+         appended AS (
+             INSERT INTO events (workspace_id, envelope, created_at)
+             SELECT workspace_id, $8, $3 FROM finished RETURNING id),
+         pushed AS (
+             INSERT INTO push_jobs (message_id, workspace_id, conversation_id, seq, event_id,
+                                    next_attempt_at, created_at)
+             SELECT $5, finished.workspace_id, finished.conversation_id, 0, appended.id, $3, $3
+             FROM finished, appended WHERE $9
+             ON CONFLICT (message_id) DO NOTHING)
+         SELECT id FROM appended",
+    )
+    .bind(message.content.as_ref().map_or("", |content| &content.text))
+    .bind(message_status_to_db(message.status()))
+    .bind(ending.now)
+    .bind(tool_calls_to_db(&message.tool_calls))
+    .bind(&message.id)
+    .bind(ending.fence.map(|fence| &fence.turn_id))
+    .bind(ending.fence.map(|fence| &fence.owner))
+    .bind(event.encode_to_vec())
+    .bind(ending.push)
+    .bind(usage.map(|usage| &usage.agent_id))
+    .bind(usage.map(|usage| &usage.user_id))
+    .bind(usage.map(|usage| &usage.model))
+    .bind(usage.map(|usage| super::usage_to_db(usage.input_tokens)))
+    .bind(usage.map(|usage| super::usage_to_db(usage.output_tokens)))
+    .bind(usage.map(|usage| super::usage_to_db(usage.duration_ms)))
+    .bind(day)
+    .bind(month)
+    .bind(usage.map(|usage| super::usage_to_db(usage.tokens())))
+    .fetch_optional(&mut *connection)
+    .await?;
+    Ok(place.map(|_| event))
+}
+
+/// [`finish_message`] on SQLite: the same writes in one transaction.
+async fn finish_in_transaction(
+    connection: &mut AnyConnection,
+    ending: &Ending<'_>,
+) -> Result<Option<Event>, sqlx::Error> {
+    let message = ending.message;
+    let mut tx = connection.begin().await?;
+    if let Some(fence) = ending.fence
         && !super::end_turn(&mut tx, fence).await?
     {
         tx.rollback().await?;
@@ -476,9 +592,9 @@ pub async fn finish_message(
         "UPDATE messages SET text = $1, status = $2, updated_at = $3, tool_calls = $4
          WHERE id = $5 AND status = 'streaming'",
     )
-    .bind(&text)
-    .bind(message_status_to_db(status))
-    .bind(now)
+    .bind(message.content.as_ref().map_or("", |content| &content.text))
+    .bind(message_status_to_db(message.status()))
+    .bind(ending.now)
     .bind(tool_calls_to_db(&message.tool_calls))
     .bind(&message.id)
     .execute(&mut *tx)
@@ -490,13 +606,8 @@ pub async fn finish_message(
         tx.commit().await?;
         return Ok(None);
     }
-    if let Some(content) = message.content.as_mut() {
-        content.text = text;
-    }
-    message.status = status as i32;
-    message.updated_at_ms = now;
-    if let Some(usage) = usage {
-        super::record_usage(&mut tx, &message, usage).await?;
+    if let Some(usage) = ending.usage {
+        super::record_usage(&mut tx, message, usage).await?;
     }
     let (event, place) = append_event(
         &mut tx,
@@ -504,19 +615,11 @@ pub async fn finish_message(
         event::Kind::MessageUpdated(message.clone()),
     )
     .await?;
-    // The members who are not looking are told, through the push outbox (`push.rs`): of an
-    // answer, and of one that failed (with what it said before: `incomplete`, or nothing).
-    // Nothing is queued while no provider is on: it could never be sent.
-    if push
-        && matches!(
-            status,
-            MessageStatus::Delivered | MessageStatus::Failed | MessageStatus::Incomplete
-        )
-    {
-        super::insert_push_job(&mut tx, &message, place, now).await?;
+    if ending.push {
+        super::insert_push_job(&mut tx, message, place, ending.now).await?;
     }
     tx.commit().await?;
-    Ok(Some((message, event)))
+    Ok(Some(event))
 }
 
 /// Ends a turn that had not started (still queued) with a `cancelled` reply of `agent_id`, and

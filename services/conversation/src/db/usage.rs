@@ -33,7 +33,8 @@ pub struct Plan {
     pub monthly_token_quota: Option<u64>,
 }
 
-fn to_db(count: u64) -> i64 {
+/// A count as stored (a Postgres `BIGINT`).
+pub(super) fn usage_to_db(count: u64) -> i64 {
     i64::try_from(count).unwrap_or(i64::MAX)
 }
 
@@ -84,9 +85,9 @@ pub async fn record_usage(
     .bind(&usage.agent_id)
     .bind(&usage.user_id)
     .bind(&usage.model)
-    .bind(to_db(usage.input_tokens))
-    .bind(to_db(usage.output_tokens))
-    .bind(to_db(usage.duration_ms))
+    .bind(usage_to_db(usage.input_tokens))
+    .bind(usage_to_db(usage.output_tokens))
+    .bind(usage_to_db(usage.duration_ms))
     .bind(&day)
     .bind(now)
     .execute(&mut *connection)
@@ -100,7 +101,7 @@ pub async fn record_usage(
         )
         .bind(&reply.workspace_id)
         .bind(&month)
-        .bind(to_db(usage.tokens()))
+        .bind(usage_to_db(usage.tokens()))
         .execute(&mut *connection)
         .await?;
     }
@@ -149,7 +150,7 @@ pub async fn set_plan(pool: &AnyPool, workspace_id: &str, plan: &Plan) -> Result
     )
     .bind(workspace_id)
     .bind(&plan.name)
-    .bind(plan.monthly_token_quota.map(to_db))
+    .bind(plan.monthly_token_quota.map(usage_to_db))
     .bind(now_ms())
     .execute(pool)
     .await?;
