@@ -153,6 +153,10 @@ impl Scheduler {
     /// now (no earlier turn of their agent in the conversation is open) and no other instance
     /// took first.
     pub fn start_next(&self, workspace_id: &str, conversation_id: &str, agent_ids: Vec<String>) {
+        if self.tracker.is_closed() {
+            // Shutting down: what is queued waits for the next instance (see `run`).
+            return;
+        }
         let capacity = self.capacity();
         if capacity == 0 {
             return; // A poll will find it.
@@ -243,11 +247,18 @@ impl Scheduler {
     }
 
     /// Claims and runs turns until `shutdown`; turns already running are left to finish (the
-    /// caller waits for them through [`Scheduler::tracker`]).
+    /// caller waits for them through [`Scheduler::tracker`]). From then on no turn starts here,
+    /// not even the next of a conversation whose turn ends during the grace: started, it would
+    /// outlive the grace or fail against services stopping too (a shutdown with runtime-proxy
+    /// going down failed every queued turn of a busy instance, one after another); queued, it
+    /// runs on the next instance.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    self.tracker.close();
+                    return;
+                }
                 () = tokio::time::sleep(self.settings.poll) => {}
             }
             self.take_over(db::now_ms()).await;

@@ -1,9 +1,11 @@
-//! SIGTERM: the stack stops accepting, lets the turn in flight finish, closes sockets so
-//! clients reconnect elsewhere, and exits cleanly within its bound.
+//! SIGTERM: the stack stops accepting, lets the turn in flight finish (and starts no other: the
+//! queued ones wait for the next start), closes sockets so clients reconnect elsewhere, and
+//! exits cleanly within its bound.
 
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use serde_json::Value;
 
 use crate::support::api::Api;
 use crate::support::{Options, Stack, sio};
@@ -84,4 +86,80 @@ async fn sigterm_during_a_turn_lets_it_finish_and_the_stack_exit_cleanly() {
         reply["content"]["text"],
         "[assistant] You said: a question asked just before the stop"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turns_still_queued_at_sigterm_wait_for_the_next_start() {
+    // Three questions to one agent run one after another; the first is streaming when SIGTERM
+    // arrives. Its turn finishes in the grace; the other two must not start in a stopping stack
+    // (they would fail against runtime-proxy stopping too, or outlive the grace): they wait and
+    // are answered after the restart.
+    let options = || Options {
+        token_delay_ms: 200,
+        ..Options::default()
+    };
+    let stack = Stack::embedded_with(options()).await;
+    let api = Api::new(stack.edge(0));
+    let user = api.sign_up().await;
+    let conversation = api.create_conversation(&user).await;
+    let mut socket = sio::connect(stack.edge(0), &[("x-token", &user.token)], None)
+        .await
+        .expect("connect")
+        .expect_connected();
+    let questions = [
+        "the first question",
+        "the second question",
+        "the third question",
+    ];
+    for (n, question) in questions.iter().enumerate() {
+        let (status, body) = api
+            .send(&user, &conversation, &format!("q{n}"), question)
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    socket
+        .events_until(Duration::from_secs(30), |event| {
+            event.name == "message.delta"
+        })
+        .await;
+
+    let (statuses, dir) = stack.terminate(EXIT_BOUND).await;
+    assert!(
+        statuses.iter().all(std::process::ExitStatus::success),
+        "{statuses:?}"
+    );
+    let restarted_at = chrono::Utc::now().timestamp_millis();
+    let stack = Stack::embedded_in(dir, options()).await;
+    let api = Api::new(stack.edge(0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let replies = loop {
+        let messages = api.all_messages(&user, &conversation, 100).await;
+        let replies: Vec<Value> = messages
+            .into_iter()
+            .filter(|message| message["role"] == "agent" && message["status"] != "streaming")
+            .collect();
+        if replies.len() == questions.len() {
+            break replies;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every question was answered after the restart: {replies:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for (n, question) in questions.iter().enumerate() {
+        let reply = replies
+            .iter()
+            .find(|reply| reply["content"]["text"] == format!("[assistant] You said: {question}"))
+            .unwrap_or_else(|| panic!("no delivered answer to {question:?}: {replies:#?}"));
+        assert_eq!(reply["status"], "delivered", "{reply:#}");
+        let created = reply["createdAt"].as_str().and_then(|at| {
+            chrono::DateTime::parse_from_rfc3339(at)
+                .ok()
+                .map(|at| at.timestamp_millis())
+        });
+        let after_restart = created.is_some_and(|at| at >= restarted_at);
+        // The first was answered before the stop; the others only by the restarted stack.
+        assert_eq!(after_restart, n > 0, "{question:?}: {reply:#}");
+    }
 }
