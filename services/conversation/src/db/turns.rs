@@ -215,27 +215,24 @@ async fn claim_one(
         .bind(workspace_id)
         .execute(&mut *tx)
         .await?;
-    let running: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM turns WHERE workspace_id = $1 AND state = 'running'",
-    )
-    .bind(workspace_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if running >= per_workspace {
-        tx.rollback().await?;
-        return Ok(None);
-    }
+    // The workspace's running turns are counted in the claim's own statement: it starts after
+    // the lock is granted, so it sees every claim committed before (one round trip fewer than
+    // counting first).
     let now = now_ms();
     let taken = sqlx::query(AssertSqlSafe(format!(
         "UPDATE turns SET state = 'running', owner = $1, lease_until = $2,
                           attempts = attempts + 1, updated_at = $3
          WHERE id = $4 AND state = 'queued'
+           AND (SELECT COUNT(*) FROM turns r
+                WHERE r.workspace_id = $5 AND r.state = 'running') < $6
          RETURNING {TURN_COLUMNS}"
     )))
     .bind(owner)
     .bind(now + lease_ms)
     .bind(now)
     .bind(id)
+    .bind(workspace_id)
+    .bind(per_workspace)
     .fetch_optional(&mut *tx)
     .await;
     match taken {
