@@ -7,29 +7,36 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::support::api::Api;
-use crate::support::{Options, Stack, sio};
+use crate::support::api::{Api, User, socket};
+use crate::support::sio::SioClient;
+use crate::support::{Options, Stack};
 
 /// The longest a stack may take to stop after SIGTERM: the servers' drain bound (20 s) plus the
 /// conversation service's grace for turns (10 s), with room to spare on a loaded machine.
 const EXIT_BOUND: Duration = Duration::from_secs(40);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_a_turn_lets_it_finish_and_the_stack_exit_cleanly() {
-    // ~10 tokens at 200 ms: the turn is still streaming when SIGTERM arrives and needs about
-    // two seconds more, well inside runtime-proxy's 8 s drain.
-    let options = || Options {
+/// ~10 tokens at 200 ms: a turn is still streaming when SIGTERM arrives and needs about two
+/// seconds more, well inside runtime-proxy's 8 s drain.
+fn slow() -> Options {
+    Options {
         token_delay_ms: 200,
         ..Options::default()
-    };
-    let stack = Stack::embedded_with(options()).await;
+    }
+}
+
+/// An embedded stack answering [`slow`]ly, a user with a conversation, and their socket.
+async fn slow_stack() -> (Stack, Api, User, String, SioClient) {
+    let stack = Stack::embedded_with(slow()).await;
     let api = Api::new(stack.edge(0));
     let user = api.sign_up().await;
     let conversation = api.create_conversation(&user).await;
-    let mut socket = sio::connect(stack.edge(0), &[("x-token", &user.token)], None)
-        .await
-        .expect("connect")
-        .expect_connected();
+    let socket = socket(stack.edge(0), &user).await;
+    (stack, api, user, conversation, socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_turn_lets_it_finish_and_the_stack_exit_cleanly() {
+    let (stack, api, user, conversation, mut socket) = slow_stack().await;
     let (status, body) = api
         .send(
             &user,
@@ -65,7 +72,7 @@ async fn sigterm_during_a_turn_lets_it_finish_and_the_stack_exit_cleanly() {
         "still listening"
     );
 
-    let stack = Stack::embedded_in(dir, options()).await;
+    let stack = Stack::embedded_in(dir, slow()).await;
     let api = Api::new(stack.edge(0));
     let messages = api.all_messages(&user, &conversation, 100).await;
     assert!(
@@ -94,18 +101,7 @@ async fn turns_still_queued_at_sigterm_wait_for_the_next_start() {
     // arrives. Its turn finishes in the grace; the other two must not start in a stopping stack
     // (they would fail against runtime-proxy stopping too, or outlive the grace): they wait and
     // are answered after the restart.
-    let options = || Options {
-        token_delay_ms: 200,
-        ..Options::default()
-    };
-    let stack = Stack::embedded_with(options()).await;
-    let api = Api::new(stack.edge(0));
-    let user = api.sign_up().await;
-    let conversation = api.create_conversation(&user).await;
-    let mut socket = sio::connect(stack.edge(0), &[("x-token", &user.token)], None)
-        .await
-        .expect("connect")
-        .expect_connected();
+    let (stack, api, user, conversation, mut socket) = slow_stack().await;
     let questions = [
         "the first question",
         "the second question",
@@ -129,7 +125,7 @@ async fn turns_still_queued_at_sigterm_wait_for_the_next_start() {
         "{statuses:?}"
     );
     let restarted_at = chrono::Utc::now().timestamp_millis();
-    let stack = Stack::embedded_in(dir, options()).await;
+    let stack = Stack::embedded_in(dir, slow()).await;
     let api = Api::new(stack.edge(0));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let replies = loop {
