@@ -37,6 +37,7 @@ load=target/release/crawbl-load
 mkdir -p target/bench
 results=target/bench/results.jsonl
 : >"$results"
+# BENCH_SENDERS=N runs send-path with N closed-loop senders instead of 8 (the table's rows use 8).
 # BENCH_LOGS=DIR keeps the servers' logs there (RUST_LOG for Crawbl: BENCH_RUST_LOG).
 work=${BENCH_LOGS:-$(mktemp -d)}
 mkdir -p "$work"
@@ -186,7 +187,7 @@ run() { # SCENARIO TARGET
       "$load" idle --edge "$(joined "${edges[@]}")" --sockets "$sockets" \
         --pids "$(joined "${servers[@]}")" "${common[@]}" ;;
     send-path)
-      "$load" send-path --edge "${edges[0]}" --senders 8 --seconds 20 "${common[@]}" ;;
+      "$load" send-path --edge "${edges[0]}" --senders "${BENCH_SENDERS:-8}" --seconds 20 "${common[@]}" ;;
     storm-*)
       sockets=$(count_of "$scenario")
       "$load" storm --edge "$(joined "${edges[@]}")" --kill-pid "${servers[0]}" \
