@@ -3,7 +3,8 @@
 # senders, 20 s), its database on a private Postgres started in a temp folder with
 # pg_stat_statements and auto_explain; then the 30 costliest statements (calls, total and mean
 # ms, rows) and the plans of statements slower than AUTO_EXPLAIN_MS (default 1 ms) in the
-# folder's pg.log. Never touches the machine's Postgres.
+# folder's pg.log. Never touches the machine's Postgres. BENCH_PG_SETTINGS adds server settings
+# to try (e.g. "-c commit_delay=200 -c commit_siblings=2").
 #   scripts/bench-statements.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,8 @@ echo "==> a private Postgres on port $port ($work)"
 as_postgres "$bin/initdb" -D "$work/data" -A trust -U postgres >/dev/null
 as_postgres "$bin/pg_ctl" -D "$work/data" -l "$work/pg.log" -w start -o "-p $port -k $work \
   -c shared_preload_libraries=pg_stat_statements,auto_explain -c pg_stat_statements.track=all \
-  -c auto_explain.log_min_duration=${AUTO_EXPLAIN_MS:-1}ms -c auto_explain.log_nested_statements=on" >/dev/null
+  -c auto_explain.log_min_duration=${AUTO_EXPLAIN_MS:-1}ms -c auto_explain.log_nested_statements=on \
+  ${BENCH_PG_SETTINGS:-}" >/dev/null
 sql() { psql -h 127.0.0.1 -p "$port" -U postgres -d bench -X "$@"; }
 psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "CREATE DATABASE bench"
 sql -qc "CREATE EXTENSION pg_stat_statements"
