@@ -34,23 +34,36 @@ async fn slow_stack() -> (Stack, Api, User, String, SioClient) {
     (stack, api, user, conversation, socket)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_a_turn_lets_it_finish_and_the_stack_exit_cleanly() {
-    let (stack, api, user, conversation, mut socket) = slow_stack().await;
-    let (status, body) = api
-        .send(
-            &user,
-            &conversation,
-            "t1",
-            "a question asked just before the stop",
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+/// Sends each `(local id, text)` and waits until the first answer streams (a `message.delta`).
+async fn ask_until_streaming(
+    api: &Api,
+    user: &User,
+    conversation: &str,
+    socket: &mut SioClient,
+    questions: &[(&str, &str)],
+) {
+    for (local_id, text) in questions {
+        let (status, body) = api.send(user, conversation, local_id, text).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
     socket
         .events_until(Duration::from_secs(30), |event| {
             event.name == "message.delta"
         })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_turn_lets_it_finish_and_the_stack_exit_cleanly() {
+    let (stack, api, user, conversation, mut socket) = slow_stack().await;
+    ask_until_streaming(
+        &api,
+        &user,
+        &conversation,
+        &mut socket,
+        &[("t1", "a question asked just before the stop")],
+    )
+    .await;
 
     let started = tokio::time::Instant::now();
     let edge = stack.edge(0).to_owned();
@@ -102,22 +115,13 @@ async fn turns_still_queued_at_sigterm_wait_for_the_next_start() {
     // (they would fail against runtime-proxy stopping too, or outlive the grace): they wait and
     // are answered after the restart.
     let (stack, api, user, conversation, mut socket) = slow_stack().await;
-    let questions = [
-        "the first question",
-        "the second question",
-        "the third question",
+    let asked = [
+        ("q0", "the first question"),
+        ("q1", "the second question"),
+        ("q2", "the third question"),
     ];
-    for (n, question) in questions.iter().enumerate() {
-        let (status, body) = api
-            .send(&user, &conversation, &format!("q{n}"), question)
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
-    socket
-        .events_until(Duration::from_secs(30), |event| {
-            event.name == "message.delta"
-        })
-        .await;
+    ask_until_streaming(&api, &user, &conversation, &mut socket, &asked).await;
+    let questions = asked.map(|(_, question)| question);
 
     let (statuses, dir) = stack.terminate(EXIT_BOUND).await;
     assert!(

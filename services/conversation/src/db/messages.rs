@@ -503,6 +503,16 @@ struct Ending<'a> {
     now: i64,
 }
 
+impl Ending<'_> {
+    /// The reply's final text.
+    fn text(&self) -> &str {
+        self.message
+            .content
+            .as_ref()
+            .map_or("", |content| &content.text)
+    }
+}
+
 /// [`finish_message`] on Postgres: the turn's row, the reply, its usage, the event and the push
 /// job in one statement, where a transaction took seven round trips (as a send's, see
 /// [`store_in_one_statement`]). `None`: nothing written.
@@ -552,7 +562,7 @@ async fn finish_in_one_statement(
              ON CONFLICT (message_id) DO NOTHING)
          SELECT id FROM appended",
     )
-    .bind(message.content.as_ref().map_or("", |content| &content.text))
+    .bind(ending.text())
     .bind(message_status_to_db(message.status()))
     .bind(ending.now)
     .bind(tool_calls_to_db(&message.tool_calls))
@@ -592,7 +602,7 @@ async fn finish_in_transaction(
         "UPDATE messages SET text = $1, status = $2, updated_at = $3, tool_calls = $4
          WHERE id = $5 AND status = 'streaming'",
     )
-    .bind(message.content.as_ref().map_or("", |content| &content.text))
+    .bind(ending.text())
     .bind(message_status_to_db(message.status()))
     .bind(ending.now)
     .bind(tool_calls_to_db(&message.tool_calls))
