@@ -25,16 +25,36 @@ async fn replicated(extra: &[(&'static str, &'static str)]) -> Stack {
 }
 
 /// The conversation's durable events from the log, oldest first, as (type, message).
-async fn logged(api: &Api, user: &User, conversation: &str) -> Vec<(String, Value)> {
-    api.all_events(user, 0)
-        .await
-        .into_iter()
-        .filter(|event| event["payload"]["conversationId"] == conversation)
-        .map(|event| {
-            let kind = event["type"].as_str().unwrap_or_default().to_owned();
-            (kind, event["payload"].clone())
-        })
-        .collect()
+/// The conversation's log once it holds the final `message.updated` of `replies` agent replies.
+/// A reply's end is numbered into the log just after it commits, so a reader that saw the reply
+/// ended may get there first.
+async fn logged(
+    api: &Api,
+    user: &User,
+    conversation: &str,
+    replies: usize,
+) -> Vec<(String, Value)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let events: Vec<(String, Value)> = api
+            .all_events(user, 0)
+            .await
+            .into_iter()
+            .filter(|event| event["payload"]["conversationId"] == conversation)
+            .map(|event| {
+                let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                (kind, event["payload"].clone())
+            })
+            .collect();
+        if final_updates(&events).len() >= replies {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never held {replies} replies' ends: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until every agent reply of the conversation has ended and there are `replies` of them.
@@ -88,7 +108,7 @@ async fn sends_to_one_conversation_through_both_edges_are_answered_once_each_in_
     }
     settled(&apis[1], &user, &conversation, 10).await;
 
-    let events = logged(&apis[0], &user, &conversation).await;
+    let events = logged(&apis[0], &user, &conversation, 10).await;
     // The send order: the order of the user messages in the log.
     let sent: Vec<String> = events
         .iter()
@@ -231,7 +251,7 @@ async fn a_conversation_instance_killed_mid_turn_leaves_other_turns_alone_and_en
 
     // Nothing was rewritten, and the next message is answered, through either edge.
     for conversation in [&doomed, &survivor] {
-        let events = logged(&apis[0], &user, conversation).await;
+        let events = logged(&apis[0], &user, conversation, 1).await;
         assert!(
             final_updates(&events)
                 .values()
@@ -272,7 +292,7 @@ async fn restarting_a_conversation_instance_never_rewrites_what_the_other_instan
         reply["content"]["text"],
         crawbl_runtime_stub::scripted_reply("assistant", &long).as_str()
     );
-    let events = logged(&api, &user, &conversation).await;
+    let events = logged(&api, &user, &conversation, 1).await;
     let finals = final_updates(&events);
     assert_eq!(finals.len(), 1);
     assert!(
