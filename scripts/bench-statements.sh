@@ -3,7 +3,8 @@
 # senders, 20 s), its database on a private Postgres started in a temp folder with
 # pg_stat_statements and auto_explain; then the 30 costliest statements (calls, total and mean
 # ms, rows) and the plans of statements slower than AUTO_EXPLAIN_MS (default 1 ms) in the
-# folder's pg.log. Never touches the machine's Postgres. BENCH_PG_SETTINGS adds server settings
+# folder's pg.log; then the rows each table wrote (HOT updates wrote no index entry) and the WAL
+# the run wrote. Never touches the machine's Postgres. BENCH_PG_SETTINGS adds server settings
 # to try (e.g. "-c commit_delay=200 -c commit_siblings=2").
 #   scripts/bench-statements.sh
 set -euo pipefail
@@ -39,3 +40,11 @@ sql -c "SELECT calls, round(total_exec_time::numeric) AS total_ms, round(mean_ex
 sql -Atc "SELECT 'all statements: ' || sum(calls) || ' calls, ' || round(sum(total_exec_time)::numeric) || ' ms'
           FROM pg_stat_statements"
 echo "plans slower than ${AUTO_EXPLAIN_MS:-1} ms: $(grep -c 'duration:' "$work/pg.log" || true)"
+echo "==> rows written per table (a HOT update writes no index entry)"
+sql -c "SELECT relname AS table, n_tup_ins AS inserts, n_tup_upd AS updates, n_tup_hot_upd AS hot,
+               n_tup_del AS deletes
+        FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > 0
+        ORDER BY n_tup_ins + n_tup_upd + n_tup_del DESC"
+echo "==> WAL written"
+sql -c "SELECT wal_records, wal_fpi AS full_page_images, pg_size_pretty(wal_bytes) AS wal_bytes,
+               wal_sync AS syncs FROM pg_stat_wal"

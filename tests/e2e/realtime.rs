@@ -164,8 +164,7 @@ async fn log_event(database_url: &str, user: &User, conversation: &str, seq: u64
         .expect("connect to the stack's database");
     let seq = i64::try_from(seq).expect("seq");
     sqlx::query(
-        "INSERT INTO events (workspace_id, seq, envelope, created_at, published_at)
-         VALUES ($1, $2, $3, $4, $4)",
+        "INSERT INTO events (workspace_id, seq, envelope, created_at) VALUES ($1, $2, $3, $4)",
     )
     .bind(&user.workspace_id)
     .bind(seq)
@@ -174,12 +173,14 @@ async fn log_event(database_url: &str, user: &User, conversation: &str, seq: u64
     .execute(&mut database)
     .await
     .expect("log an event");
-    sqlx::query("UPDATE workspace_sequences SET last_seq = $2 WHERE workspace_id = $1")
-        .bind(&user.workspace_id)
-        .bind(seq)
-        .execute(&mut database)
-        .await
-        .expect("advance the sequence");
+    sqlx::query(
+        "UPDATE workspace_sequences SET last_seq = $2, published_seq = $2 WHERE workspace_id = $1",
+    )
+    .bind(&user.workspace_id)
+    .bind(seq)
+    .execute(&mut database)
+    .await
+    .expect("advance the sequence");
     envelope
 }
 

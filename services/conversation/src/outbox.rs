@@ -3,10 +3,10 @@
 //! publishes them and marks them published. Writers to one workspace that commit at the same time
 //! share one numbering: while one runs, the others wait and the next covers all of them (group
 //! commit, as a database does with its log). Marking them published is left to a background
-//! marker, which marks what was published every [`MARK_INTERVAL`] in one statement per
-//! workspace, off the writers' path. What could not be numbered or published (the
-//! process stopped, the bus was down) is left for the relay, which numbers and publishes it, in
-//! order, once it can. The pruner drops published events older than the retention.
+//! marker, which moves each workspace's publish progress over what was published every
+//! [`MARK_INTERVAL`], one statement per workspace, off the writers' path. What could not be
+//! numbered or published (the process stopped, the bus was down) is left for the relay, which
+//! numbers and publishes it, in order, once it can. The pruner drops published events older than the retention.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +28,10 @@ const RELAY_BATCH: u32 = 500;
 /// How often published events are marked published. Well within [`RELAY_GRACE_MS`], so the
 /// relay does not publish them again.
 const MARK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a published range waits for the events before it to be marked (by another instance,
+/// or by the relay after a failed publish). Past it, the relay publishes it again (edges drop
+/// the duplicates) and moves the progress past it.
+const MARK_WAIT: Duration = Duration::from_secs(5);
 /// Workspaces with events left unnumbered that one relay pass numbers.
 const RELAY_WORKSPACES: u32 = 100;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
@@ -40,8 +44,17 @@ pub struct Outbox {
     shared_store: bool,
     /// The workspaces being numbered on this instance right now.
     numbering: Arc<Mutex<HashMap<String, Arc<Numbering>>>>,
-    /// Published ranges (`workspace_id`, first and last seq) the marker has yet to mark.
-    published: Arc<Mutex<Vec<(String, u64, u64)>>>,
+    /// Published ranges the marker has yet to mark.
+    published: Arc<Mutex<Vec<Published>>>,
+}
+
+/// Events `first..=last` of a workspace, published since `at`.
+#[derive(Debug, PartialEq)]
+struct Published {
+    workspace_id: String,
+    first: u64,
+    last: u64,
+    at: tokio::time::Instant,
 }
 
 /// One workspace's numbering, shared by the writers that wait for it.
@@ -111,7 +124,8 @@ impl Outbox {
     /// Publishes numbered events in order (per workspace) and hands them to the marker. At the
     /// first failure the rest stay pending, in order, for the relay.
     async fn publish_numbered(&self, events: Vec<Event>) {
-        let mut published: Vec<(String, u64, u64)> = Vec::new();
+        let at = tokio::time::Instant::now();
+        let mut published: Vec<Published> = Vec::new();
         for event in &events {
             if let Err(error) = self.bus.publish(event).await {
                 tracing::warn!(
@@ -122,7 +136,13 @@ impl Outbox {
                 );
                 break;
             }
-            extend_ranges(&mut published, &event.workspace_id, event.seq, event.seq);
+            let range = Published {
+                workspace_id: event.workspace_id.clone(),
+                first: event.seq,
+                last: event.seq,
+                at,
+            };
+            extend_ranges(&mut published, range);
         }
         lock(&self.published).extend(published);
     }
@@ -141,19 +161,40 @@ impl Outbox {
         }
     }
 
+    /// Moves each workspace's publish progress over what was published. A range that does not
+    /// follow the progress yet waits for the next pass, up to [`MARK_WAIT`].
     async fn mark_published(&self) {
-        let taken = std::mem::take(&mut *lock(&self.published));
-        let mut ranges = Vec::new();
-        for (workspace_id, first, last) in taken {
-            extend_ranges(&mut ranges, &workspace_id, first, last);
+        let mut taken = std::mem::take(&mut *lock(&self.published));
+        taken.sort_by(|a, b| (&a.workspace_id, a.first).cmp(&(&b.workspace_id, b.first)));
+        let mut ranges: Vec<Published> = Vec::new();
+        for range in taken {
+            extend_ranges(&mut ranges, range);
         }
-        for (workspace_id, first, last) in ranges {
-            if let Err(error) = db::mark_published(&self.pool, &workspace_id, first, last).await {
-                // Published but not marked: the relay publishes them again; edges drop
-                // duplicates.
-                tracing::warn!(%error, workspace_id, "could not mark events published");
+        let mut waiting: Vec<Published> = Vec::new();
+        for range in ranges {
+            // A later range of a workspace cannot follow while an earlier one waits.
+            let behind = waiting
+                .last()
+                .is_some_and(|earlier| earlier.workspace_id == range.workspace_id);
+            let marked = !behind
+                && db::mark_published(&self.pool, &range.workspace_id, range.first, range.last)
+                    .await
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(
+                            %error,
+                            workspace_id = range.workspace_id,
+                            "could not mark events published"
+                        );
+                        false
+                    });
+            // Past the wait, left to the relay: it publishes them again; edges drop duplicates.
+            if !marked && range.at.elapsed() < MARK_WAIT {
+                waiting.push(range);
             }
         }
+        let mut published = lock(&self.published);
+        waiting.append(&mut published);
+        *published = waiting;
     }
 
     /// Publishes an event that is not logged (typing, status, deltas): lost if the bus is down.
@@ -249,12 +290,15 @@ impl Outbox {
     }
 }
 
-/// Adds `first..=last` of `workspace_id` to `ranges`: to the last range when it continues it
-/// (ranges of one workspace come in order; a gap, where a publish failed, starts a new one).
-fn extend_ranges(ranges: &mut Vec<(String, u64, u64)>, workspace_id: &str, first: u64, last: u64) {
+/// Adds `range` to `ranges`: to the last range when it continues it (ranges of one workspace come
+/// in order; a gap, where a publish failed, starts a new one).
+fn extend_ranges(ranges: &mut Vec<Published>, range: Published) {
     match ranges.last_mut() {
-        Some((same, _, end)) if same == workspace_id && *end + 1 == first => *end = last,
-        _ => ranges.push((workspace_id.to_owned(), first, last)),
+        Some(last) if last.workspace_id == range.workspace_id && last.last + 1 == range.first => {
+            last.last = range.last;
+            last.at = last.at.min(range.at);
+        }
+        _ => ranges.push(range),
     }
 }
 
@@ -289,20 +333,40 @@ mod tests {
         }
     }
 
+    /// Events above their workspace's publish progress.
     async fn unpublished(pool: &AnyPool) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE published_at IS NULL")
-            .fetch_one(pool)
-            .await
-            .expect("count")
+        sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events e
+             LEFT JOIN workspace_sequences s ON s.workspace_id = e.workspace_id
+             WHERE e.seq IS NULL OR s.published_seq IS NULL OR e.seq > s.published_seq",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("count")
     }
 
-    #[tokio::test]
-    async fn events_left_unnumbered_are_numbered_in_append_order_and_published_once_old_enough() {
+    /// A fresh SQLite database in its own folder (removed by the caller).
+    async fn database() -> (AnyPool, std::path::PathBuf) {
         let folder = std::env::temp_dir().join(format!("outbox-{}", uuid::Uuid::new_v4()));
         let url = format!("sqlite://{}/c.db?mode=rwc", folder.display());
         let pool = crawbl_infra::db::connect(&url, crate::migrations())
             .await
             .expect("database");
+        (pool, folder)
+    }
+
+    fn range(first: u64, last: u64, at: tokio::time::Instant) -> Published {
+        Published {
+            workspace_id: "w".to_owned(),
+            first,
+            last,
+            at,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_left_unnumbered_are_numbered_in_append_order_and_published_once_old_enough() {
+        let (pool, folder) = database().await;
         let bus = EventBus::in_process();
         let mut published = bus.subscribe();
         let outbox = Outbox::new(pool.clone(), bus, false);
@@ -350,14 +414,61 @@ mod tests {
         let _ = std::fs::remove_dir_all(folder);
     }
 
+    #[tokio::test]
+    async fn a_range_published_ahead_of_an_earlier_one_waits_for_it_then_for_the_relay() {
+        let (pool, folder) = database().await;
+        let outbox = Outbox::new(pool.clone(), EventBus::in_process(), false);
+        for id in ["m1", "m2", "m3", "m4"] {
+            append(&pool, id).await;
+        }
+        db::number_pending(&pool, "w").await.expect("number");
+        let now = tokio::time::Instant::now();
+
+        // Another instance published 1..=2 and has not marked them yet; this one published 3.
+        lock(&outbox.published).push(range(3, 3, now));
+        outbox.mark_published().await;
+        assert_eq!(
+            unpublished(&pool).await,
+            4,
+            "3 does not follow the progress"
+        );
+        assert_eq!(*lock(&outbox.published), [range(3, 3, now)]);
+        assert!(db::mark_published(&pool, "w", 1, 2).await.expect("mark"));
+        outbox.mark_published().await;
+        assert_eq!(unpublished(&pool).await, 1);
+        assert!(lock(&outbox.published).is_empty());
+
+        // A range behind a gap no one fills (a failed publish) waits at most MARK_WAIT; the
+        // progress never passes the gap.
+        let long_ago = now.checked_sub(MARK_WAIT * 2).expect("an instant long ago");
+        lock(&outbox.published).push(range(5, 5, long_ago));
+        outbox.mark_published().await;
+        assert!(lock(&outbox.published).is_empty(), "left to the relay");
+        assert_eq!(unpublished(&pool).await, 1);
+        // Already passed (the relay published it again): nothing to wait for.
+        assert!(db::mark_published(&pool, "w", 4, 4).await.expect("mark"));
+        lock(&outbox.published).push(range(4, 4, now));
+        outbox.mark_published().await;
+        assert!(lock(&outbox.published).is_empty());
+        assert_eq!(unpublished(&pool).await, 0);
+        let _ = std::fs::remove_dir_all(folder);
+    }
+
     #[test]
     fn published_ranges_join_only_where_they_continue() {
+        let at = tokio::time::Instant::now();
+        let published = |workspace: &str, first, last| Published {
+            workspace_id: workspace.to_owned(),
+            first,
+            last,
+            at,
+        };
         let mut ranges = Vec::new();
         for (workspace, first, last) in [("a", 1, 2), ("a", 3, 3), ("a", 5, 6), ("b", 7, 7)] {
-            extend_ranges(&mut ranges, workspace, first, last);
+            extend_ranges(&mut ranges, published(workspace, first, last));
         }
         let expected = [("a", 1, 3), ("a", 5, 6), ("b", 7, 7)]
-            .map(|(workspace, first, last)| (workspace.to_owned(), first, last));
+            .map(|(workspace, first, last)| published(workspace, first, last));
         assert_eq!(ranges, expected);
     }
 }

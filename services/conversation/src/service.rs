@@ -178,11 +178,10 @@ impl Conversations {
         Ok((plan.unwrap_or_else(|| self.default_plan.clone()), used))
     }
 
-    /// Refuses a send from a workspace at or over its monthly quota, until the month ends.
-    async fn check_quota(&self, workspace_id: &str) -> Result<(), Status> {
-        let now = db::now_ms();
-        let (plan, used) = self.plan_and_usage(workspace_id, now).await?;
-        let Some(limit) = plan.monthly_token_quota else {
+    /// Refuses a send from a workspace that used `used` tokens of the month of `now` on `plan`
+    /// (`None`: the default) once it is at or over its monthly quota, until the month ends.
+    fn check_quota(&self, plan: Option<&db::Plan>, used: u64, now: i64) -> Result<(), Status> {
+        let Some(limit) = plan.unwrap_or(&self.default_plan).monthly_token_quota else {
             return Ok(());
         };
         if used < limit {
@@ -251,15 +250,17 @@ impl Conversations {
     }
 
     /// What a new message must pass before it is stored: the agents that answer it (its
-    /// mentions resolved), the workspace's quota, its runtime.
+    /// mentions resolved), the workspace's quota (as read at `now`), its runtime.
     async fn admit(
         &self,
-        conversation: &Conversation,
-        answerer: Option<String>,
+        target: &db::SendTarget,
+        now: i64,
         new: &mut NewUserMessage,
     ) -> Result<Vec<String>, Status> {
-        let answering = self.addressed_agents(conversation, answerer, new).await?;
-        self.check_quota(&new.workspace_id).await?;
+        let answering = self
+            .addressed_agents(&target.conversation, target.answerer.clone(), new)
+            .await?;
+        self.check_quota(target.plan.as_ref(), target.month_tokens, now)?;
         self.ensure_runtime(&new.workspace_id).await?;
         Ok(answering)
     }
@@ -617,14 +618,16 @@ impl ConversationService for Conversations {
         let wait = request.wait;
         let member_of = std::mem::take(&mut request.member_of);
         let mut new = NewUserMessage::try_from(request)?;
-        let (conversation, answerer) =
-            db::find_conversation_to_send(&self.pool, &new.workspace_id, &new.conversation_id)
+        let now = db::now_ms();
+        let target =
+            db::find_conversation_to_send(&self.pool, &new.workspace_id, &new.conversation_id, now)
                 .await
                 .map_err(db_error)?
-                .filter(|(found, _)| in_scope(found, &new.workspace_id, &member_of))
+                .filter(|target| in_scope(&target.conversation, &new.workspace_id, &member_of))
                 .ok_or(ConversationError::ConversationNotFound)?;
+        let conversation = &target.conversation;
         new.workspace_id.clone_from(&conversation.workspace_id);
-        let message = match self.admit(&conversation, answerer, &mut new).await {
+        let message = match self.admit(&target, now, &mut new).await {
             Ok(answering) => {
                 // A retry of a stored message meets its own row here (the unique local id)
                 // and is answered with it.

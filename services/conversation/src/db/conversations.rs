@@ -2,8 +2,10 @@ use crawbl_proto::conversation::v1::Conversation;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, AssertSqlSafe, Row};
 
+use super::usage::plan_and_month_tokens_of;
 use super::{
-    Cursor, MESSAGE_COLUMN_NAMES, message_from_prefixed_row, new_id, now_ms, page, unread_count_sql,
+    Cursor, MESSAGE_COLUMN_NAMES, Plan, day_and_month, message_from_prefixed_row, new_id, now_ms,
+    page, unread_count_sql,
 };
 
 /// Selects conversations (`c`) with, in the same row, their last message (columns `m_…`) and
@@ -146,15 +148,28 @@ pub async fn find_conversation(
     row.as_ref().map(own_fields_from_row).transpose()
 }
 
-/// [`find_conversation`] for a send, with the agent that answers a message naming none, when
-/// one read can tell: the conversation's own agent while it is active, or (it has none) the
-/// workspace's first active one. `None` there: [`super::agent_for_conversation`] says why, or
-/// seeds the default agents. One round trip where a send made two.
+/// What a send reads before it stores anything (see [`find_conversation_to_send`]).
+pub struct SendTarget {
+    pub conversation: Conversation,
+    /// The agent that answers a message naming none, when one read can tell.
+    pub answerer: Option<String>,
+    /// The workspace's plan (`None`: the default) and the tokens it used in the month.
+    pub plan: Option<Plan>,
+    pub month_tokens: u64,
+}
+
+/// [`find_conversation`] for a send, with what admits it: the agent that answers a message
+/// naming none, when one read can tell (the conversation's own agent while it is active, or,
+/// when it has none, the workspace's first active one; `None` there:
+/// [`super::agent_for_conversation`] says why, or seeds the default agents), and the
+/// workspace's plan and its tokens in the month of `at_ms`, for the quota. One round trip where
+/// a send made three.
 pub async fn find_conversation_to_send(
     pool: &AnyPool,
     workspace_id: &str,
     conversation_id: &str,
-) -> Result<Option<(Conversation, Option<String>)>, sqlx::Error> {
+    at_ms: i64,
+) -> Result<Option<SendTarget>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT c.id, c.workspace_id, c.title, c.agent_id, c.created_at, c.updated_at,
                 CASE WHEN c.agent_id IS NULL
@@ -164,19 +179,26 @@ pub async fn find_conversation_to_send(
                      ELSE (SELECT a.id FROM agents a
                            WHERE a.workspace_id = c.workspace_id AND a.id = c.agent_id
                              AND a.archived_at IS NULL)
-                END AS answering_agent_id
+                END AS answering_agent_id,
+                p.plan, p.monthly_token_quota, u.tokens
          FROM conversations c
+         LEFT JOIN workspace_plans p ON p.workspace_id = c.workspace_id
+         LEFT JOIN workspace_month_usage u ON u.workspace_id = c.workspace_id AND u.month = $3
          WHERE ($1 = '' OR c.workspace_id = $1) AND c.id = $2",
     )
     .bind(workspace_id)
     .bind(conversation_id)
+    .bind(day_and_month(at_ms).1)
     .fetch_optional(pool)
     .await?;
     row.map(|row| {
-        Ok((
-            own_fields_from_row(&row)?,
-            row.try_get("answering_agent_id")?,
-        ))
+        let (plan, month_tokens) = plan_and_month_tokens_of(&row)?;
+        Ok(SendTarget {
+            conversation: own_fields_from_row(&row)?,
+            answerer: row.try_get("answering_agent_id")?,
+            plan,
+            month_tokens,
+        })
     })
     .transpose()
 }

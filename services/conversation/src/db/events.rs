@@ -1,7 +1,9 @@
 //! The durable event log (the transactional outbox): events are appended, unnumbered, in the
 //! transaction of the change they describe; once committed, [`number_pending`] gives each
 //! workspace's new events the next numbers of its sequence (growing by one, no gaps) in the
-//! order they were appended; they are marked published once they reached the bus.
+//! order they were appended. Publish progress is kept per workspace (`published_seq`: every event
+//! numbered up to it reached the bus), so an event row is written twice (appended, numbered), not
+//! three times.
 //!
 //! Numbering after the commit is what lets sends to one workspace commit side by side: when the
 //! append took the next number itself, it held the workspace's sequence row until its
@@ -26,8 +28,7 @@ pub async fn append_event(
 ) -> Result<(Event, i64), sqlx::Error> {
     let event = unnumbered_event(workspace_id, kind);
     let place: i64 = sqlx::query_scalar(
-        "INSERT INTO events (workspace_id, seq, envelope, created_at, published_at)
-         VALUES ($1, NULL, $2, $3, NULL) RETURNING id",
+        "INSERT INTO events (workspace_id, envelope, created_at) VALUES ($1, $2, $3) RETURNING id",
     )
     .bind(workspace_id)
     .bind(event.encode_to_vec())
@@ -147,36 +148,51 @@ pub async fn try_relay_lock(connection: &mut AnyConnection) -> Result<bool, sqlx
         .await
 }
 
-/// Marks the workspace's events `first..=last` published.
+/// Marks the workspace's events `first..=last` published, which moves its publish progress to
+/// `last` when everything before `first` is published too. Returns `false` when an earlier event
+/// is not marked yet (published by another instance, or waiting for the relay after a failed
+/// publish): the caller asks again later.
 pub async fn mark_published(
     pool: &AnyPool,
     workspace_id: &str,
     first: u64,
     last: u64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE events SET published_at = $1 WHERE workspace_id = $2 AND seq BETWEEN $3 AND $4",
+) -> Result<bool, sqlx::Error> {
+    let moved = sqlx::query(
+        "UPDATE workspace_sequences SET published_seq = $3
+         WHERE workspace_id = $1 AND published_seq >= $2 - 1 AND published_seq < $3",
     )
-    .bind(now_ms())
     .bind(workspace_id)
     .bind(seq_to_db(first))
     .bind(seq_to_db(last))
     .execute(pool)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    if moved > 0 {
+        return Ok(true);
+    }
+    // Already covered (the relay published them again and moved past), or not yet reachable.
+    let progress: Option<i64> =
+        sqlx::query_scalar("SELECT published_seq FROM workspace_sequences WHERE workspace_id = $1")
+            .bind(workspace_id)
+            .fetch_optional(pool)
+            .await?;
+    // No row: the workspace was deleted; nothing is left to mark.
+    Ok(progress.is_none_or(|progress| progress >= seq_to_db(last)))
 }
 
-/// Numbered, unpublished events created before `created_before` (unix ms), oldest first per
-/// workspace.
+/// Numbered events not yet published (above their workspace's publish progress) and created
+/// before `created_before` (unix ms), oldest first per workspace.
 pub async fn pending_events(
     pool: &AnyPool,
     created_before: i64,
     limit: u32,
 ) -> Result<Vec<Event>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT seq, envelope FROM events
-         WHERE published_at IS NULL AND seq IS NOT NULL AND created_at < $1
-         ORDER BY workspace_id, seq LIMIT $2",
+        "SELECT e.seq, e.envelope FROM workspace_sequences s
+         JOIN events e ON e.workspace_id = s.workspace_id AND e.seq > s.published_seq
+         WHERE s.last_seq > s.published_seq AND e.created_at < $1
+         ORDER BY e.workspace_id, e.seq LIMIT $2",
     )
     .bind(created_before)
     .bind(i64::from(limit))
@@ -231,13 +247,15 @@ pub async fn sequence_bounds(
 
 /// Deletes published events created before `created_before`; returns how many.
 pub async fn prune_events(pool: &AnyPool, created_before: i64) -> Result<u64, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM events WHERE created_at < $1 AND published_at IS NOT NULL")
-            .bind(created_before)
-            .execute(pool)
-            .await?
-            .rows_affected(),
+    Ok(sqlx::query(
+        "DELETE FROM events WHERE created_at < $1 AND seq <= (
+             SELECT s.published_seq FROM workspace_sequences s
+             WHERE s.workspace_id = events.workspace_id)",
     )
+    .bind(created_before)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// An event of a `seq, envelope` row: the number is the column's (envelopes written before

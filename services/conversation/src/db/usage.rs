@@ -3,6 +3,7 @@
 //! quota with one read; plans are set by a billing system.
 
 use crawbl_proto::conversation::v1::{Message, UsageTotal};
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Row};
 
 use super::now_ms;
@@ -115,7 +116,6 @@ pub async fn plan_and_month_tokens(
     workspace_id: &str,
     at_ms: i64,
 ) -> Result<(Option<Plan>, u64), sqlx::Error> {
-    let (_, month) = day_and_month(at_ms);
     let row = sqlx::query(
         "SELECT p.plan, p.monthly_token_quota, u.tokens
          FROM (SELECT $1 AS workspace_id) w
@@ -123,9 +123,15 @@ pub async fn plan_and_month_tokens(
          LEFT JOIN workspace_month_usage u ON u.workspace_id = w.workspace_id AND u.month = $2",
     )
     .bind(workspace_id)
-    .bind(month)
+    .bind(day_and_month(at_ms).1)
     .fetch_one(pool)
     .await?;
+    plan_and_month_tokens_of(&row)
+}
+
+/// The plan (`None`: the default) and the month's tokens of a row with the columns `plan`,
+/// `monthly_token_quota` and `tokens` (each `NULL` when there is none).
+pub(super) fn plan_and_month_tokens_of(row: &AnyRow) -> Result<(Option<Plan>, u64), sqlx::Error> {
     let plan = row
         .try_get::<Option<String>, _>("plan")?
         .map(|name| -> Result<Plan, sqlx::Error> {
