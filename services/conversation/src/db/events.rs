@@ -182,23 +182,44 @@ pub async fn mark_published(
 }
 
 /// Numbered events not yet published (above their workspace's publish progress) and created
-/// before `created_before` (unix ms), oldest first per workspace.
+/// before `created_before` (unix ms), oldest first per workspace, at most `limit`.
+///
+/// The workspaces first (the partial index of those with something unpublished), then each one's
+/// tail by its number: one join let the planner read every event older than the cutoff, the
+/// whole log, where only its unpublished tail is wanted.
 pub async fn pending_events(
     pool: &AnyPool,
     created_before: i64,
     limit: u32,
 ) -> Result<Vec<Event>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT e.seq, e.envelope FROM workspace_sequences s
-         JOIN events e ON e.workspace_id = s.workspace_id AND e.seq > s.published_seq
-         WHERE s.last_seq > s.published_seq AND e.created_at < $1
-         ORDER BY e.workspace_id, e.seq LIMIT $2",
+    let behind: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT workspace_id, published_seq FROM workspace_sequences
+         WHERE last_seq > published_seq ORDER BY workspace_id LIMIT $1",
     )
-    .bind(created_before)
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    rows.iter().map(decode_row).collect()
+    let mut events = Vec::new();
+    for (workspace_id, published) in behind {
+        let room = limit as usize - events.len();
+        if room == 0 {
+            break;
+        }
+        let rows = sqlx::query(
+            "SELECT seq, envelope FROM events
+             WHERE workspace_id = $1 AND seq > $2 AND created_at < $3 ORDER BY seq LIMIT $4",
+        )
+        .bind(&workspace_id)
+        .bind(published)
+        .bind(created_before)
+        .bind(i64::try_from(room).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+        for row in &rows {
+            events.push(decode_row(row)?);
+        }
+    }
+    Ok(events)
 }
 
 /// The workspace's events after `after`, oldest first, at most `limit`, and whether more follow.
