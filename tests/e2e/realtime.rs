@@ -1112,3 +1112,51 @@ async fn the_python_client_works_over_long_polling_and_websocket_with_acks_binar
         .count();
     assert_eq!(over, 2);
 }
+
+/// A group of events published at once (one pipeline on Redis, as the outbox publishes what one
+/// numbering covered) reaches another process's subscriber whole and in the order given, across
+/// the workspaces' channels.
+#[tokio::test]
+async fn a_group_of_events_published_at_once_arrives_whole_and_in_order_on_another_bus() {
+    use crawbl_infra::bus::{Channels, Delivery, EventBus};
+    use crawbl_proto::events::v1::{AgentTyping, Event, event};
+    use futures::StreamExt as _;
+
+    let url = redis_url();
+    let publisher = EventBus::from_url(Some(&url), Channels::Classic)
+        .await
+        .expect("publisher's bus");
+    let receiver = EventBus::from_url(Some(&url), Channels::Classic)
+        .await
+        .expect("receiver's bus");
+    let (follows, mut deliveries) = receiver.subscriber();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let workspaces = [format!("group-a-{run}"), format!("group-b-{run}")];
+    for workspace_id in &workspaces {
+        assert!(follows.follow(workspace_id).await, "followed {workspace_id}");
+    }
+    let events: Vec<Event> = (1..=7u64)
+        .map(|seq| Event {
+            workspace_id: workspaces[usize::from(seq % 3 == 0)].clone(),
+            seq,
+            kind: Some(event::Kind::AgentTyping(AgentTyping::default())),
+            ..Event::default()
+        })
+        .collect();
+    publisher.publish_all(&events).await.expect("published");
+
+    let mut arrived = Vec::new();
+    while arrived.len() < events.len() {
+        match tokio::time::timeout(WAIT, deliveries.next()).await {
+            Ok(Some(Delivery::Event(event))) => arrived.push((event.workspace_id, event.seq)),
+            Ok(Some(Delivery::Missed)) => {}
+            Ok(None) => panic!("the subscription ended after {arrived:?}"),
+            Err(_) => panic!("only {arrived:?} arrived"),
+        }
+    }
+    let published: Vec<(String, u64)> = events
+        .into_iter()
+        .map(|event| (event.workspace_id, event.seq))
+        .collect();
+    assert_eq!(arrived, published);
+}

@@ -1,7 +1,9 @@
 //! Who may do what, decided on this node without asking auth on every request:
 //!
 //! - **Access tokens** (signed JWTs) are verified locally with the keys in [`KeyStore`]: signature,
-//!   issuer, audience, expiry, then the revoked-session and deleted-user sets.
+//!   issuer, audience, expiry, then the revoked-session and deleted-user sets. A token's
+//!   signature is checked once: while its key is still published, a token seen before is
+//!   recognised by its hash (expiry and the revoked sets are still checked on every use).
 //! - **API keys** are opaque, so a key is verified by auth once and the answer cached for
 //!   [`API_KEY_CACHE_TTL`]; revoked keys (and every key of a deleted user) are refused from the
 //!   revoked sets at once.
@@ -100,6 +102,16 @@ struct Claims {
     exp: i64,
 }
 
+/// What a verified access token says, kept by the token's hash so its signature is checked once
+/// (an Ed25519 verification was about a twentieth of the send path's CPU).
+#[derive(Clone)]
+struct VerifiedToken {
+    kid: String,
+    user_id: String,
+    session_id: String,
+    expires_at: i64,
+}
+
 struct Cached<T> {
     value: T,
     at: Instant,
@@ -116,6 +128,8 @@ pub struct Access {
     revoked_users: RwLock<HashMap<String, i64>>,
     /// SHA-256 of the key → whom it belongs to.
     api_keys: Mutex<HashMap<String, Cached<Identity>>>,
+    /// SHA-256 of an access token whose signature, issuer and audience were verified → its claims.
+    access_tokens: Mutex<HashMap<String, Cached<VerifiedToken>>>,
     /// User id → their workspaces.
     memberships: Mutex<HashMap<String, Cached<Arc<Vec<Workspace>>>>>,
     /// Bumped by every invalidation, so an answer fetched across one is not cached.
@@ -131,6 +145,7 @@ impl Access {
             revoked_api_keys: RwLock::default(),
             revoked_users: RwLock::default(),
             api_keys: Mutex::default(),
+            access_tokens: Mutex::default(),
             memberships: Mutex::default(),
             generation: AtomicU64::new(0),
         }
@@ -156,6 +171,37 @@ impl Access {
     }
 
     async fn verify_access_token(&self, token: &str) -> Result<Identity, AuthFailure> {
+        let hash = credential_hash(token);
+        let cached = lock(&self.access_tokens)
+            .get(&hash)
+            .map(|cached| cached.value.clone())
+            // A key auth no longer publishes no longer vouches for its tokens.
+            .filter(|verified| self.keys.knows(&verified.kid));
+        let verified = match cached {
+            Some(verified) => verified,
+            None => {
+                let generation = self.generation.load(Ordering::Acquire);
+                let verified = self.verify_signed_token(token).await?;
+                self.remember(&self.access_tokens, hash, verified.clone(), generation);
+                verified
+            }
+        };
+        if now_millis().div_euclid(1000) >= verified.expires_at {
+            return Err(AuthFailure::Expired);
+        }
+        if is_listed(&self.revoked_sessions, &verified.session_id)
+            || is_listed(&self.revoked_users, &verified.user_id)
+        {
+            return Err(AuthFailure::Invalid);
+        }
+        Ok(Identity {
+            user_id: verified.user_id,
+            credential: Credential::Session(verified.session_id),
+        })
+    }
+
+    /// The claims of an access token whose signature, issuer and audience check out.
+    async fn verify_signed_token(&self, token: &str) -> Result<VerifiedToken, AuthFailure> {
         let parsed = jws::parse(token).map_err(|_| AuthFailure::Invalid)?;
         let Some(key) = self.keys.get(parsed.kid()).await else {
             return Err(if self.keys.is_ready() {
@@ -168,22 +214,16 @@ impl Access {
         if claims.iss != ISSUER || claims.aud != AUDIENCE {
             return Err(AuthFailure::Invalid);
         }
-        if now_millis().div_euclid(1000) >= claims.exp {
-            return Err(AuthFailure::Expired);
-        }
-        if is_listed(&self.revoked_sessions, &claims.sid)
-            || is_listed(&self.revoked_users, &claims.sub)
-        {
-            return Err(AuthFailure::Invalid);
-        }
-        Ok(Identity {
+        Ok(VerifiedToken {
+            kid: parsed.kid().to_owned(),
             user_id: claims.sub,
-            credential: Credential::Session(claims.sid),
+            session_id: claims.sid,
+            expires_at: claims.exp,
         })
     }
 
     async fn verify_api_key(&self, key: &str) -> Result<Identity, AuthFailure> {
-        let hash = URL_SAFE_NO_PAD.encode(Sha256::digest(key.as_bytes()));
+        let hash = credential_hash(key);
         let cached = lock(&self.api_keys)
             .get(&hash)
             .filter(|cached| cached.at.elapsed() < API_KEY_CACHE_TTL)
@@ -490,6 +530,11 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     }
 }
 
+/// How a credential is cached: by its SHA-256, so the cache holds no usable secret.
+fn credential_hash(credential: &str) -> String {
+    URL_SAFE_NO_PAD.encode(Sha256::digest(credential.as_bytes()))
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     match mutex.lock() {
         Ok(guard) => guard,
@@ -524,6 +569,87 @@ mod tests {
                 until,
             })),
         }
+    }
+
+    #[derive(serde::Serialize)]
+    struct TestClaims<'a> {
+        iss: &'a str,
+        aud: &'a str,
+        sub: &'a str,
+        sid: &'a str,
+        exp: i64,
+    }
+
+    fn signed(key: &jws::SigningKey, sid: &str, exp: i64) -> String {
+        key.sign(&TestClaims {
+            iss: ISSUER,
+            aud: AUDIENCE,
+            sub: "u1",
+            sid,
+            exp,
+        })
+        .expect("sign")
+    }
+
+    // A lazy channel needs a runtime to exist in.
+    #[tokio::test]
+    async fn a_token_verified_once_is_still_refused_once_revoked_expired_or_its_key_withdrawn() {
+        let access = access();
+        let first = jws::SigningKey::generate("k1");
+        access.keys.publish_for_test(&[&first]);
+        let in_an_hour = now_millis() / 1000 + 3600;
+        let token = signed(&first, "s1", in_an_hour);
+        for _ in 0..2 {
+            let identity = access.authenticate(Some(&token)).await.expect("valid");
+            assert_eq!(identity.user_id, "u1");
+            assert_eq!(identity.credential, Credential::Session("s1".to_owned()));
+        }
+        assert_eq!(
+            lock(&access.access_tokens).len(),
+            1,
+            "verified once, then recognised"
+        );
+        // Another signature over the same claims is not the cached token.
+        let mut tampered = token.clone();
+        let last = if tampered.ends_with('A') { "B" } else { "A" };
+        tampered.replace_range(tampered.len() - 1.., last);
+        assert_eq!(
+            access.authenticate(Some(&tampered)).await,
+            Err(AuthFailure::Invalid)
+        );
+
+        // Expiry is checked at every use.
+        let soon = signed(&first, "s2", now_millis() / 1000 + 1);
+        access
+            .authenticate(Some(&soon))
+            .await
+            .expect("valid for now");
+        tokio::time::sleep(Duration::from_millis(
+            u64::try_from(1000 - now_millis() % 1000).expect("positive"),
+        ))
+        .await;
+        assert_eq!(
+            access.authenticate(Some(&soon)).await,
+            Err(AuthFailure::Expired)
+        );
+
+        // So are revocations.
+        access.revoke_session_here("s1");
+        assert_eq!(
+            access.authenticate(Some(&token)).await,
+            Err(AuthFailure::Invalid)
+        );
+
+        // A key auth no longer publishes vouches for nothing, cached or not.
+        let kept = signed(&first, "s3", in_an_hour);
+        access.authenticate(Some(&kept)).await.expect("valid");
+        access
+            .keys
+            .publish_for_test(&[&jws::SigningKey::generate("k2")]);
+        assert_eq!(
+            access.authenticate(Some(&kept)).await,
+            Err(AuthFailure::Invalid)
+        );
     }
 
     // A lazy channel needs a runtime to exist in.

@@ -62,6 +62,11 @@ impl KeyStore {
         !self.snapshot().is_empty()
     }
 
+    /// Whether `kid` is among the keys auth publishes now (without fetching).
+    pub fn knows(&self, kid: &str) -> bool {
+        self.snapshot().contains_key(kid)
+    }
+
     fn known(&self, kid: &str) -> Option<PublicKey> {
         self.snapshot().get(kid).cloned()
     }
@@ -97,12 +102,27 @@ impl KeyStore {
             }
         }
         anyhow::ensure!(!keys.is_empty(), "auth published no usable signing key");
+        self.replace(keys);
+        Ok(())
+    }
+
+    /// Makes `keys` the known ones.
+    fn replace(&self, keys: HashMap<String, PublicKey>) {
         let keys = Arc::new(keys);
         match self.keys.write() {
             Ok(mut slot) => *slot = keys,
             Err(poisoned) => *poisoned.into_inner() = keys,
         }
-        Ok(())
+    }
+
+    /// Makes these the known keys, as if auth had published them.
+    #[cfg(test)]
+    pub fn publish_for_test(&self, keys: &[&crawbl_infra::jws::SigningKey]) {
+        self.replace(
+            keys.iter()
+                .map(|key| (key.kid().to_owned(), key.public_key()))
+                .collect(),
+        );
     }
 
     /// Fetches the keys until it works, then every minute, until `shutdown`.

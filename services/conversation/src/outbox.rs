@@ -121,25 +121,27 @@ impl Outbox {
         }
     }
 
-    /// Publishes numbered events in order (per workspace) and hands them to the marker. At the
-    /// first failure the rest stay pending, in order, for the relay.
+    /// Publishes numbered events in order (per workspace), in one round trip, and hands them to
+    /// the marker. If the publish fails they all stay pending, in order, for the relay.
     async fn publish_numbered(&self, events: Vec<Event>) {
         let at = tokio::time::Instant::now();
+        if let Err(error) = self.bus.publish_all(&events).await {
+            let first = events.first();
+            tracing::warn!(
+                error = format!("{error:#}"),
+                workspace_id = first.map(|event| event.workspace_id.as_str()),
+                seq = first.map(|event| event.seq),
+                events = events.len(),
+                "events not published; the relay will retry"
+            );
+            return;
+        }
         let mut published: Vec<Published> = Vec::new();
-        for event in &events {
-            if let Err(error) = self.bus.publish(event).await {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    workspace_id = %event.workspace_id,
-                    seq = event.seq,
-                    "event not published; the relay will retry"
-                );
-                break;
-            }
+        for event in events {
             let range = Published {
-                workspace_id: event.workspace_id.clone(),
                 first: event.seq,
                 last: event.seq,
+                workspace_id: event.workspace_id,
                 at,
             };
             extend_ranges(&mut published, range);
