@@ -1133,7 +1133,10 @@ async fn a_group_of_events_published_at_once_arrives_whole_and_in_order_on_anoth
     let run = uuid::Uuid::new_v4().simple().to_string();
     let workspaces = [format!("group-a-{run}"), format!("group-b-{run}")];
     for workspace_id in &workspaces {
-        assert!(follows.follow(workspace_id).await, "followed {workspace_id}");
+        assert!(
+            follows.follow(workspace_id).await,
+            "followed {workspace_id}"
+        );
     }
     let events: Vec<Event> = (1..=7u64)
         .map(|seq| Event {

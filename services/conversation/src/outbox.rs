@@ -211,19 +211,35 @@ impl Outbox {
         to_user_id: &str,
         kind: event::Kind,
     ) {
-        let event = Event {
-            workspace_id: workspace_id.to_owned(),
-            seq: 0,
-            trace_context: crawbl_infra::trace::current_context(),
-            to_user_id: to_user_id.to_owned(),
-            kind: Some(kind),
-            ..Event::default()
-        };
-        if let Err(error) = self.bus.publish(&event).await {
+        self.publish_all_volatile(workspace_id, to_user_id, [kind])
+            .await;
+    }
+
+    /// Publishes events that are not logged, in order and at once (one round trip): a
+    /// checkpoint's deltas.
+    pub async fn publish_all_volatile(
+        &self,
+        workspace_id: &str,
+        to_user_id: &str,
+        kinds: impl IntoIterator<Item = event::Kind>,
+    ) {
+        let trace_context = crawbl_infra::trace::current_context();
+        let events: Vec<Event> = kinds
+            .into_iter()
+            .map(|kind| Event {
+                workspace_id: workspace_id.to_owned(),
+                seq: 0,
+                trace_context: trace_context.clone(),
+                to_user_id: to_user_id.to_owned(),
+                kind: Some(kind),
+                ..Event::default()
+            })
+            .collect();
+        if let Err(error) = self.bus.publish_all(&events).await {
             tracing::debug!(
                 error = format!("{error:#}"),
                 workspace_id,
-                "volatile event not published"
+                "volatile events not published"
             );
         }
     }

@@ -22,7 +22,7 @@ use crawbl_proto::conversation::v1::{
 use crawbl_proto::conversation::v1::{
     DeleteMessageRequest, EditMessageRequest, MarkReadRequest, ReadState,
 };
-use crawbl_proto::events::v1::{ConversationRead, event};
+use crawbl_proto::events::v1::{ConversationRead, Event, event};
 use crawbl_proto::runtimeproxy::v1::runtime_proxy_client::RuntimeProxyClient;
 use crawbl_proto::runtimeproxy::v1::{EnsureRuntimeRequest, GetRuntimeRequest, RuntimeState};
 use sqlx::AnyPool;
@@ -128,8 +128,7 @@ impl Conversations {
     /// with `RUNTIME_NOT_READY` instead of accepted and failed. Provisioning goes on after a
     /// refusal, so a retry soon succeeds.
     async fn ensure_runtime(&self, workspace_id: &str) -> Result<(), Status> {
-        let ready_at = self.ready_lock().get(workspace_id).copied();
-        if ready_at.is_some_and(|at| at.elapsed() < RUNTIME_READY_TTL) {
+        if self.runtime_known_ready(workspace_id) {
             return Ok(());
         }
         let mut request = Request::new(EnsureRuntimeRequest {
@@ -159,6 +158,13 @@ impl Conversations {
 }
 
 impl Conversations {
+    /// Whether runtime-proxy said the workspace's runtime was ready within the last
+    /// [`RUNTIME_READY_TTL`].
+    fn runtime_known_ready(&self, workspace_id: &str) -> bool {
+        let ready_at = self.ready_lock().get(workspace_id).copied();
+        ready_at.is_some_and(|at| at.elapsed() < RUNTIME_READY_TTL)
+    }
+
     fn ready_lock(&self) -> MutexGuard<'_, HashMap<String, Instant>> {
         self.runtime_ready
             .lock()
@@ -265,6 +271,64 @@ impl Conversations {
         Ok(answering)
     }
 
+    /// A send in one round trip where it can be: a message that names no agent, to a named
+    /// workspace whose runtime is known ready, on Postgres. `None`: the full way.
+    async fn send_plain(
+        &self,
+        new: &NewUserMessage,
+        now: i64,
+    ) -> Result<Option<db::PlainSend>, Status> {
+        if may_name_agents(new)
+            || new.workspace_id.is_empty()
+            || !self.runtime_known_ready(&new.workspace_id)
+        {
+            return Ok(None);
+        }
+        db::send_plain(&self.pool, new, self.default_plan.monthly_token_quota, now)
+            .await
+            .map_err(db_error)
+    }
+
+    /// A send checked step by step ([`Self::admit`]) to `target`, then stored; or, when
+    /// something refuses it, the message a retry already stored.
+    async fn send_fully(
+        &self,
+        target: db::SendTarget,
+        mut new: NewUserMessage,
+        now: i64,
+    ) -> Result<Message, Status> {
+        new.workspace_id
+            .clone_from(&target.conversation.workspace_id);
+        match self.admit(&target, now, &mut new).await {
+            Ok(answering) => {
+                // A retry of a stored message meets its own row here (the unique local id)
+                // and is answered with it.
+                let (message, created) = db::insert_user_message(&self.pool, &new, &answering)
+                    .await
+                    .map_err(db_error)?;
+                if let Some(event) = created {
+                    self.announce_sent(event, &new, answering).await;
+                }
+                Ok(message)
+            }
+            // A retry of a message already stored is answered with it, whatever refuses a new
+            // one now (the quota, the runtime, an agent archived since). Looked up only then,
+            // so a send makes no read for it.
+            Err(refusal) => Ok(db::find_sent(&self.pool, &new)
+                .await
+                .map_err(db_error)?
+                .ok_or(refusal)?),
+        }
+    }
+
+    /// Publishes a stored message's `message.new` and starts the turns queued with it
+    /// (`answering`) if they may start.
+    async fn announce_sent(&self, event: Event, new: &NewUserMessage, answering: Vec<String>) {
+        self.outbox.publish([event]).await;
+        self.scheduler
+            .start_next(&new.workspace_id, &new.conversation_id, answering);
+    }
+
     /// The agents a new message is addressed to: those it mentions (ids, `@slug`s), which it
     /// then carries as its `content.mentions`; without any, the conversation's agent
     /// (`answerer`, when the conversation's read found it).
@@ -274,7 +338,7 @@ impl Conversations {
         answerer: Option<String>,
         new: &mut NewUserMessage,
     ) -> Result<Vec<String>, ConversationError> {
-        if !new.mentions.is_empty() || new.text.contains('@') {
+        if may_name_agents(new) {
             let active = db::active_agents(&self.pool, &conversation.workspace_id).await?;
             new.mentions = mentions::resolve(&new.mentions, &new.text, &active)?;
             if !new.mentions.is_empty() {
@@ -407,6 +471,12 @@ impl Conversations {
 
 /// Whether a conversation found by id is the caller's: in the named workspace (found there), or,
 /// when none was named, in one of the caller's (`member_of`).
+/// Whether a new message may name the agents that answer it (mention ids, or an `@` that may
+/// start a slug); otherwise its conversation's agent answers.
+fn may_name_agents(new: &NewUserMessage) -> bool {
+    !new.mentions.is_empty() || new.text.contains('@')
+}
+
 fn in_scope(found: &Conversation, workspace_id: &str, member_of: &[String]) -> bool {
     !workspace_id.is_empty() || member_of.contains(&found.workspace_id)
 }
@@ -617,41 +687,34 @@ impl ConversationService for Conversations {
         let mut request = request.into_inner();
         let wait = request.wait;
         let member_of = std::mem::take(&mut request.member_of);
-        let mut new = NewUserMessage::try_from(request)?;
+        let new = NewUserMessage::try_from(request)?;
         let now = db::now_ms();
-        let target =
-            db::find_conversation_to_send(&self.pool, &new.workspace_id, &new.conversation_id, now)
+        let message = match self.send_plain(&new, now).await? {
+            Some(db::PlainSend::Stored {
+                message,
+                event,
+                answerer,
+            }) => {
+                self.announce_sent(event, &new, vec![answerer]).await;
+                message
+            }
+            Some(db::PlainSend::NotFound) => {
+                return Err(ConversationError::ConversationNotFound.into());
+            }
+            Some(db::PlainSend::Declined(target)) => self.send_fully(target, new, now).await?,
+            None => {
+                let target = db::find_conversation_to_send(
+                    &self.pool,
+                    &new.workspace_id,
+                    &new.conversation_id,
+                    now,
+                )
                 .await
                 .map_err(db_error)?
                 .filter(|target| in_scope(&target.conversation, &new.workspace_id, &member_of))
                 .ok_or(ConversationError::ConversationNotFound)?;
-        let conversation = &target.conversation;
-        new.workspace_id.clone_from(&conversation.workspace_id);
-        let message = match self.admit(&target, now, &mut new).await {
-            Ok(answering) => {
-                // A retry of a stored message meets its own row here (the unique local id)
-                // and is answered with it.
-                let (message, created) = db::insert_user_message(&self.pool, &new, &answering)
-                    .await
-                    .map_err(db_error)?;
-                if let Some(event) = created {
-                    self.outbox.publish([event]).await;
-                    // Its turns were queued with it; run them here now if they may start.
-                    self.scheduler.start_next(
-                        &conversation.workspace_id,
-                        &conversation.id,
-                        answering,
-                    );
-                }
-                message
+                self.send_fully(target, new, now).await?
             }
-            // A retry of a message already stored is answered with it, whatever refuses a new
-            // one now (the quota, the runtime, an agent archived since). Looked up only then,
-            // so a send makes no read for it.
-            Err(refusal) => db::find_sent(&self.pool, &new)
-                .await
-                .map_err(db_error)?
-                .ok_or(refusal)?,
         };
         let replies = if wait {
             let replies = self.scheduler.wait_for_replies(&message.id, None);

@@ -411,11 +411,10 @@ async fn save(
         }
     }
     unsaved.last_saved = tokio::time::Instant::now();
-    for delta in unsaved.deltas.drain(..) {
-        deps.outbox
-            .publish_volatile(&reply.workspace_id, event::Kind::MessageDelta(delta))
-            .await;
-    }
+    let deltas = unsaved.deltas.drain(..).map(event::Kind::MessageDelta);
+    deps.outbox
+        .publish_all_volatile(&reply.workspace_id, "", deltas)
+        .await;
     true
 }
 

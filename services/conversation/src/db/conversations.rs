@@ -158,6 +158,36 @@ pub struct SendTarget {
     pub month_tokens: u64,
 }
 
+/// The read of a send's target (see [`find_conversation_to_send`]), its parameters given by
+/// place: the workspace (empty: any), the conversation, the month of the usage counted.
+macro_rules! send_target {
+    ($workspace:literal, $conversation:literal, $month:literal) => {
+        concat!(
+            "SELECT c.id, c.workspace_id, c.title, c.agent_id, c.created_at, c.updated_at,
+                    CASE WHEN c.agent_id IS NULL
+                         THEN (SELECT a.id FROM agents a
+                               WHERE a.workspace_id = c.workspace_id AND a.archived_at IS NULL
+                               ORDER BY a.position, a.id LIMIT 1)
+                         ELSE (SELECT a.id FROM agents a
+                               WHERE a.workspace_id = c.workspace_id AND a.id = c.agent_id
+                                 AND a.archived_at IS NULL)
+                    END AS answering_agent_id,
+                    p.plan, p.monthly_token_quota, u.tokens
+             FROM conversations c
+             LEFT JOIN workspace_plans p ON p.workspace_id = c.workspace_id
+             LEFT JOIN workspace_month_usage u ON u.workspace_id = c.workspace_id AND u.month = ",
+            $month,
+            "
+             WHERE (",
+            $workspace,
+            " = '' OR c.workspace_id = ",
+            $workspace,
+            ") AND c.id = ",
+            $conversation
+        )
+    };
+}
+
 /// [`find_conversation`] for a send, with what admits it: the agent that answers a message
 /// naming none, when one read can tell (the conversation's own agent while it is active, or,
 /// when it has none, the workspace's first active one; `None` there:
@@ -170,37 +200,24 @@ pub async fn find_conversation_to_send(
     conversation_id: &str,
     at_ms: i64,
 ) -> Result<Option<SendTarget>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT c.id, c.workspace_id, c.title, c.agent_id, c.created_at, c.updated_at,
-                CASE WHEN c.agent_id IS NULL
-                     THEN (SELECT a.id FROM agents a
-                           WHERE a.workspace_id = c.workspace_id AND a.archived_at IS NULL
-                           ORDER BY a.position, a.id LIMIT 1)
-                     ELSE (SELECT a.id FROM agents a
-                           WHERE a.workspace_id = c.workspace_id AND a.id = c.agent_id
-                             AND a.archived_at IS NULL)
-                END AS answering_agent_id,
-                p.plan, p.monthly_token_quota, u.tokens
-         FROM conversations c
-         LEFT JOIN workspace_plans p ON p.workspace_id = c.workspace_id
-         LEFT JOIN workspace_month_usage u ON u.workspace_id = c.workspace_id AND u.month = $3
-         WHERE ($1 = '' OR c.workspace_id = $1) AND c.id = $2",
-    )
-    .bind(workspace_id)
-    .bind(conversation_id)
-    .bind(day_and_month(at_ms).1)
-    .fetch_optional(pool)
-    .await?;
-    row.map(|row| {
-        let (plan, month_tokens) = plan_and_month_tokens_of(&row)?;
-        Ok(SendTarget {
-            conversation: own_fields_from_row(&row)?,
-            answerer: row.try_get("answering_agent_id")?,
-            plan,
-            month_tokens,
-        })
+    let row = sqlx::query(send_target!("$1", "$2", "$3"))
+        .bind(workspace_id)
+        .bind(conversation_id)
+        .bind(day_and_month(at_ms).1)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(send_target_from_row).transpose()
+}
+
+/// A row read by [`send_target!`].
+pub(super) fn send_target_from_row(row: &AnyRow) -> Result<SendTarget, sqlx::Error> {
+    let (plan, month_tokens) = plan_and_month_tokens_of(row)?;
+    Ok(SendTarget {
+        conversation: own_fields_from_row(row)?,
+        answerer: row.try_get("answering_agent_id")?,
+        plan,
+        month_tokens,
     })
-    .transpose()
 }
 
 /// The conversation, in `workspace_id` (empty: in any workspace, for a caller who then checks

@@ -3,12 +3,15 @@ use crawbl_proto::conversation::v1::{
 };
 use crawbl_proto::events::v1::{Event, event};
 use prost::Message as _;
+use sqlx::any::AnyArguments;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection as _, Row};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, Connection as _, Row};
 
+use super::usage::usage_to_db;
 use super::{
-    Cursor, POSTGRES, TurnFence, append_event, insert_turn, new_id, now_ms, page,
-    turn_trace_context, unnumbered_event,
+    Cursor, POSTGRES, SendTarget, TurnFence, append_event, day_and_month, insert_turn, new_id,
+    now_ms, page, send_target_from_row, turn_trace_context, unnumbered_event,
 };
 use crate::validate::NewUserMessage;
 
@@ -134,8 +137,27 @@ pub async fn insert_user_message(
     new: &NewUserMessage,
     answering: &[String],
 ) -> Result<(Message, Option<Event>), sqlx::Error> {
-    let now = now_ms();
-    let message = Message {
+    let message = user_message(new, now_ms());
+    let mut connection = pool.acquire().await?;
+    let stored = if connection.backend_name() == POSTGRES {
+        store_in_one_statement(&mut connection, new, &message, answering).await?
+    } else {
+        store_in_transaction(&mut connection, new, &message, answering).await?
+    };
+    if let Some(event) = stored {
+        return Ok((message, Some(event)));
+    }
+    drop(connection);
+    // A retry: the message this author already stored with this local id.
+    let stored = find_sent(pool, new)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    Ok((stored, None))
+}
+
+/// The message `new` is once stored at `now`.
+fn user_message(new: &NewUserMessage, now: i64) -> Message {
+    Message {
         id: new_id(),
         workspace_id: new.workspace_id.clone(),
         conversation_id: new.conversation_id.clone(),
@@ -154,22 +176,7 @@ pub async fn insert_user_message(
         tool_calls: Vec::new(),
         edited_at_ms: None,
         deleted_at_ms: None,
-    };
-    let mut connection = pool.acquire().await?;
-    let stored = if connection.backend_name() == POSTGRES {
-        store_in_one_statement(&mut connection, new, &message, answering).await?
-    } else {
-        store_in_transaction(&mut connection, new, &message, answering).await?
-    };
-    if let Some(event) = stored {
-        return Ok((message, Some(event)));
     }
-    drop(connection);
-    // A retry: the message this author already stored with this local id.
-    let stored = find_sent(pool, new)
-        .await?
-        .ok_or(sqlx::Error::RowNotFound)?;
-    Ok((stored, None))
 }
 
 /// The tail of a one-statement write on Postgres (after a CTE `written` that returns the new
@@ -193,6 +200,54 @@ macro_rules! touched_then_appended {
     };
 }
 
+/// The first CTE of a one-statement send on Postgres: the user message inserted from `$source`
+/// (its columns' values `$1`–`$8`, see [`bind_user_message`]) unless its local id was taken.
+macro_rules! written_user_message {
+    ($source:literal) => {
+        concat!(
+            "written AS (
+                 INSERT INTO messages (id, workspace_id, conversation_id, role, author_id,
+                     agent_id, local_id, content_type, text, status, created_at, updated_at,
+                     mentions) ",
+            $source,
+            "
+                 ON CONFLICT (conversation_id, author_id, local_id) DO NOTHING
+                 RETURNING id)"
+        )
+    };
+}
+
+/// The CTE of a one-statement send on Postgres that queues its turns: `$select` gives each
+/// turn's columns, in the order listed.
+macro_rules! queued_turns {
+    ($select:literal) => {
+        concat!(
+            "queued AS (
+                 INSERT INTO turns (id, workspace_id, conversation_id, user_message_id, agent_id,
+                                    seq, state, attempts, trace_context, created_at, updated_at) ",
+            $select,
+            ")"
+        )
+    };
+}
+
+/// Binds `$1`–`$8` of a user message's insert: its columns.
+fn bind_user_message<'q>(
+    query: Query<'q, Any, AnyArguments>,
+    new: &'q NewUserMessage,
+    message: &'q Message,
+) -> Query<'q, Any, AnyArguments> {
+    query
+        .bind(&message.id)
+        .bind(&new.workspace_id)
+        .bind(&new.conversation_id)
+        .bind(&new.author_id)
+        .bind(&new.local_id)
+        .bind(&new.text)
+        .bind(message.created_at_ms)
+        .bind(mentions_to_db(&new.mentions))
+}
+
 /// [`insert_user_message`] on Postgres: the message, the conversation's time, the event and
 /// the turns in one statement (its own transaction), so a send makes one round trip where a
 /// transaction took six; each round trip wakes two processes, which is what a send costs most
@@ -206,39 +261,30 @@ async fn store_in_one_statement(
     let event = unnumbered_event(&new.workspace_id, event::Kind::MessageNew(message.clone()));
     // Parallel lists (ids hold no comma): the Any driver binds no arrays.
     let turn_ids: Vec<String> = answering.iter().map(|_| new_id()).collect();
-    let place: Option<i64> = sqlx::query_scalar(concat!(
-        "WITH written AS (
-             INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
-                 local_id, content_type, text, status, created_at, updated_at, mentions)
-             VALUES ($1, $2, $3, 'user', $4, NULL, $5, 'text', $6, 'sent', $7, $7, $8)
-             ON CONFLICT (conversation_id, author_id, local_id) DO NOTHING
-             RETURNING id),
-         ",
+    let query = sqlx::query(concat!(
+        "WITH ",
+        written_user_message!(
+            "VALUES ($1, $2, $3, 'user', $4, NULL, $5, 'text', $6, 'sent', $7, $7, $8)"
+        ),
+        ", ",
         touched_then_appended!(),
-        ",
-         queued AS (
-             INSERT INTO turns (id, workspace_id, conversation_id, user_message_id, agent_id,
-                                seq, state, attempts, trace_context, created_at, updated_at)
-             SELECT answering.turn_id, $2, $3, $1, answering.agent_id, appended.id, 'queued', 0,
+        ", ",
+        queued_turns!(
+            "SELECT answering.turn_id, $2, $3, $1, answering.agent_id, appended.id, 'queued', 0,
                     $12, $7, $7
              FROM appended, unnest(string_to_array($10, ','), string_to_array($11, ','))
-                  AS answering(turn_id, agent_id))
+                  AS answering(turn_id, agent_id)"
+        ),
+        "
          SELECT id FROM appended",
-    ))
-    .bind(&message.id)
-    .bind(&new.workspace_id)
-    .bind(&new.conversation_id)
-    .bind(&new.author_id)
-    .bind(&new.local_id)
-    .bind(&new.text)
-    .bind(message.created_at_ms)
-    .bind(mentions_to_db(&new.mentions))
-    .bind(event.encode_to_vec())
-    .bind(turn_ids.join(","))
-    .bind(answering.join(","))
-    .bind(turn_trace_context())
-    .fetch_optional(&mut *connection)
-    .await?;
+    ));
+    let place = bind_user_message(query, new, message)
+        .bind(event.encode_to_vec())
+        .bind(turn_ids.join(","))
+        .bind(answering.join(","))
+        .bind(turn_trace_context())
+        .fetch_optional(&mut *connection)
+        .await?;
     Ok(place.map(|_| event))
 }
 
@@ -252,23 +298,16 @@ async fn store_in_transaction(
 ) -> Result<Option<Event>, sqlx::Error> {
     let now = message.created_at_ms;
     let mut tx = connection.begin().await?;
-    let inserted = sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO messages (id, workspace_id, conversation_id, role, author_id, agent_id,
              local_id, content_type, text, status, created_at, updated_at, mentions)
          VALUES ($1, $2, $3, 'user', $4, NULL, $5, 'text', $6, 'sent', $7, $7, $8)
          ON CONFLICT (conversation_id, author_id, local_id) DO NOTHING",
-    )
-    .bind(&message.id)
-    .bind(&new.workspace_id)
-    .bind(&new.conversation_id)
-    .bind(&new.author_id)
-    .bind(&new.local_id)
-    .bind(&new.text)
-    .bind(now)
-    .bind(mentions_to_db(&new.mentions))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
+    );
+    let inserted = bind_user_message(query, new, message)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
         == 1;
     if !inserted {
         tx.rollback().await?;
@@ -294,6 +333,90 @@ async fn store_in_transaction(
     }
     tx.commit().await?;
     Ok(Some(event))
+}
+
+/// What [`send_plain`] did.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "returned once per send and taken apart at once"
+)]
+pub enum PlainSend {
+    /// Stored, with its `message.new` event and a turn for `answerer`.
+    Stored {
+        message: Message,
+        event: Event,
+        answerer: String,
+    },
+    /// Not stored: the conversation and what admits a send to it, for the full way, which says
+    /// why (no active agent answers it, the quota) or finds a retry's message.
+    Declined(SendTarget),
+    /// No such conversation in the workspace.
+    NotFound,
+}
+
+/// On Postgres, a plain send (no agent named, its workspace given) in one statement: the read of
+/// its conversation, its answering agent and the quota ([`find_conversation_to_send`]), and
+/// when the agent answers and the quota allows, the writes of [`insert_user_message`]. One
+/// round trip where a send made two. `None` on SQLite. The caller checked the runtime first.
+pub async fn send_plain(
+    pool: &AnyPool,
+    new: &NewUserMessage,
+    default_quota: Option<u64>,
+    at_ms: i64,
+) -> Result<Option<PlainSend>, sqlx::Error> {
+    let mut connection = pool.acquire().await?;
+    if connection.backend_name() != POSTGRES {
+        return Ok(None);
+    }
+    let message = user_message(new, at_ms);
+    let event = unnumbered_event(&new.workspace_id, event::Kind::MessageNew(message.clone()));
+    let query = sqlx::query(concat!(
+        "WITH target AS (",
+        send_target!("$2", "$3", "$11"),
+        "),
+         admitted AS (
+             SELECT answering_agent_id FROM target
+             WHERE answering_agent_id IS NOT NULL
+               AND COALESCE(tokens, 0) < COALESCE(
+                   CASE WHEN plan IS NULL THEN $13 ELSE monthly_token_quota END,
+                   9223372036854775807)), ",
+        written_user_message!(
+            "SELECT $1, $2, $3, 'user', $4, NULL, $5, 'text', $6, 'sent', $7, $7, $8
+             FROM admitted"
+        ),
+        ", ",
+        touched_then_appended!(),
+        ", ",
+        queued_turns!(
+            "SELECT $10, $2, $3, $1, admitted.answering_agent_id, appended.id, 'queued', 0,
+                    $12, $7, $7
+             FROM appended, admitted"
+        ),
+        "
+         SELECT target.*, (SELECT id FROM appended) AS place FROM target",
+    ));
+    let row = bind_user_message(query, new, &message)
+        .bind(event.encode_to_vec())
+        .bind(new_id())
+        .bind(day_and_month(at_ms).1)
+        .bind(turn_trace_context())
+        .bind(default_quota.map(usage_to_db))
+        .fetch_optional(&mut *connection)
+        .await?;
+    let Some(row) = row else {
+        return Ok(Some(PlainSend::NotFound));
+    };
+    let target = send_target_from_row(&row)?;
+    Ok(Some(
+        match (row.try_get::<Option<i64>, _>("place")?, target.answerer) {
+            (Some(_), Some(answerer)) => PlainSend::Stored {
+                message,
+                event,
+                answerer,
+            },
+            (_, answerer) => PlainSend::Declined(SendTarget { answerer, ..target }),
+        },
+    ))
 }
 
 /// The message this author already sent with this `localId` in the conversation, if any.

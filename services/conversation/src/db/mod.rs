@@ -3,6 +3,8 @@
 
 mod activity;
 mod agents;
+// Before `messages`, which uses its `send_target!`.
+#[macro_use]
 mod conversations;
 mod events;
 mod messages;
