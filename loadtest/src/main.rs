@@ -205,8 +205,10 @@ async fn send_path(flags: &Flags) -> anyhow::Result<()> {
     let arrivals = lock(&arrivals).clone();
     let latencies: Vec<Duration> = sent
         .iter()
-        .filter_map(|(local_id, start)| arrivals.get(local_id).map(|at| *at - *start))
+        .filter_map(|(local_id, start, _)| arrivals.get(local_id).map(|at| *at - *start))
         .collect();
+    let answers = Percentiles::of(sent.iter().map(|(_, _, answer)| *answer).collect())
+        .context("no send was accepted")?;
     let lost = sent.len() - latencies.len();
     println!("send-path results ({})", flags.label);
     println!("  senders           {}", flags.senders);
@@ -220,6 +222,7 @@ async fn send_path(flags: &Flags) -> anyhow::Result<()> {
     println!("  message.new lost  {lost}");
     let latency = Percentiles::of(latencies).context("no message.new arrived")?;
     println!("  REST → message.new at another socket: {latency}");
+    println!("  REST → 201: {answers}");
     fan_out::print_result(
         "send-path",
         flags,
@@ -227,6 +230,7 @@ async fn send_path(flags: &Flags) -> anyhow::Result<()> {
             "sendsPerSecond": (sent.len() as f64 / elapsed.as_secs_f64()).round(),
             "p50Ms": fan_out::millis(latency.p50),
             "p99Ms": fan_out::millis(latency.p99),
+            "answerP99Ms": fan_out::millis(answers.p99),
             "lost": lost,
             "errors": errors,
         }),
@@ -235,7 +239,8 @@ async fn send_path(flags: &Flags) -> anyhow::Result<()> {
 }
 
 /// One closed-loop client: sends, waits for 201, sends again, until `deadline`. Returns each
-/// accepted message's local id with the time its call started, and the number of failed calls.
+/// accepted message's local id with the time its call started and how long the 201 took, and
+/// the number of failed calls.
 async fn run_sender(
     http: &reqwest::Client,
     edge: &str,
@@ -243,7 +248,7 @@ async fn run_sender(
     conversation: &str,
     sender: usize,
     deadline: Instant,
-) -> (Vec<(String, Instant)>, usize) {
+) -> (Vec<(String, Instant, Duration)>, usize) {
     let mut accepted = Vec::new();
     let mut failed = 0;
     let mut index = 0;
@@ -261,7 +266,7 @@ async fn run_sender(
         )
         .await
         {
-            Ok(_) => accepted.push((local_id, start)),
+            Ok(_) => accepted.push((local_id, start, start.elapsed())),
             Err(error) => {
                 failed += 1;
                 if failed <= 3 {

@@ -209,34 +209,20 @@ impl EventBus {
 
     /// Publishes `event` on its workspace's channel. Events of one publisher arrive in the
     /// order they were published.
+    #[tracing::instrument(name = "bus.publish", skip_all, fields(bus = self.kind(), workspace_id = %event.workspace_id, seq = event.seq))]
     pub async fn publish(&self, event: &Event) -> anyhow::Result<()> {
-        self.publish_all(std::slice::from_ref(event)).await
-    }
-
-    /// Publishes `events`, in order, each on its workspace's channel: on Redis in one round
-    /// trip (a pipeline), so a group of events costs what one does. All or nothing for the
-    /// caller: after an error, any of them may have gone out (subscribers drop duplicates of
-    /// durable events, which are published again from the log).
-    #[tracing::instrument(name = "bus.publish", skip_all, fields(bus = self.kind(), events = events.len(), workspace_id = events.first().map(|event| event.workspace_id.as_str()), seq = events.first().map(|event| event.seq)))]
-    pub async fn publish_all(&self, events: &[Event]) -> anyhow::Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
         let published = match self {
             Self::InProcess(sender) => {
-                for event in events {
-                    // No subscriber yet is not an error: nobody is listening.
-                    let _ = sender.send(event.clone());
-                }
+                // No subscriber yet is not an error: nobody is listening.
+                let _ = sender.send(event.clone());
                 Ok(())
             }
-            Self::Redis(bus) => bus.publish_all(events).await,
+            Self::Redis(bus) => bus.publish(event).await,
         };
         let metrics = crate::metrics::events();
-        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
         match &published {
-            Ok(()) => metrics.published.add(count),
-            Err(_) => metrics.publish_failures.add(count),
+            Ok(()) => metrics.published.inc(),
+            Err(_) => metrics.publish_failures.inc(),
         }
         published
     }
@@ -300,20 +286,12 @@ impl EventBus {
 }
 
 impl RedisBus {
-    async fn publish_all(&self, events: &[Event]) -> anyhow::Result<()> {
-        let mut pipeline = redis::pipe();
-        for event in events {
-            let mut event = event.clone();
-            event.origin.clone_from(&self.origin);
-            pipeline
-                .cmd(self.channels.publish_command())
-                .arg(workspace_channel(&event.workspace_id))
-                .arg(event.encode_to_vec())
-                .ignore();
-            // This process's own subscribers first, so they keep getting its events while
-            // Redis is down; they skip the copy that comes back from Redis.
-            let _ = self.local.send(event);
-        }
+    async fn publish(&self, event: &Event) -> anyhow::Result<()> {
+        let mut event = event.clone();
+        event.origin.clone_from(&self.origin);
+        // This process's own subscribers first, so they keep getting its events while Redis is
+        // down; they skip the copy that comes back from Redis.
+        let _ = self.local.send(event.clone());
         let now = unix_ms();
         if now < self.failing_until_ms.load(Ordering::Relaxed) {
             anyhow::bail!(
@@ -321,10 +299,14 @@ impl RedisBus {
             );
         }
         let mut connection = self.publisher.clone();
-        let publish = pipeline.query_async::<()>(&mut connection);
+        let mut command = redis::cmd(self.channels.publish_command());
+        command
+            .arg(workspace_channel(&event.workspace_id))
+            .arg(event.encode_to_vec());
+        let publish = command.query_async::<i64>(&mut connection);
         let outcome = match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
-            Ok(result) => result.context("publishing events to Redis"),
-            Err(_) => Err(anyhow::anyhow!("publishing events to Redis timed out")),
+            Ok(result) => result.context("publishing an event to Redis").map(drop),
+            Err(_) => Err(anyhow::anyhow!("publishing an event to Redis timed out")),
         };
         if outcome.is_err() {
             let backoff = u64::try_from(BACKOFF_AFTER_FAILURE.as_millis()).unwrap_or(u64::MAX);

@@ -121,27 +121,25 @@ impl Outbox {
         }
     }
 
-    /// Publishes numbered events in order (per workspace), in one round trip, and hands them to
-    /// the marker. If the publish fails they all stay pending, in order, for the relay.
+    /// Publishes numbered events in order (per workspace) and hands them to the marker. At the
+    /// first failure the rest stay pending, in order, for the relay.
     async fn publish_numbered(&self, events: Vec<Event>) {
         let at = tokio::time::Instant::now();
-        if let Err(error) = self.bus.publish_all(&events).await {
-            let first = events.first();
-            tracing::warn!(
-                error = format!("{error:#}"),
-                workspace_id = first.map(|event| event.workspace_id.as_str()),
-                seq = first.map(|event| event.seq),
-                events = events.len(),
-                "events not published; the relay will retry"
-            );
-            return;
-        }
         let mut published: Vec<Published> = Vec::new();
-        for event in events {
+        for event in &events {
+            if let Err(error) = self.bus.publish(event).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    workspace_id = %event.workspace_id,
+                    seq = event.seq,
+                    "event not published; the relay will retry"
+                );
+                break;
+            }
             let range = Published {
+                workspace_id: event.workspace_id.clone(),
                 first: event.seq,
                 last: event.seq,
-                workspace_id: event.workspace_id,
                 at,
             };
             extend_ranges(&mut published, range);
@@ -211,35 +209,19 @@ impl Outbox {
         to_user_id: &str,
         kind: event::Kind,
     ) {
-        self.publish_all_volatile(workspace_id, to_user_id, [kind])
-            .await;
-    }
-
-    /// Publishes events that are not logged, in order and at once (one round trip): a
-    /// checkpoint's deltas.
-    pub async fn publish_all_volatile(
-        &self,
-        workspace_id: &str,
-        to_user_id: &str,
-        kinds: impl IntoIterator<Item = event::Kind>,
-    ) {
-        let trace_context = crawbl_infra::trace::current_context();
-        let events: Vec<Event> = kinds
-            .into_iter()
-            .map(|kind| Event {
-                workspace_id: workspace_id.to_owned(),
-                seq: 0,
-                trace_context: trace_context.clone(),
-                to_user_id: to_user_id.to_owned(),
-                kind: Some(kind),
-                ..Event::default()
-            })
-            .collect();
-        if let Err(error) = self.bus.publish_all(&events).await {
+        let event = Event {
+            workspace_id: workspace_id.to_owned(),
+            seq: 0,
+            trace_context: crawbl_infra::trace::current_context(),
+            to_user_id: to_user_id.to_owned(),
+            kind: Some(kind),
+            ..Event::default()
+        };
+        if let Err(error) = self.bus.publish(&event).await {
             tracing::debug!(
                 error = format!("{error:#}"),
                 workspace_id,
-                "volatile events not published"
+                "volatile event not published"
             );
         }
     }

@@ -411,10 +411,11 @@ async fn save(
         }
     }
     unsaved.last_saved = tokio::time::Instant::now();
-    let deltas = unsaved.deltas.drain(..).map(event::Kind::MessageDelta);
-    deps.outbox
-        .publish_all_volatile(&reply.workspace_id, "", deltas)
-        .await;
+    for delta in unsaved.deltas.drain(..) {
+        deps.outbox
+            .publish_volatile(&reply.workspace_id, event::Kind::MessageDelta(delta))
+            .await;
+    }
     true
 }
 

@@ -137,9 +137,28 @@ pub async fn claim_queued(
     let (limit, per_workspace) = limits;
     let candidates = match which {
         Queued::Before(at) => {
-            // The head of each queue with a queued turn, found once per queue (not probed for
-            // every queued turn: a long backlog made that the costliest statement of a send).
-            sqlx::query(
+            let mut connection = pool.acquire().await?;
+            let statement = if connection.backend_name() == POSTGRES {
+                // The head of each queue, skipping from one queue to the next along
+                // `turns_by_conversation`: one index descent per queue, however long the
+                // queues. Reading every queued turn to find the queues (below) took 20-57 ms a
+                // poll with a backlog of 23,000 turns: a stall of one of two cores
+                // (BENCHMARKS.md, send path).
+                "WITH RECURSIVE heads AS (
+                     (SELECT id, workspace_id, conversation_id, agent_id, seq, state, created_at
+                      FROM turns ORDER BY conversation_id, agent_id, seq LIMIT 1)
+                     UNION ALL
+                     SELECT next.* FROM heads h, LATERAL (
+                         SELECT id, workspace_id, conversation_id, agent_id, seq, state, created_at
+                         FROM turns t
+                         WHERE (t.conversation_id, t.agent_id) > (h.conversation_id, h.agent_id)
+                         ORDER BY t.conversation_id, t.agent_id, t.seq LIMIT 1) next)
+                 SELECT id, workspace_id FROM heads
+                 WHERE state = 'queued' AND created_at < $1
+                 ORDER BY seq LIMIT $2"
+            } else {
+                // SQLite has no LATERAL: the head of each queue with a queued turn, found once
+                // per queue (not probed for every queued turn).
                 "SELECT t.id, t.workspace_id FROM turns t
                  WHERE t.id IN (SELECT (SELECT o.id FROM turns o
                                         WHERE o.conversation_id = q.conversation_id
@@ -148,12 +167,13 @@ pub async fn claim_queued(
                                 FROM (SELECT DISTINCT conversation_id, agent_id FROM turns
                                       WHERE state = 'queued') q)
                    AND t.state = 'queued' AND t.created_at < $1
-                 ORDER BY t.seq LIMIT $2",
-            )
-            .bind(at)
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?
+                 ORDER BY t.seq LIMIT $2"
+            };
+            sqlx::query(statement)
+                .bind(at)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *connection)
+                .await?
         }
         Queued::Heads {
             conversation_id,
