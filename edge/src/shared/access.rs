@@ -619,15 +619,15 @@ mod tests {
         );
 
         // Expiry is checked at every use.
-        let soon = signed(&first, "s2", now_millis() / 1000 + 1);
+        // At least a second of validity left, however close to a second's end this runs.
+        let expiry = now_millis() / 1000 + 2;
+        let soon = signed(&first, "s2", expiry);
         access
             .authenticate(Some(&soon))
             .await
             .expect("valid for now");
-        tokio::time::sleep(Duration::from_millis(
-            u64::try_from(1000 - now_millis() % 1000).expect("positive"),
-        ))
-        .await;
+        let left = u64::try_from(expiry * 1000 - now_millis()).unwrap_or_default();
+        tokio::time::sleep(Duration::from_millis(left)).await;
         assert_eq!(
             access.authenticate(Some(&soon)).await,
             Err(AuthFailure::Expired)

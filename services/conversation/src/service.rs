@@ -469,14 +469,14 @@ impl Conversations {
     }
 }
 
-/// Whether a conversation found by id is the caller's: in the named workspace (found there), or,
-/// when none was named, in one of the caller's (`member_of`).
 /// Whether a new message may name the agents that answer it (mention ids, or an `@` that may
 /// start a slug); otherwise its conversation's agent answers.
 fn may_name_agents(new: &NewUserMessage) -> bool {
     !new.mentions.is_empty() || new.text.contains('@')
 }
 
+/// Whether a conversation found by id is the caller's: in the named workspace (found there), or,
+/// when none was named, in one of the caller's (`member_of`).
 fn in_scope(found: &Conversation, workspace_id: &str, member_of: &[String]) -> bool {
     !workspace_id.is_empty() || member_of.contains(&found.workspace_id)
 }
